@@ -1,0 +1,32 @@
+# @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+# -----------------------------------------------------------------------------
+# Stardist 2D - Script
+# Segments nuclei plane by plane and stores the labels in a new channel.
+# INPUT_CHANNEL channel with the target objects
+# is only used to read/write the voxels
+# ---> imageset.get_channeldata / imageset.set_channeldata
+# -----------------------------------------------------------------------------
+INPUT_CHANNEL = 0  # <---- Count start from 0 (Ch#1 == 0)
+# name of the new channel: this prefix + the input channel's name
+OUTPUT_CH_NAME = "Stardist_"
+# folder that holds your model folders; None = the bundled models
+# MODEL2D_PATH = "D:/Stardist/2D/models"
+MODEL2D_PATH = None
+MODEL_NAME = "2D_demo"  # a folder in MODEL2D_PATH, or e.g. "2D_versatile_fluo"
+CURRENT_TIME_POINT = True  # True: current time point only; False: all
+FIRST_PLANE = -1  # -1 BOTTOM (first and last -1: the full stack)
+LAST_PLANE = -1  # -1 TOP
+# ----- advanced ---------------------------------------------------------------
+PROB_THRESH = None  # None: the model's own threshold
+NMS_THRESH = None  # None: the model's own threshold
+PERCENTILE_LOW = 1.0  # normalisation percentiles
+PERCENTILE_HIGH = 99.8
+N_TILES = None  # None: automatic; e.g. (2, 2) for large planes
+USE_GPU = True  # False: run on the CPU
+UNIQUE_LABELS = False  # True: labels unique across all planes, not per plane
+# @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
+
+# Headless: python stardist_2d.py INPUT.tif OUTPUT.tif [--axes TZYX]
+from stardist_host.headless import run_script
+
+run_script(globals(), ndim=2)

@@ -1,0 +1,108 @@
+"""``stardist-host doctor``: the host's "Test environment" for a StarDist conda environment."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["run_checks", "samples_dir", "SAMPLE_2D", "SAMPLE_3D"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_2D = "nuclei_2d_t.tif"
+SAMPLE_3D = "nuclei_3d.tif"
+
+
+def samples_dir() -> Path:
+    """The folder of the bundled sample images (``data/`` in a checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "data", here / "bundled_data"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "data"
+
+
+def _versions() -> str:
+    import csbdeep
+    import numpy
+    import stardist
+    import tensorflow as tf
+    import tifffile
+
+    return (
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, stardist {stardist.__version__}, "
+        f"csbdeep {csbdeep.__version__}, numpy {numpy.__version__}, tifffile {tifffile.__version__}"
+    )
+
+
+def _python() -> str:
+    if sys.version_info < (3, 9):
+        raise RuntimeError(f"Python {platform.python_version()} is too old; stardist-host needs 3.9 or newer")
+    return f"{platform.python_version()} at {sys.executable}"
+
+
+def _gpus() -> str:
+    from .device import visible_gpus
+
+    gpus = visible_gpus()
+    return ", ".join(gpus) if gpus else "none (TensorFlow runs on the CPU; see README for GPU set-up)"
+
+
+def _bundled_models() -> str:
+    from .models import bundled_models, bundled_models_dir, load_model, read_config
+
+    names = bundled_models()
+    if not names:
+        raise RuntimeError(f"no bundled models in {bundled_models_dir()}")
+    loaded = []
+    for name in names:
+        ndim = read_config(bundled_models_dir() / name)["n_dim"]
+        model = load_model(name, ndim=ndim)
+        loaded.append(f"{name} ({ndim}D, thresholds prob {model.thresholds.prob:.2f}, nms {model.thresholds.nms:.2f})")
+    return ", ".join(loaded)
+
+
+def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
+    def check() -> str:
+        from .imagesets import TiffImageSet
+        from .segment import run
+        from .settings import Settings
+
+        sample = samples_dir() / (SAMPLE_2D if ndim == 2 else SAMPLE_3D)
+        settings = Settings(ndim=ndim, model_name=f"{ndim}D_demo", current_time_point=True, use_gpu=use_gpu)
+        with TiffImageSet(sample) as imageset:  # nothing is saved: the doctor writes no file
+            result = run(settings, imageset)
+        if result.total == 0:
+            raise RuntimeError(f"{ndim}D_demo found no nuclei in {sample.name}")
+        return f"{ndim}D_demo on {sample.name}: {result.summary()}"
+
+    return check
+
+
+def run_checks(*, use_gpu: bool = True) -> bool:
+    """Run every check, print one line each, and return whether all passed."""
+    from .device import configure_device
+
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("python", _python),
+        ("packages", _versions),
+        ("device", lambda: configure_device(use_gpu)),
+        ("GPUs", _gpus),
+        ("bundled models", _bundled_models),
+        ("2D sample", _sample_run(2, use_gpu)),
+        ("3D sample", _sample_run(3, use_gpu)),
+    ]
+    ok = True
+    for name, check in checks:
+        try:
+            print(f"[ OK ] {name}: {check()}", flush=True)
+        except Exception as err:  # the doctor reports every failure, whatever it is
+            ok = False
+            print(f"[FAIL] {name}: {type(err).__name__}: {err}", flush=True)
+            log.debug("%s", traceback.format_exc())
+    print("all checks passed" if ok else "some checks failed: see [FAIL] above", flush=True)
+    return ok

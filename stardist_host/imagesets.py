@@ -1,0 +1,249 @@
+"""Two image sets that fulfil the host contract: in memory, and backed by a TIFF file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .tiff import TiffReader, write_ome_tiff
+
+__all__ = ["MemoryImageSet", "TiffImageSet"]
+
+log = logging.getLogger(__name__)
+
+
+def _fit(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
+    """Cast ``data`` to ``dtype``, refusing values that the type cannot hold."""
+    data = np.asarray(data)
+    if data.dtype == dtype or data.size == 0:
+        return data.astype(dtype, copy=False)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        lo, hi = data.min(), data.max()
+        if lo < info.min or hi > info.max:
+            raise OverflowError(
+                f"{what}: values {lo}..{hi} do not fit the channel's type {dtype} ({info.min}..{info.max})"
+            )
+    return data.astype(dtype)
+
+
+class _Checks:
+    """Index and shape checks that both image sets share."""
+
+    channel_count: int
+    plane_count: int
+    time_point_count: int
+    plane_shape: tuple[int, int]
+
+    def _check(self, channel: int, plane: int, time_point: int) -> None:
+        for name, value, count in (
+            ("channel", channel, self.channel_count),
+            ("plane", plane, self.plane_count),
+            ("time_point", time_point, self.time_point_count),
+        ):
+            if not (isinstance(value, (int, np.integer)) and 0 <= value < count):
+                raise IndexError(f"{name}={value!r} is out of range: the image set has {name}s 0..{count - 1}")
+
+    def _check_plane(self, data: NDArray) -> None:
+        if tuple(np.shape(data)) != tuple(self.plane_shape):
+            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
+
+
+class MemoryImageSet(_Checks):
+    """An image set held in memory, made from a numpy array with axes TCZYX.
+
+    Parameters
+    ----------
+    data
+        Array of shape (T, C, Z, Y, X); it is used as is, not copied.
+    channel_names
+        One name per channel (default ``"Channel 0"``, ...).
+    voxel_size
+        (z, y, x) in micrometres, or None.
+    current_time_point
+        The time point that "current time point only" means.
+    """
+
+    def __init__(
+        self,
+        data: NDArray,
+        *,
+        channel_names: Sequence[str] | None = None,
+        voxel_size: tuple[float, float, float] | None = None,
+        current_time_point: int = 0,
+    ) -> None:
+        data = np.asarray(data)
+        if data.ndim != 5:
+            raise ValueError(f"data must have 5 axes (T, C, Z, Y, X), got shape {data.shape}")
+        t, c = data.shape[:2]
+        self._channels = [data[:, i] for i in range(c)]  # each (T, Z, Y, X)
+        names = list(channel_names) if channel_names is not None else [f"Channel {i}" for i in range(c)]
+        if len(names) != c:
+            raise ValueError(f"{len(names)} channel names given for {c} channels")
+        self._names = names
+        self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
+        if not 0 <= current_time_point < t:
+            raise ValueError(f"current_time_point={current_time_point} is out of range 0..{t - 1}")
+        self.current_time_point = current_time_point
+        self.time_point_count = t
+        self.plane_count = data.shape[2]
+        self.plane_shape = tuple(data.shape[3:])
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._names)
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
+        self._check(channel, plane, time_point)
+        return self._channels[channel][time_point, plane]
+
+    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
+        self._check(channel, plane, time_point)
+        self._check_plane(data)
+        target = self._channels[channel]
+        target[time_point, plane] = _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}")
+
+    def add_channel(self, name: str, dtype: DTypeLike) -> int:
+        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
+        self._channels.append(np.zeros(shape, dtype=dtype))
+        self._names.append(name)
+        return len(self._channels) - 1
+
+    def channel(self, channel: int) -> NDArray:
+        """The whole channel as an array (T, Z, Y, X)."""
+        return self._channels[channel]
+
+
+class TiffImageSet(_Checks):
+    """An image set read lazily from a TIFF file, with new channels kept on disk.
+
+    The input file is opened read-only and read one plane at a time.  Channels
+    added with :meth:`add_channel` live in memory-mapped scratch files, so that
+    memory use does not grow with the data; :meth:`save` writes the input
+    channels and the new ones to a new OME-TIFF.
+
+    Parameters
+    ----------
+    path
+        The input TIFF file.
+    axes
+        Axes of the file's data where the file does not say (e.g. ``"ZYX"``).
+    current_time_point
+        The time point that "current time point only" means (default 0).
+    scratch_dir
+        Folder for the new channels' scratch files (default: the system's
+        temporary folder).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        axes: str | None = None,
+        current_time_point: int = 0,
+        scratch_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self._reader = TiffReader(path, axes=axes)
+        self.path = self._reader.path
+        layout = self._reader.layout
+        sizes = layout.sizes
+        self.time_point_count = sizes["T"]
+        self.plane_count = sizes["Z"]
+        self.plane_shape = (sizes["Y"], sizes["X"])
+        self.voxel_size = layout.voxel_size
+        if not 0 <= current_time_point < self.time_point_count:
+            raise ValueError(
+                f"current_time_point={current_time_point} is out of range: {self.path.name} has time points "
+                f"0..{self.time_point_count - 1}"
+            )
+        self.current_time_point = current_time_point
+        self._n_input = sizes["C"]
+        self._names = list(layout.channel_names)
+        self._added: list[np.memmap] = []
+        self._scratch_parent = scratch_dir
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def channel_count(self) -> int:
+        return self._n_input + len(self._added)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self._reader.layout.dtype
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            return self._reader.plane(time_point, channel, plane)
+        return self._added[channel - self._n_input][time_point, plane]
+
+    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            raise PermissionError(
+                f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
+                "write results to a channel made with add_channel"
+            )
+        self._check_plane(data)
+        target = self._added[channel - self._n_input]
+        target[time_point, plane] = _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}")
+
+    def add_channel(self, name: str, dtype: DTypeLike) -> int:
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="stardist-host-", dir=self._scratch_parent)
+        index = self.channel_count
+        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
+        scratch = Path(self._scratch.name) / f"channel{index}.raw"
+        self._added.append(np.memmap(scratch, dtype=dtype, mode="w+", shape=shape))  # zero-filled
+        self._names.append(name)
+        return index
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write all channels, input and added, to a new OME-TIFF at ``path``.
+
+        The file's type is the smallest that holds every channel exactly
+        (e.g. uint16 input with uint16 labels stays uint16).
+        """
+        path = Path(path)
+        if path.resolve() == self.path.resolve():
+            raise ValueError(f"the output {str(path)!r} is the input file; the input file is never overwritten")
+        dtype = np.result_type(self.input_dtype, *(a.dtype for a in self._added))
+
+        def planes():
+            for t in range(self.time_point_count):
+                for c in range(self.channel_count):
+                    for z in range(self.plane_count):
+                        yield self.get_channeldata(c, z, t)
+
+        shape = (self.time_point_count, self.channel_count, self.plane_count, *self.plane_shape)
+        return write_ome_tiff(
+            path, planes(), shape=shape, dtype=dtype, channel_names=self._names, voxel_size=self.voxel_size
+        )
+
+    def close(self) -> None:
+        """Close the input file and delete the scratch files."""
+        self._added.clear()
+        self._reader.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def __enter__(self) -> "TiffImageSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
