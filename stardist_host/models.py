@@ -63,7 +63,7 @@ def registered_models(ndim: int) -> list[str]:
     """Names of stardist's registered pretrained models for ``ndim``."""
     from csbdeep.models.pretrained import get_registered_models
 
-    return list(get_registered_models(_model_class(ndim), verbose=False))
+    return list(get_registered_models(_model_class(ndim), return_aliases=False, verbose=False))
 
 
 def _model_class(ndim: int):

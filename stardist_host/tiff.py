@@ -102,7 +102,7 @@ def _ome_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float
 
 def _imagej_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float, float] | None]:
     meta = tif.imagej_metadata or {}
-    page = tif.pages.first
+    page = tif.pages[0]
     unit = str(meta.get("unit", "")).lower().replace("\\u00b5", "µ")
     factor = {"micron": 1.0, "um": 1.0, "µm": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
@@ -169,6 +169,11 @@ class TiffReader:
                 self._memmap = tifffile.memmap(self.path, series=0, mode="r").reshape(shape)
             except (ValueError, OSError) as err:
                 log.debug("%s: not memory-mapped (%s)", self.path.name, err)
+        plane_shape = (sizes["Y"], sizes["X"]) + ((shape[-1],) if self._samples_axis is not None else ())
+        if self._memmap is None and tuple(series.keyframe.shape) != plane_shape:
+            # pages that are not single planes (planar samples, volumes in one page): read the series once
+            log.warning("%s: its pages are not single planes; reading the whole series into memory", self.path.name)
+            self._memmap = series.asarray().reshape(shape)
         log.info(
             "opened %s: axes %s, shape %s, %s, voxel size %s",
             self.path.name, resolved, shape, series.dtype, voxel or "unknown",

@@ -1,0 +1,75 @@
+"""Shared fixtures: small image sets, the bundled samples and models, and a fast fake model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stardist_host import MemoryImageSet  # noqa: E402
+from stardist_host.doctor import SAMPLE_2D, SAMPLE_3D, samples_dir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class FakeModel:
+    """Stands in for a StarDist model: labels = connected components of normalised image > 0.5."""
+
+    def __init__(self, ndim: int = 2):
+        self.name = f"fake{ndim}d"
+        self.config = SimpleNamespace(n_dim=ndim, anisotropy=None)
+        self.calls: list[dict] = []
+
+    def predict_instances(self, x, **kwargs):
+        self.calls.append({"shape": x.shape, **kwargs})
+        labels, _ = ndimage.label(x > 0.5)
+        return labels.astype(np.int32), {}
+
+
+def blobs_tczyx(t: int = 3, c: int = 2, z: int = 4, size: int = 32, per_plane: int = 3) -> np.ndarray:
+    """A TCZYX stack with ``per_plane`` separate bright squares in each plane of channel 0."""
+    data = np.zeros((t, c, z, size, size), np.uint16)
+    for i in range(per_plane):
+        data[:, 0, :, 4 + 9 * i : 10 + 9 * i, 4:10] = 1000
+    data[:, 1] = 7
+    return data
+
+
+@pytest.fixture
+def memory_imageset() -> MemoryImageSet:
+    return MemoryImageSet(blobs_tczyx(), channel_names=["DAPI", "Other"], voxel_size=(2.0, 0.5, 0.5), current_time_point=1)
+
+
+@pytest.fixture
+def sample_2d() -> Path:
+    return samples_dir() / SAMPLE_2D
+
+
+@pytest.fixture
+def sample_3d() -> Path:
+    return samples_dir() / SAMPLE_3D
+
+
+@pytest.fixture(scope="session")
+def model_2d():
+    from stardist_host.models import load_model
+
+    return load_model("2D_demo", ndim=2)
+
+
+@pytest.fixture(scope="session")
+def model_3d():
+    from stardist_host.models import load_model
+
+    return load_model("3D_demo", ndim=3)

@@ -1,0 +1,92 @@
+"""The host contract, on both image sets, and the active image set."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import blobs_tczyx
+from stardist_host import MemoryImageSet, TiffImageSet, active_imageset, host, set_active_imageset
+
+
+@pytest.fixture(params=["memory", "tiff"])
+def imageset(request, tmp_path):
+    data = blobs_tczyx()
+    if request.param == "memory":
+        yield MemoryImageSet(data, channel_names=["DAPI", "Other"], voxel_size=(2.0, 0.5, 0.5))
+        return
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(
+        path, data.transpose(0, 2, 1, 3, 4), imagej=True, resolution=(2.0, 2.0),
+        metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "micron", "Labels": ["DAPI", "Other"] * 12},
+    )
+    with TiffImageSet(path) as ims:
+        yield ims
+
+
+def test_contract_shape_properties(imageset):
+    assert isinstance(imageset, host.ImageSet)
+    assert (imageset.channel_count, imageset.plane_count, imageset.time_point_count) == (2, 4, 3)
+    assert tuple(imageset.plane_shape) == (32, 32)
+    assert imageset.channel_names == ["DAPI", "Other"]
+    assert imageset.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    assert imageset.current_time_point == 0
+
+
+def test_contract_get_add_set(imageset):
+    plane = imageset.get_channeldata(0, 2, 1)
+    assert plane.shape == (32, 32) and plane.dtype == np.uint16 and plane[5, 5] == 1000 and plane[0, 0] == 0
+    assert imageset.get_channeldata(1, 0, 0)[3, 3] == 7
+    new = imageset.add_channel("labels", np.uint16)
+    assert new == 2 and imageset.channel_count == 3 and imageset.channel_names[-1] == "labels"
+    assert not imageset.get_channeldata(new, 3, 2).any()
+    imageset.set_channeldata(new, 3, 2, np.full((32, 32), 9, np.int32))
+    assert imageset.get_channeldata(new, 3, 2)[0, 0] == 9
+    assert not imageset.get_channeldata(new, 2, 2).any()  # other planes untouched
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((5, 0, 0), "channel=5 is out of range: the image set has channels 0..1"),
+     ((0, 4, 0), "plane=4 is out of range: the image set has planes 0..3"),
+     ((0, 0, -1), "time_point=-1 is out of range: the image set has time_points 0..2")],
+)
+def test_contract_index_errors(imageset, args, message):
+    with pytest.raises(IndexError, match=message):
+        imageset.get_channeldata(*args)
+
+
+def test_set_refuses_wrong_shape_and_overflow(imageset):
+    new = imageset.add_channel("labels", np.uint16)
+    with pytest.raises(ValueError, match=r"plane of shape \(8, 8\) given, but the image set's planes are \(32, 32\)"):
+        imageset.set_channeldata(new, 0, 0, np.zeros((8, 8), np.uint16))
+    with pytest.raises(OverflowError, match=r"values 0\.\.70000 do not fit the channel's type uint16"):
+        imageset.set_channeldata(new, 0, 0, np.full((32, 32), 70000, np.uint32) * (np.arange(32) > 0))
+
+
+def test_tiff_input_channels_are_read_only(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 16), np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    with TiffImageSet(path) as ims:
+        with pytest.raises(PermissionError, match="never modified"):
+            ims.set_channeldata(0, 0, 0, np.zeros((16, 16), np.uint8))
+
+
+def test_active_imageset_roundtrip(memory_imageset):
+    set_active_imageset(memory_imageset)
+    try:
+        assert active_imageset() is memory_imageset
+    finally:
+        set_active_imageset(None)
+    with pytest.raises(host.NoImageSetError, match="set_active_imageset"):
+        active_imageset()
+
+
+def test_foreign_object_is_refused_with_missing_members():
+    class Half:
+        channel_count = 1
+
+        def get_channeldata(self, c, p, t):
+            return None
+
+    with pytest.raises(TypeError, match="Half is not an image set: it lacks plane_count, time_point_count"):
+        set_active_imageset(Half())

@@ -1,0 +1,86 @@
+"""Each setting's allowed values and range semantics, checked before anything runs."""
+
+import pytest
+
+from stardist_host.plan import make_plan
+from stardist_host.settings import Settings, SettingsError
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_channel": -1}, "INPUT_CHANNEL=-1: must be a whole number, 0 for the first channel"),
+        ({"input_channel": "1"}, "INPUT_CHANNEL='1': must be a whole number"),
+        ({"input_channel": True}, "INPUT_CHANNEL=True: must be a whole number"),
+        ({"first_plane": 4, "last_plane": 2}, "FIRST_PLANE=4: must not be above LAST_PLANE=2"),
+        ({"last_plane": -2}, "LAST_PLANE=-2: must be a plane index (0 for the first plane) or -1"),
+        ({"current_time_point": 1}, "CURRENT_TIME_POINT=1: must be True or False"),
+        ({"model_path": "/no/such/folder"}, "MODEL2D_PATH='/no/such/folder': this folder does not exist"),
+        ({"ndim": 3, "model_path": "/no/such"}, "MODEL3D_PATH='/no/such': this folder does not exist"),
+        ({"model_name": ""}, "MODEL_NAME='': must be the name of a model folder"),
+        ({"prob_thresh": 1.5}, "PROB_THRESH=1.5: must be a number between 0 and 1"),
+        ({"nms_thresh": 0}, "NMS_THRESH=0: must be a number between 0 and 1"),
+        ({"percentile_low": 99.9}, "PERCENTILE_LOW=99.9: must be below PERCENTILE_HIGH=99.8"),
+        ({"percentile_high": 101}, "PERCENTILE_HIGH=101: must be a percentile between 0 and 100"),
+        ({"n_tiles": (2, 2, 2)}, "N_TILES=(2, 2, 2): must be None (automatic) or 2 whole numbers >= 1, e.g. (2, 2)"),
+        ({"ndim": 3, "n_tiles": (0, 1, 1)}, "N_TILES=(0, 1, 1): must be None (automatic) or 3 whole numbers"),
+        ({"use_gpu": "yes"}, "USE_GPU='yes': must be True or False"),
+        ({"label_dtype": "int8"}, "LABEL_DTYPE='int8': must be one of 'auto', 'uint16', 'uint32'"),
+        ({"output_ch_name": " "}, "OUTPUT_CH_NAME=' ': must be a non-empty text"),
+    ],
+)
+def test_bad_setting_names_setting_value_and_allowed(kwargs, message):
+    with pytest.raises(SettingsError) as err:
+        Settings(**kwargs)
+    assert str(err.value).startswith(message)
+
+
+def test_from_script_reads_the_settings_block(tmp_path):
+    block = {"INPUT_CHANNEL": 1, "MODEL3D_PATH": str(tmp_path), "MODEL_NAME": "m", "CURRENT_TIME_POINT": False,
+             "FIRST_PLANE": 2, "LAST_PLANE": -1, "N_TILES": [1, 2, 2], "run_script": print, "__name__": "x"}
+    s = Settings.from_script(block, ndim=3)
+    assert (s.ndim, s.input_channel, s.model_path, s.current_time_point, s.first_plane, s.n_tiles) == (
+        3, 1, str(tmp_path), False, 2, (1, 2, 2))
+
+
+def test_from_script_refuses_typos_and_the_other_scripts_path():
+    with pytest.raises(SettingsError, match=r"INPUT_CHANEL=1: is not a setting of this script; the settings are .*INPUT_CHANNEL"):
+        Settings.from_script({"INPUT_CHANEL": 1}, ndim=2)
+    with pytest.raises(SettingsError, match=r"MODEL2D_PATH='x': this is the 3D script: set MODEL3D_PATH instead"):
+        Settings.from_script({"MODEL2D_PATH": "x"}, ndim=3)
+
+
+# memory_imageset: T=3, C=2, Z=4, current time point 1
+@pytest.mark.parametrize(
+    "first, last, planes",
+    [(-1, -1, (0, 3)), (-1, 2, (0, 2)), (1, -1, (1, 3)), (2, 2, (2, 2)), (0, 3, (0, 3))],
+)
+def test_plane_ranges(memory_imageset, first, last, planes):
+    plan = make_plan(Settings(first_plane=first, last_plane=last), memory_imageset)
+    assert (plan.first_plane, plan.last_plane) == planes
+    assert [u.first for u in plan.units] == list(range(planes[0], planes[1] + 1))
+
+
+def test_time_points_current_or_all(memory_imageset):
+    assert make_plan(Settings(current_time_point=True), memory_imageset).time_points == (1,)
+    plan = make_plan(Settings(current_time_point=False), memory_imageset)
+    assert plan.time_points == (0, 1, 2) and len(plan.units) == 3 * 4
+
+
+def test_3d_plan_is_one_volume_per_time_point(memory_imageset):
+    plan = make_plan(Settings(ndim=3, current_time_point=False, first_plane=1, last_plane=2), memory_imageset)
+    assert [(u.time_point, u.first, u.last) for u in plan.units] == [(0, 1, 2), (1, 1, 2), (2, 1, 2)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_channel": 2}, "INPUT_CHANNEL=2: the image set has channels 0..1 (DAPI, Other)"),
+        ({"first_plane": 4}, "FIRST_PLANE=4: the image set has planes 0..3 (or -1)"),
+        ({"last_plane": 9}, "LAST_PLANE=9: the image set has planes 0..3 (or -1)"),
+    ],
+)
+def test_settings_outside_the_image_set(memory_imageset, kwargs, message):
+    with pytest.raises(SettingsError) as err:
+        make_plan(Settings(**kwargs), memory_imageset)
+    assert str(err.value) == message
