@@ -9,6 +9,10 @@ left; it reaches into the right quarter that 2D_demo never saw in training.
 The membrane channel outlines each nucleus grown by 6 pixels.
 
 nuclei_3d.tif: OME-TIFF, Z=31, 61 x 57, voxel size (1.0, 0.5, 0.5) µm: stardist's 3D sample.
+
+nuclei_2d.tif, nuclei_2d_masks.tif, nuclei_3d_masks.tif: stardist's 2D sample and the
+masks of both, for `stardist-host evaluate` on the regions the demo models never saw
+(2D columns 384-511, 3D columns 36-56).
 """
 
 from pathlib import Path
@@ -41,7 +45,10 @@ def main() -> None:
         HERE / "nuclei_2d_t.tif", data, imagej=True, resolution=(2.0, 2.0),
         metadata={"axes": "TCYX", "unit": "micron", "Labels": ["DAPI", "Membrane"] * 3},
     )
-    img3 = test_image_nuclei_3d()
+    tifffile.imwrite(HERE / "nuclei_2d.tif", img, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "YX", "unit": "micron"})
+    tifffile.imwrite(HERE / "nuclei_2d_masks.tif", mask, imagej=True, metadata={"axes": "YX"})
+    img3, mask3 = test_image_nuclei_3d(return_mask=True)
+    tifffile.imwrite(HERE / "nuclei_3d_masks.tif", mask3, ome=True, photometric="minisblack", metadata={"axes": "ZYX"})
     tifffile.imwrite(
         HERE / "nuclei_3d.tif", img3, ome=True, photometric="minisblack",
         metadata={"axes": "ZYX", "Channel": {"Name": ["DAPI"]}, "PhysicalSizeZ": 1.0, "PhysicalSizeY": 0.5,

@@ -7,9 +7,13 @@ import logging
 import sys
 from typing import Sequence
 
+from .pairs import PairError
+
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
+
+_argv: list[str] | None = None  # the arguments of this invocation, for the model card
 
 
 def _tiles(text: str) -> tuple[int, ...]:
@@ -83,6 +87,134 @@ def _segment(args) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers such as 2,0.5,0.5") from None
+
+
+def _add_pair_options(p) -> None:
+    p.add_argument("--images", nargs="+", required=True, help="image TIFF files")
+    p.add_argument("--masks", nargs="+", required=True, help="label mask TIFF files, one per image, same order")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=None, help="2 or 3 (default: 3 where the files have Z planes)")
+    p.add_argument("--channel", type=int, default=0, help="image channel with the nuclei (default 0)")
+    p.add_argument("--axes", default=None, help="axes of files that do not say, e.g. ZYX")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a StarDist model from image/mask TIFF pairs",
+        description="Train a 2D or 3D StarDist model. Losses go to losses.csv and losses.png in the model folder "
+        "each epoch; the best weights (by validation loss) are kept at every epoch; --resume continues a stopped run.",
+    )
+    _add_pair_options(p)
+    p.add_argument("--out", required=True, help="folder to hold the model folder (stardist's basedir)")
+    p.add_argument("--name", required=True, help="name of the model folder")
+    p.add_argument("--val-images", nargs="+", default=None, help="validation images (default: a part of --images)")
+    p.add_argument("--val-masks", nargs="+", default=None, help="validation masks")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="fraction held out for validation (default 0.15)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    p.add_argument("--steps", type=int, default=100, help="steps per epoch (default 100)")
+    p.add_argument("--patch-size", type=_tiles, default=None, help="training patch size, e.g. 256,256 or 48,96,96")
+    p.add_argument("--rays", type=int, default=None, help="number of rays (default 32 in 2D, 96 in 3D)")
+    p.add_argument("--grid", type=_tiles, default=None, help="output grid, e.g. 2,2 (default from the anisotropy)")
+    p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+    p.add_argument("--voxel-size", type=_floats, default=None, help="z,y,x in µm for 3D anisotropy (default: from the file)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--no-rotate-flip", action="store_true", help="no 90-degree rotations and flips in the image plane")
+    p.add_argument("--no-flip-z", action="store_true", help="no flips along Z (3D)")
+    p.add_argument("--no-intensity", action="store_true", help="no random intensity scale and shift")
+    p.add_argument("--noise", type=float, default=0.0, help="largest std of additive noise on normalised images (default 0: off)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in the folder")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last epoch")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where there is a GPU")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .evaluation import format_table
+    from .pairs import read_pairs
+    from .training import TrainSettings, train
+
+    if (args.val_images is None) != (args.val_masks is None):
+        raise PairError("give both --val-images and --val-masks, or neither")
+    pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
+    val = None
+    if args.val_images:
+        val = read_pairs(args.val_images, args.val_masks, ndim=pairs.ndim, channel=args.channel, axes=args.axes)
+    settings = TrainSettings(
+        basedir=Path(args.out), name=args.name, epochs=args.epochs, steps_per_epoch=args.steps,
+        patch_size=args.patch_size, n_rays=args.rays, grid=args.grid, batch_size=args.batch_size,
+        val_fraction=args.val_fraction, seed=args.seed, rotate_flip=not args.no_rotate_flip,
+        flip_z=not args.no_flip_z, intensity=not args.no_intensity, noise=args.noise, voxel_size=args.voxel_size,
+        overwrite=args.overwrite, resume=args.resume, use_gpu=not args.cpu,
+        command="stardist-host " + shlex.join(sys.argv[1:] if _argv is None else _argv),
+        data={"images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
+              "val_images": args.val_images, "val_masks": args.val_masks},
+    )
+    card = train(settings, pairs, val)
+    print(f"{settings.folder}: {card['epochs']} epochs, best {card['best_epoch']}; validation scores:")
+    print(format_table(card["validation_scores"]))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on image/mask TIFF pairs (precision, recall, F1, accuracy, PQ)",
+        description="Segment the images with the model and match the result to the masks at IoU 0.3, 0.5, 0.7 "
+        "and 0.9 with stardist's matching functions.",
+    )
+    _add_pair_options(p)
+    p.add_argument("--model-path", default=None, help="folder holding the model folder (default: bundled/registered)")
+    p.add_argument("--model-name", required=True, help="model folder name")
+    p.add_argument("--region", default=None, help="evaluate only this crop of the last axes, e.g. ':,384:' for columns 384 on")
+    p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's own")
+    p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's own")
+    p.add_argument("--out", default=None, help="write the scores to this .csv or .json file")
+    p.add_argument("--save-to-card", action="store_true", help="record the scores in the model's model_card.json and README.md")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where there is a GPU")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .device import configure_device
+    from .evaluation import format_table, predict_all, score, write_scores
+    from .models import load_model
+    from .pairs import read_pairs
+
+    pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes, region=args.region)
+    configure_device(not args.cpu)
+    model = load_model(args.model_name, ndim=pairs.ndim, path=args.model_path)
+    rows = score(pairs.masks, predict_all(model, pairs.images, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh))
+    what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
+            "region": args.region, "n_objects": pairs.n_objects}
+    print(f"{args.model_name} on {len(pairs.images)} sample(s), {pairs.n_objects} true objects:")
+    print(format_table(rows))
+    if args.out:
+        write_scores(rows, args.out, **what)
+    if args.save_to_card:
+        from .training import _card_text
+
+        folder = Path(model.logdir)
+        card_path = folder / "model_card.json"
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        card.setdefault("data", {})["test_scores"] = rows
+        card["data"]["test_data"] = what
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        if "validation_scores" in card:
+            (folder / "README.md").write_text(_card_text(card))
+    return 0
+
+
 def _models(args) -> int:
     from .models import bundled_models, bundled_models_dir, registered_models
 
@@ -107,12 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     d = sub.add_parser("doctor", help="check the environment: versions, GPUs, bundled models, a sample run")
     d.add_argument("--cpu", action="store_true", help="check on the CPU even where there is a GPU")
     d.set_defaults(func=_doctor)
     m = sub.add_parser("models", help="list bundled and registered model names")
     m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
     m.set_defaults(func=_models)
+    global _argv
+    _argv = list(argv) if argv is not None else None
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from .host import NoImageSetError, active_imageset
 from .imagesets import TiffImageSet
 from .models import ModelError
+from .pairs import PairError
 from .segment import LabelOverflowError, Progress, SegmentResult, run
 from .settings import Settings, SettingsError
 from .tiff import TiffError
@@ -21,7 +22,7 @@ __all__ = ["segment_file", "run_script", "setup_logging", "USER_ERRORS", "tqdm_p
 log = logging.getLogger(__name__)
 
 #: Errors that are the user's to fix: shown as one clear line, without a traceback.
-USER_ERRORS = (SettingsError, ModelError, TiffError, NoImageSetError, LabelOverflowError, FileNotFoundError)
+USER_ERRORS = (SettingsError, ModelError, TiffError, PairError, NoImageSetError, LabelOverflowError, FileNotFoundError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

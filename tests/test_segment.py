@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from stardist.data import test_image_nuclei_2d, test_image_nuclei_3d
+from stardist.data import test_image_nuclei_2d as stardist_sample_2d
+from stardist.data import test_image_nuclei_3d as stardist_sample_3d
 from stardist.matching import matching
 
 from conftest import FakeModel
@@ -76,7 +77,7 @@ def test_auto_n_tiles():
 
 def _truth_2d_t0():
     """Ground truth for time point 0 of the bundled 2D sample (see data/make_samples.py)."""
-    return test_image_nuclei_2d(return_mask=True)[1][128:384, 240:496]
+    return stardist_sample_2d(return_mask=True)[1][128:384, 240:496]
 
 
 def test_2d_bundled_sample_finds_the_nuclei(sample_2d, model_2d):
@@ -94,7 +95,7 @@ def test_3d_bundled_sample_finds_the_nuclei(sample_3d, model_3d):
     with TiffImageSet(sample_3d) as ims:
         result = run(Settings(ndim=3, model_name="3D_demo", use_gpu=False), ims)
         labels = np.stack([ims.get_channeldata(result.channel, z, 0) for z in range(ims.plane_count)])
-    truth = test_image_nuclei_3d(return_mask=True)[1]
+    truth = stardist_sample_3d(return_mask=True)[1]
     n_true = len(np.unique(truth)) - 1  # 51
     assert abs(result.total - n_true) <= 0.25 * n_true
     assert matching(truth, labels, thresh=0.5).f1 >= 0.6
