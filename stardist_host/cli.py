@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from .analysis import AnalysisError
 from .pairs import PairError
 
 __all__ = ["main"]
@@ -215,6 +216,59 @@ def _evaluate(args) -> int:
     return 0
 
 
+_JOB_HELP = {
+    "measure": "per-nucleus measurements (position, size, intensities) to CSV",
+    "track": "link nuclei over time into tracks (CSV, track-id channel)",
+    "atlas": "count nuclei and densities per atlas region (CSV)",
+    "cells": "grow cells from the nuclei over a membrane channel (new channel, CSV)",
+    "overlay": "a QC picture of one plane with the outlines drawn over it (PNG)",
+}
+
+
+def _option_type(name: str, default):
+    if name.endswith("_channels"):
+        return lambda text: [int(v) for v in text.split(",") if v.strip()]
+    if name.endswith("voxel_size"):
+        return _floats
+    if name.endswith("_channel") or name in ("max_gap", "time_point", "plane", "ndim"):
+        return int
+    if name in ("max_distance_um", "threshold", "smooth_um"):
+        return float
+    return str
+
+
+def _add_jobs(sub) -> None:
+    import inspect
+
+    from .jobs import JOBS, job_settings
+
+    for job in JOBS:
+        p = sub.add_parser(job, help=_JOB_HELP[job], description=f"{_JOB_HELP[job]}. {inspect.getdoc(JOBS[job])} "
+                           "Options are the settings of scripts/ of the same names.")
+        p.add_argument("input", help="input TIFF, e.g. the output of stardist-host segment; never modified")
+        p.add_argument("output_folder", help="folder for the results")
+        p.add_argument("--axes", default=None, help="axes of the input where the file does not say")
+        for name, param in job_settings(job).items():
+            flag = "--" + name.replace("_", "-")
+            required = param.default is inspect.Parameter.empty
+            if isinstance(param.default, bool):
+                p.add_argument(flag, action="store_true", help=f"{name.upper()}=True")
+            else:
+                p.add_argument(flag, type=_option_type(name, param.default), required=required,
+                               default=None if required else param.default,
+                               help=f"{name.upper()}" + ("" if required else f" (default {param.default!r})"))
+        p.set_defaults(func=_job, job=job)
+
+
+def _job(args) -> int:
+    from .jobs import job_settings, run_job_on_file
+
+    settings = {name: getattr(args, name) for name in job_settings(args.job)}
+    for path in run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes):
+        print(path)
+    return 0
+
+
 def _models(args) -> int:
     from .models import bundled_models, bundled_models_dir, registered_models
 
@@ -241,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_segment(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_jobs(sub)
     d = sub.add_parser("doctor", help="check the environment: versions, GPUs, bundled models, a sample run")
     d.add_argument("--cpu", action="store_true", help="check on the CPU even where there is a GPU")
     d.set_defaults(func=_doctor)
@@ -253,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, AnalysisError) as err:
         log.error("%s", err)
         return 2
 

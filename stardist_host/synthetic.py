@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-__all__ = ["nuclei"]
+__all__ = ["nuclei", "render", "moving_nuclei", "atlas_scene", "cell_scene"]
 
 
 def nuclei(
@@ -90,3 +90,172 @@ def nuclei(
     image += noise * rng.standard_normal(shape).astype(np.float32)
     image = np.clip(image, 0, None) * 4000 + 100
     return image.astype(np.uint16), labels
+
+
+def render(shape: tuple[int, ...], centres, radii, scale=None) -> NDArray[np.int32]:
+    """Label image of ellipsoids (label i + 1 for centre i); a pixel in several goes to the nearest centre.
+
+    ``centres`` and ``radii`` are (N, ndim) in pixels; each ellipsoid is drawn
+    inside its bounding box only, so large scenes stay fast.
+    """
+    labels = np.zeros(shape, np.int32)
+    best = np.full(shape, np.inf, np.float32)
+    for i, (c, r) in enumerate(zip(np.asarray(centres, float), np.asarray(radii, float))):
+        lo = np.maximum(np.floor(c - r).astype(int), 0)
+        hi = np.minimum(np.ceil(c + r).astype(int) + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.indices(tuple(hi - lo), dtype=np.float32)
+        dist = sum(((grid[k] + lo[k] - c[k]) / r[k]) ** 2 for k in range(len(shape)))
+        inside = (dist <= 1) & (dist < best[box])
+        labels[box][inside] = i + 1
+        best[box][inside] = dist[inside]
+    return labels
+
+
+def moving_nuclei(
+    shape: tuple[int, ...],
+    n: int,
+    frames: int,
+    *,
+    step: float = 3.0,
+    radius: float = 5.0,
+    division_rate: float = 0.0,
+    seed: int = 0,
+) -> tuple[NDArray[np.int32], list[tuple[int, int, int]], list[tuple[int, int, int, int]]]:
+    """Nuclei that move (and sometimes divide) over ``frames`` time points, with the true links.
+
+    Each nucleus moves ``step`` pixels per frame in a persistent direction that
+    turns a little each frame, bouncing off the borders; labels are shuffled in
+    every frame so that a label says nothing about identity.  A dividing
+    nucleus is replaced in the next frame by two daughters one radius to
+    either side.
+
+    Returns
+    -------
+    labels
+        (T, *shape) int32 label images.
+    links
+        True frame-to-frame links (t, label at t, label at t + 1), daughters included.
+    divisions
+        (t, mother label at t, daughter label, daughter label at t + 1).
+    """
+    rng = np.random.default_rng(seed)
+    ndim = len(shape)
+    size = np.asarray(shape, float)
+    margin = radius + 2
+    pos = rng.uniform(margin, size - margin, size=(n, ndim))
+    vel = rng.normal(size=(n, ndim))
+    vel *= step / np.linalg.norm(vel, axis=1, keepdims=True)
+    ids = np.arange(n)  # identity of each nucleus
+    labels = np.zeros((frames, *shape), np.int32)
+    links: list[tuple[int, int, int]] = []
+    divisions: list[tuple[int, int, int, int]] = []
+    next_id = n
+    previous: dict[int, int] = {}
+    for t in range(frames):
+        order = rng.permutation(len(pos))  # label of nucleus k is order[k] + 1
+        lab = {int(ids[k]): int(order[k]) + 1 for k in range(len(pos))}
+        labels[t] = render(shape, pos[np.argsort(order)], np.full((len(pos), ndim), radius))
+        for k in range(len(pos)):
+            parent = previous.get(int(ids[k]))
+            if parent is not None:
+                links.append((t - 1, parent[0], lab[int(ids[k])]))
+        # move, divide, bounce
+        new_pos, new_vel, new_ids, previous = [], [], [], {}
+        for k in range(len(pos)):
+            me = int(ids[k])
+            if t < frames - 1 and rng.random() < division_rate:
+                axis = rng.normal(size=ndim)
+                axis *= radius * 1.1 / np.linalg.norm(axis)
+                kids = []
+                for sign in (1, -1):
+                    new_pos.append(pos[k] + sign * axis)
+                    new_vel.append(vel[k])
+                    new_ids.append(next_id)
+                    previous[next_id] = (lab[me],)
+                    kids.append(next_id)
+                    next_id += 1
+                divisions.append((t, lab[me], *kids))  # daughters' labels filled in below
+                continue
+            turned = vel[k] + rng.normal(scale=0.3 * step, size=ndim)
+            new_vel.append(turned * step / np.linalg.norm(turned))
+            new_pos.append(pos[k] + new_vel[-1])
+            new_ids.append(me)
+            previous[me] = (lab[me],)
+        pos, vel, ids = np.array(new_pos), np.array(new_vel), np.array(new_ids)
+        low, high = pos < margin, pos > size - margin
+        vel[low | high] *= -1
+        pos = np.clip(pos, margin, size - margin)
+    # replace daughter identities by their labels in the frame after the division
+    by_link = {(t, a): [] for t, a, _ in links}
+    for t, a, b in links:
+        by_link[(t, a)].append(b)
+    divisions = [(t, m, *sorted(by_link[(t, m)])) for t, m, *_ in divisions if len(by_link.get((t, m), [])) == 2]
+    return labels, links, divisions
+
+
+def atlas_scene(
+    shape: tuple[int, int, int] = (20, 80, 120), counts: tuple[int, ...] = (12, 20, 8), outside: int = 5, seed: int = 0
+) -> tuple[NDArray[np.int32], NDArray[np.int32], dict[int, int]]:
+    """An atlas of ``len(counts)`` slab regions along X inside a border of no region, with known nuclei in each.
+
+    Returns (nuclei labels, atlas labels, {region: true count}, region 0 being outside every region).
+    """
+    rng = np.random.default_rng(seed)
+    z, y, x = shape
+    atlas = np.zeros(shape, np.int32)
+    edges = np.linspace(10, x - 10, len(counts) + 1).astype(int)
+    for i in range(len(counts)):
+        atlas[2:-2, 10:-10, edges[i]:edges[i + 1]] = i + 1
+    inner = {r: ndimage.binary_erosion(atlas == r, iterations=2) for r in range(len(counts) + 1)}
+    centres: list[NDArray] = []
+    truth = {}
+    for region, count in enumerate((outside, *counts)):
+        spots = np.argwhere(inner[region])
+        placed = 0
+        for spot in spots[rng.permutation(len(spots))]:
+            if placed == count:
+                break
+            if all(np.abs(spot - c).max() > 3 for c in centres):  # nuclei never touch
+                centres.append(spot)
+                placed += 1
+        truth[region] = placed
+    nuclei = render(shape, np.asarray(centres) + 0.0, np.full((len(centres), 3), 1.2))
+    return nuclei, atlas, truth
+
+
+def cell_scene(
+    shape: tuple[int, int, int] = (24, 96, 96),
+    n: int = 12,
+    *,
+    nucleus_radius: float = 4.0,
+    cell_radius: float = 11.0,
+    anisotropy: float = 2.0,
+    seed: int = 0,
+) -> tuple[NDArray[np.uint16], NDArray[np.int32], NDArray[np.uint16], NDArray[np.int32]]:
+    """Cells around nuclei: nuclei image and labels, membrane image and true cell labels (same label per cell).
+
+    Cells are the points within ``cell_radius`` (physical, lateral pixels) of
+    their nucleus centre and nearer to it than to any other (a bounded Voronoi
+    partition).  The membrane channel is bright on every cell boundary, dim
+    inside cells (cytoplasmic background) and dark outside, blurred and noisy.
+    """
+    rng = np.random.default_rng(seed)
+    scale = np.array([anisotropy, 1.0, 1.0])
+    size = np.asarray(shape, float)
+    centres: list[NDArray] = []
+    while len(centres) < n:
+        c = rng.uniform(cell_radius / scale, size - cell_radius / scale)
+        if all(np.linalg.norm((c - o) * scale) > 1.3 * cell_radius for o in centres):
+            centres.append(c)
+    centres_arr = np.array(centres)
+    nuclei = render(shape, centres_arr, np.tile(nucleus_radius / scale, (n, 1)))
+    cells = render(shape, centres_arr, np.tile(cell_radius / scale, (n, 1)))
+    edges = ndimage.grey_dilation(cells, size=3) != ndimage.grey_erosion(cells, size=3)
+    membrane = 0.3 * (cells > 0) + 1.0 * edges
+    membrane = ndimage.gaussian_filter(membrane.astype(np.float32), 0.8 / scale) + 0.03 * rng.standard_normal(shape)
+    dapi = ndimage.gaussian_filter((nuclei > 0).astype(np.float32), 1.0 / scale) + 0.03 * rng.standard_normal(shape)
+    to16 = lambda a: (np.clip(a, 0, None) * 3000 + 100).astype(np.uint16)  # noqa: E731
+    return to16(dapi), nuclei, to16(membrane), cells

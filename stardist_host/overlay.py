@@ -1,0 +1,90 @@
+"""QC overlays: a plane of the input with label outlines (and ids) drawn over it, as a PNG."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import AnalysisError, check_channel
+from .host import ImageSet
+
+__all__ = ["overlay"]
+
+log = logging.getLogger(__name__)
+
+
+def overlay(
+    imageset: ImageSet,
+    path: str | os.PathLike,
+    *,
+    image_channel: int,
+    label_channel: int,
+    time_point: int = 0,
+    plane: int = 0,
+    cell_channel: int | None = None,
+    track_channel: int | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> Path:
+    """Write a PNG of one plane with nucleus outlines (yellow), cell outlines (cyan) and track ids.
+
+    Parameters
+    ----------
+    imageset
+        The image set (host contract).
+    path
+        The PNG to write.
+    image_channel
+        IMAGE_CHANNEL shown in grey, contrast-stretched to ``percentiles``.
+    label_channel
+        LABEL_CHANNEL whose outlines are drawn.
+    time_point, plane
+        TIME_POINT and PLANE to show.
+    cell_channel
+        CELL_CHANNEL whose outlines are drawn too.
+    track_channel
+        TRACK_CHANNEL: a track-id channel; each nucleus is annotated with its id.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.measure import regionprops
+    from skimage.segmentation import find_boundaries
+
+    image_channel = check_channel(imageset, image_channel, "IMAGE_CHANNEL")
+    label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
+    for name, value, count in (("TIME_POINT", time_point, imageset.time_point_count), ("PLANE", plane, imageset.plane_count)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+            raise AnalysisError(f"{name}={value!r}: the image set has {name.lower().replace('_', ' ')}s 0..{count - 1}")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise AnalysisError(f"output {str(path)!r} must end in .png")
+
+    image = np.asarray(imageset.get_channeldata(image_channel, plane, time_point), dtype=np.float32)
+    lo, hi = np.percentile(image, percentiles)
+    grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    layers = [(label_channel, (1.0, 0.9, 0.0))]
+    if cell_channel is not None:
+        layers.append((check_channel(imageset, cell_channel, "CELL_CHANNEL"), (0.0, 0.9, 1.0)))
+    for channel, colour in layers:
+        labels = np.asarray(imageset.get_channeldata(channel, plane, time_point))
+        rgb[find_boundaries(labels, mode="inner")] = colour
+    height, width = grey.shape
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    if track_channel is not None:
+        tracks = np.asarray(imageset.get_channeldata(check_channel(imageset, track_channel, "TRACK_CHANNEL"), plane, time_point))
+        for r in regionprops(tracks):
+            ax.text(r.centroid[1], r.centroid[0], str(r.label), color="magenta", fontsize=7, ha="center", va="center")
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    log.info("wrote %s", path)
+    return path
