@@ -46,7 +46,7 @@ def predict_all(model, images: Sequence[NDArray], *, percentiles=(1.0, 99.8), pr
     """Normalise and segment each sample as :mod:`stardist_host.segment` does."""
     from csbdeep.utils import normalize
 
-    from .segment import auto_n_tiles
+    from .pipeline import auto_n_tiles
 
     out = []
     for x in images:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -124,11 +125,45 @@ class MemoryImageSet(_Checks):
         return self._channels[channel]
 
 
+class _DiskChannel:
+    """A (T, Z, Y, X) channel in a scratch file, read and written a plane at a time.
+
+    Plain file reads and writes rather than a memory map: planes written do not
+    stay resident, so memory does not grow with the stack.  The file starts
+    sparse, so unwritten planes read as zeros.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int], dtype: DTypeLike) -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self._plane_bytes = shape[2] * shape[3] * self.dtype.itemsize
+        self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close())
+        self._file.truncate(shape[0] * shape[1] * self._plane_bytes)
+        self._lock = threading.Lock()
+
+    def _seek(self, t: int, z: int) -> None:
+        self._file.seek((t * self.shape[1] + z) * self._plane_bytes)
+
+    def read(self, t: int, z: int) -> NDArray:
+        out = np.empty(self.shape[2:], self.dtype)
+        with self._lock:
+            self._seek(t, z)
+            self._file.readinto(memoryview(out).cast("B"))
+        return out
+
+    def write(self, t: int, z: int, data: NDArray) -> None:
+        with self._lock:
+            self._seek(t, z)
+            self._file.write(np.ascontiguousarray(data, self.dtype).tobytes())
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class TiffImageSet(_Checks):
     """An image set read lazily from a TIFF file, with new channels kept on disk.
 
     The input file is opened read-only and read one plane at a time.  Channels
-    added with :meth:`add_channel` live in memory-mapped scratch files, so that
+    added with :meth:`add_channel` live in scratch files on disk, so that
     memory use does not grow with the data; :meth:`save` writes the input
     channels and the new ones to a new OME-TIFF.
 
@@ -169,7 +204,7 @@ class TiffImageSet(_Checks):
         self.current_time_point = current_time_point
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
-        self._added: list[np.memmap] = []
+        self._added: list[_DiskChannel] = []
         self._scratch_parent = scratch_dir
         self._scratch: tempfile.TemporaryDirectory | None = None
 
@@ -189,7 +224,7 @@ class TiffImageSet(_Checks):
         self._check(channel, plane, time_point)
         if channel < self._n_input:
             return self._reader.plane(time_point, channel, plane)
-        return self._added[channel - self._n_input][time_point, plane]
+        return self._added[channel - self._n_input].read(time_point, plane)
 
     def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
         self._check(channel, plane, time_point)
@@ -200,15 +235,14 @@ class TiffImageSet(_Checks):
             )
         self._check_plane(data)
         target = self._added[channel - self._n_input]
-        target[time_point, plane] = _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}")
+        target.write(time_point, plane, _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="stardist-host-", dir=self._scratch_parent)
         index = self.channel_count
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
-        scratch = Path(self._scratch.name) / f"channel{index}.raw"
-        self._added.append(np.memmap(scratch, dtype=dtype, mode="w+", shape=shape))  # zero-filled
+        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{index}.raw", shape, dtype))
         self._names.append(name)
         return index
 
@@ -236,6 +270,8 @@ class TiffImageSet(_Checks):
 
     def close(self) -> None:
         """Close the input file and delete the scratch files."""
+        for channel in self._added:
+            channel.close()
         self._added.clear()
         self._reader.close()
         if self._scratch is not None:

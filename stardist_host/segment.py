@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,19 +18,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .host import ImageSet, active_imageset, check_imageset
+from .pipeline import auto_n_tiles, predict_units
 from .plan import Plan, Unit, make_plan
 from .settings import Settings
 
-__all__ = ["run", "segment", "SegmentResult", "LabelOverflowError", "auto_n_tiles", "label_dtype_for"]
+__all__ = ["run", "segment", "SegmentResult", "LabelOverflowError", "label_dtype_for"]
 
 log = logging.getLogger(__name__)
 
 #: progress(done, total) is called after each plane (2D) or volume (3D).
 Progress = Callable[[int, int], None]
 
-# Largest tile (in pixels or voxels) that goes through the network at once when
-# N_TILES=None: about 1 GiB of activations for the default U-Nets.
-_MAX_TILE_PIXELS = 2048 * 2048
 # Smallest nucleus (pixels in 2D, voxels in 3D) assumed when LABEL_DTYPE="auto"
 # bounds the number of labels a plane or volume can hold.
 _MIN_NUCLEUS = {2: 16, 3: 64}
@@ -74,17 +73,8 @@ class SegmentResult:
             f"{self.total} nuclei in {len(self.units)} {what}(s) "
             f"(per {what}: min {min(counts)}, mean {np.mean(counts):.1f}, max {max(counts)}); "
             f"labels in channel {self.channel} {self.channel_name!r}; model {self.model} on {self.device}, "
-            f"{secs / len(self.units):.2f} s per {what}"
+            f"{secs / len(self.units):.3f} s per {what}"
         )
-
-
-def auto_n_tiles(shape: tuple[int, ...], max_pixels: int = _MAX_TILE_PIXELS) -> tuple[int, ...]:
-    """Tile counts that keep every tile at or under ``max_pixels``, splitting the largest axes first."""
-    tiles = [1] * len(shape)
-    while math.prod(math.ceil(s / t) for s, t in zip(shape, tiles)) > max_pixels:
-        axis = int(np.argmax([s / t for s, t in zip(shape, tiles)]))
-        tiles[axis] *= 2
-    return tuple(tiles)
 
 
 def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], unique: bool) -> np.dtype:
@@ -141,6 +131,7 @@ def segment(
     label_dtype: str = "auto",
     device: str = "",
     progress: Progress | None = None,
+    pipeline: bool = True,
 ) -> SegmentResult:
     """Segment every plane (2D) or volume (3D) of ``plan`` into a new label channel.
 
@@ -170,6 +161,10 @@ def segment(
         Where TensorFlow runs, for the summary.
     progress
         Called as ``progress(done, total)`` after each plane or volume.
+    pipeline
+        True: batched network calls overlapped with reading and NMS
+        (:mod:`stardist_host.pipeline`); False: stardist's ``predict_instances``
+        plane by plane (the reference the pipeline is tested against).
 
     Returns
     -------
@@ -192,15 +187,25 @@ def segment(
         plan.channel, len(units), "plane" if plan.ndim == 2 else "volume",
         _ranges(plan.time_points), plan.first_plane, plan.last_plane, out, output_name, dtype,
     )
-    offset = 0
-    for done, unit in enumerate(units, start=1):
-        start = time.perf_counter()
-        image = _read(imageset, plan.channel, unit, plan.ndim)
-        x = normalize(image, *percentiles, axis=None)
-        tiles = n_tiles or auto_n_tiles(x.shape)
-        labels, _ = model.predict_instances(
-            x, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=tiles, scale=scale, show_tile_progress=False
+    lock = threading.Lock()  # a host's image set need not be thread-safe: one call at a time
+
+    def read(unit: Unit) -> NDArray:
+        with lock:
+            image = _read(imageset, plan.channel, unit, plan.ndim)
+        return normalize(image, *percentiles, axis=None)
+
+    if pipeline:
+        labelled = predict_units(model, units, read, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+                                 n_tiles=n_tiles, scale=scale)
+    else:
+        labelled = (
+            (unit, model.predict_instances(x, prob_thresh=prob_thresh, nms_thresh=nms_thresh, scale=scale,
+                                           n_tiles=n_tiles or auto_n_tiles(x.shape), show_tile_progress=False)[0])
+            for unit in units for x in (read(unit),)
         )
+    offset = 0
+    start = time.perf_counter()
+    for done, (unit, labels) in enumerate(labelled, start=1):
         # a polygon drawn over entirely by its neighbours leaves a gap in the numbering
         highest = int(labels.max())
         count = int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if highest else 0
@@ -213,12 +218,14 @@ def segment(
                 f"label channel's type {dtype} (up to {np.iinfo(dtype).max}); set LABEL_DTYPE='uint32'"
             )
         labels = labels.astype(dtype)
-        for i, z in enumerate(unit.planes):
-            imageset.set_channeldata(out, z, unit.time_point, labels if plan.ndim == 2 else labels[i])
+        with lock:
+            for i, z in enumerate(unit.planes):
+                imageset.set_channeldata(out, z, unit.time_point, labels if plan.ndim == 2 else labels[i])
         offset = top
-        seconds = time.perf_counter() - start
-        result.units.append(UnitResult(unit, count, seconds))
-        log.debug("time point %d, planes %d..%d: %d nuclei in %.2f s", unit.time_point, unit.first, unit.last, count, seconds)
+        now = time.perf_counter()
+        result.units.append(UnitResult(unit, count, now - start))
+        start = now
+        log.debug("time point %d, planes %d..%d: %d nuclei", unit.time_point, unit.first, unit.last, count)
         if progress is not None:
             progress(done, len(units))
     log.info(result.summary())

@@ -2,8 +2,8 @@
 
 Nothing outside this module imports tifffile.  Reading maps any series
 (ImageJ hyperstack, OME-TIFF, plain multi-page) onto the host contract's
-T, C, Z, Y, X axes and hands out single planes, memory-mapped where the file
-is uncompressed and contiguous, read page by page otherwise.  Writing produces
+T, C, Z, Y, X axes and hands out single planes, read at their offset where the
+file is uncompressed and contiguous, page by page otherwise.  Writing produces
 an OME-TIFF (axes TCZYX, channel names, physical sizes) through a temporary
 file that is renamed into place only once complete.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -163,17 +164,20 @@ class TiffReader:
         if len(names) != n_channels or not all(names):
             names = [f"Channel {c}" for c in range(n_channels)]
         self.layout = TiffLayout(resolved, shape, np.dtype(series.dtype), tuple(names), voxel)
-        self._memmap = None
-        if series.dataoffset is not None and self._samples_axis is None:
-            try:
-                self._memmap = tifffile.memmap(self.path, series=0, mode="r").reshape(shape)
-            except (ValueError, OSError) as err:
-                log.debug("%s: not memory-mapped (%s)", self.path.name, err)
+        # Uncompressed contiguous data are read plane by plane at their offset in the file: as lazy as a
+        # memory map, but the pages read do not stay resident, so memory does not grow with the stack.
+        self._offset = None
+        self._in_memory = None
+        yx_last = resolved.endswith("YX")
+        if series.dataoffset is not None and self._samples_axis is None and yx_last:
+            self._offset = int(series.dataoffset)
+            self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+            self._lock = threading.Lock()
         plane_shape = (sizes["Y"], sizes["X"]) + ((shape[-1],) if self._samples_axis is not None else ())
-        if self._memmap is None and tuple(series.keyframe.shape) != plane_shape:
+        if self._offset is None and tuple(series.keyframe.shape) != plane_shape:
             # pages that are not single planes (planar samples, volumes in one page): read the series once
             log.warning("%s: its pages are not single planes; reading the whole series into memory", self.path.name)
-            self._memmap = series.asarray().reshape(shape)
+            self._in_memory = series.asarray().reshape(shape)
         log.info(
             "opened %s: axes %s, shape %s, %s, voxel size %s",
             self.path.name, resolved, shape, series.dtype, voxel or "unknown",
@@ -195,21 +199,33 @@ class TiffReader:
         """Return the (Y, X) plane of time point ``t``, channel ``c``, plane ``z``."""
         index = {"T": t, "C": c, "Z": z}
         axes = self.layout.axes
-        if self._memmap is not None:
+        if self._in_memory is not None:
             key = tuple(index[a] if a in index else slice(None) for a in axes)
-            return np.asarray(self._memmap[key])
+            return np.asarray(self._in_memory[key])
         page_axes = [a for a in axes if a not in "YX"]
         if self._samples_axis is not None:
             page_axes = page_axes[:-1]  # the last is the samples axis, inside each page
         sizes = self.layout.sizes
         page = int(np.ravel_multi_index([index[a] for a in page_axes], [sizes[a] for a in page_axes])) if page_axes else 0
+        if self._offset is not None:
+            dtype = np.dtype(self._series.dtype)
+            count = sizes["Y"] * sizes["X"]
+            out = np.empty((sizes["Y"], sizes["X"]), dtype)
+            with self._lock:  # one file position, shared by reading threads
+                self._raw.seek(self._offset + page * out.nbytes)
+                if self._raw.readinto(memoryview(out).cast("B")) != out.nbytes:
+                    raise TiffError(f"{self.path.name} is truncated: plane t={t}, c={c}, z={z} lies beyond its end")
+            return out
         data = self._series.pages[page].asarray()
         if self._samples_axis is not None:
             data = data[..., c]
         return data
 
     def close(self) -> None:
-        self._memmap = None
+        self._in_memory = None
+        if self._offset is not None:
+            self._raw.close()
+            self._offset = None
         self._tif.close()
 
 

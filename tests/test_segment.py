@@ -9,12 +9,14 @@ from stardist.matching import matching
 from conftest import FakeModel
 from stardist_host import MemoryImageSet, Settings, TiffImageSet
 from stardist_host.plan import make_plan
-from stardist_host.segment import LabelOverflowError, auto_n_tiles, label_dtype_for, run, segment
+from stardist_host.pipeline import auto_n_tiles
+from stardist_host.segment import LabelOverflowError, label_dtype_for, run, segment
 
 
 def _segment(imageset, settings, model=None, **kwargs):
+    """Segment with a stand-in model, through the plain per-unit path (it has no Keras network to batch)."""
     model = model or FakeModel(settings.ndim)
-    return segment(imageset, model, make_plan(settings, imageset), output_name="labels", **kwargs), model
+    return segment(imageset, model, make_plan(settings, imageset), output_name="labels", pipeline=False, **kwargs), model
 
 
 def test_2d_selected_planes_only_others_stay_zero(memory_imageset):
@@ -69,10 +71,13 @@ def test_label_dtype_auto():
     assert label_dtype_for("uint32", plan, (8, 8), unique=False) == np.uint32
 
 
-def test_auto_n_tiles():
-    assert auto_n_tiles((512, 512)) == (1, 1)
-    assert auto_n_tiles((8192, 4096)) == (4, 2)
-    assert auto_n_tiles((64, 1024, 1024), max_pixels=2**22) == (1, 4, 4)  # 64 x 256 x 256 each
+def test_auto_n_tiles_follows_the_memory_budget():
+    assert auto_n_tiles((512, 512), budget=2**30) == (1, 1)
+    # 1200 bytes per pixel: 2**30 bytes hold 894784 pixels; 8192 x 4096 halves to 512 x 1024 tiles
+    assert auto_n_tiles((8192, 4096), budget=2**30) == (16, 4)
+    assert auto_n_tiles((2048, 2048), budget=2**30) == (4, 2)
+    assert auto_n_tiles((2048, 2048), budget=2**28) == (8, 4)  # less memory, more tiles
+    assert auto_n_tiles((64, 1024, 1024), budget=2**32) == (1, 8, 8)  # 2400 bytes per voxel: 64 x 128 x 128
 
 
 def _truth_2d_t0():

@@ -65,7 +65,7 @@ def test_compressed_file_is_read_page_by_page(tmp_path):
     path = tmp_path / "zip.tif"
     tifffile.imwrite(path, data, compression="zlib", photometric="minisblack", metadata={"axes": "ZYX"})
     reader = TiffReader(path)
-    assert reader._memmap is None  # neither mapped nor loaded whole
+    assert reader._offset is None and reader._in_memory is None  # read page by page
     np.testing.assert_array_equal(reader.plane(0, 0, 3), data[3])
 
 
