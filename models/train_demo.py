@@ -10,8 +10,8 @@ same commands a user would (printed as it goes):
 
 2D_demo: stardist's 2D sample image (stardist.data); rows 0-383 of columns
 0-383 train, rows 384-511 of columns 0-383 validate (and set the thresholds).
-Columns 384-511 are never seen; `stardist-host evaluate` scores them
-(data/nuclei_2d.tif, region ':,384:').
+Columns 384-511 are never trained on; `stardist-host evaluate` scores them
+(data/nuclei_2d.tif, region ':,384:'; the model sees the whole image).
 
 3D_demo: stardist's 3D sample stack, columns 0-35, plus four synthetic stacks
 of anisotropic nuclei (stardist_host.synthetic) train; a fifth synthetic stack
@@ -52,6 +52,22 @@ def _save(folder: Path, name: str, image, mask, axes: str, voxel=None) -> tuple[
     return str(img_path), str(mask_path)
 
 
+def publish_card(folder: Path, tmp: Path, recipe: str) -> None:
+    """Record the recipe command in the model card, with this machine's temporary paths replaced."""
+    import json
+
+    from stardist_host.training import _card_text
+
+    card_path = folder / "model_card.json"
+    text = card_path.read_text().replace(str(tmp), "<demo data>").replace(str(folder.parent), "models")
+    text = text.replace(str(ROOT) + "/", "")
+    card = json.loads(text)
+    card["recipe"] = recipe
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    (folder / "README.md").write_text(f"Made by `{recipe}`; the training data are written to <demo data>, a temporary "
+                                      "folder, from the images the stardist package ships.\n\n" + _card_text(card))
+
+
 def _run(args: list[str]) -> None:
     print("$ stardist-host " + shlex.join(args), flush=True)
     if cli(args) != 0:
@@ -70,6 +86,7 @@ def train_2d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
           "--overwrite"])
     _run(["evaluate", "--model-path", str(out), "--model-name", "2D_demo", "--images", str(ROOT / "data/nuclei_2d.tif"),
           "--masks", str(ROOT / "data/nuclei_2d_masks.tif"), "--region", ":,384:", "--save-to-card"])
+    publish_card(out / "2D_demo", tmp, "python models/train_demo.py --only 2D")
 
 
 def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
@@ -90,6 +107,7 @@ def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
           "--patch-size", "16,48,32", "--rays", "64", "--batch-size", "2", "--seed", str(SEED), "--overwrite"])
     _run(["evaluate", "--model-path", str(out), "--model-name", "3D_demo", "--images", str(ROOT / "data/nuclei_3d.tif"),
           "--masks", str(ROOT / "data/nuclei_3d_masks.tif"), "--region", ":,:,36:", "--save-to-card"])
+    publish_card(out / "3D_demo", tmp, "python models/train_demo.py --only 3D")
 
 
 def main() -> None:

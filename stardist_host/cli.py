@@ -174,7 +174,8 @@ def _add_evaluate(sub) -> None:
     _add_pair_options(p)
     p.add_argument("--model-path", default=None, help="folder holding the model folder (default: bundled/registered)")
     p.add_argument("--model-name", required=True, help="model folder name")
-    p.add_argument("--region", default=None, help="evaluate only this crop of the last axes, e.g. ':,384:' for columns 384 on")
+    p.add_argument("--region", default=None, help="score only this crop of the last axes, e.g. ':,384:' for columns 384 on "
+                   "(the model still sees the whole image)")
     p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's own")
     p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's own")
     p.add_argument("--out", default=None, help="write the scores to this .csv or .json file")
@@ -189,16 +190,22 @@ def _evaluate(args) -> int:
 
     from .device import configure_device
     from .evaluation import format_table, predict_all, score, write_scores
-    from .models import load_model
-    from .pairs import read_pairs
+    import numpy as np
 
-    pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes, region=args.region)
+    from .models import load_model
+    from .pairs import crop, read_pairs
+
+    pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     configure_device(not args.cpu)
     model = load_model(args.model_name, ndim=pairs.ndim, path=args.model_path)
-    rows = score(pairs.masks, predict_all(model, pairs.images, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh))
+    predicted = predict_all(model, pairs.images, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
+    # the model sees whole images, as in use; only the region is scored
+    masks = [crop(m, args.region) for m in pairs.masks]
+    rows = score(masks, [crop(p, args.region) for p in predicted])
+    n_objects = sum(len(np.unique(m)) - 1 for m in masks)
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
-            "region": args.region, "n_objects": pairs.n_objects}
-    print(f"{args.model_name} on {len(pairs.images)} sample(s), {pairs.n_objects} true objects:")
+            "region": args.region, "n_objects": n_objects}
+    print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects:")
     print(format_table(rows))
     if args.out:
         write_scores(rows, args.out, **what)

@@ -70,7 +70,6 @@ def read_pairs(
     ndim: int | None = None,
     channel: int = 0,
     axes: str | None = None,
-    region: str | None = None,
 ) -> Pairs:
     """Read matched image/mask files into samples.
 
@@ -84,8 +83,6 @@ def read_pairs(
         The image channel with the nuclei.
     axes
         Axes for files that do not say (applies to images and masks alike).
-    region
-        Optional crop of the last axes (see :func:`crop`), e.g. held-out columns.
 
     Raises
     ------
@@ -124,8 +121,8 @@ def read_pairs(
             if dim == 3 and img.plane_count < 2:
                 raise PairError(f"image {Path(image_path).name} has a single Z plane; 3D training needs Z stacks")
             voxel = voxel or img.voxel_size
-            new_i = [crop(s, region) for s in _samples(img, channel, dim)]
-            new_m = [crop(s, region) for s in _samples(msk, 0, dim)]
+            new_i = _samples(img, channel, dim)
+            new_m = _samples(msk, 0, dim)
         out_images += new_i
         out_masks += [m.astype(np.int32) if m.dtype.kind == "u" and m.dtype.itemsize >= 4 else m for m in new_m]
         sources += [f"{Path(image_path).name}#{i}" for i in range(len(new_i))]

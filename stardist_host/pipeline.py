@@ -50,6 +50,9 @@ _BYTES_PER_PIXEL = {2: 1200, 3: 2400}
 def memory_budget(use_gpu: bool | None = None) -> int:
     """Bytes the network may use for one call: a share of the free GPU or main memory.
 
+    Main memory is what the machine has available, or the process's cgroup
+    limit where that is lower.
+
     ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
     """
     env = os.environ.get("STARDIST_HOST_MEMORY")
@@ -70,7 +73,35 @@ def memory_budget(use_gpu: bool | None = None) -> int:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
     except (OSError, StopIteration):
         available = 4 * 2**30
+    limit = _cgroup_limit()
+    if limit is not None:  # a container or a cluster job may allow far less than the machine has
+        available = min(available, limit)
     return max(2**28, available // 4)
+
+
+def _cgroup_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The memory limit of this process's control group (Linux, cgroup v1 or v2), if any."""
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidate = os.path.join(root, path.lstrip("/"), "memory.max")
+        elif "memory" in controllers.split(","):
+            candidate = os.path.join(root, "memory", path.lstrip("/"), "memory.limit_in_bytes")
+        else:
+            continue
+        try:
+            with open(candidate) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    return None
 
 
 def auto_n_tiles(shape: tuple[int, ...], budget: int | None = None, *, ndim: int | None = None) -> tuple[int, ...]:

@@ -119,3 +119,20 @@ def test_memory_does_not_grow_with_the_number_of_planes(tmp_path, model_2d):
     small, large = _traced_peak(tmp_path / "64.tif", model_2d), _traced_peak(tmp_path / "256.tif", model_2d)
     assert large < 1.1 * small, (small, large)  # four times the planes, the same memory
     assert large < 256 * plane.nbytes * 4  # less than the stack as float32
+
+
+@pytest.mark.parametrize(
+    "line, file, content, expected",
+    [
+        ("0::/job.slice/task", "job.slice/task/memory.max", "2147483648\n", 2**31),  # cgroup v2
+        ("0::/", "memory.max", "max\n", None),  # v2, unlimited
+        ("7:memory:/docker/abc", "memory/docker/abc/memory.limit_in_bytes", "1073741824\n", 2**30),  # v1
+        ("7:memory:/", "memory/memory.limit_in_bytes", "9223372036854771712\n", None),  # v1, unlimited
+    ],
+)
+def test_cgroup_memory_limit(tmp_path, line, file, content, expected):
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"12:pids:/x\n{line}\n")
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text(content)
+    assert pipeline._cgroup_limit(str(proc), str(tmp_path)) == expected
