@@ -65,7 +65,7 @@ def _time(fn) -> float:
 
 def compare(model, images: list[np.ndarray], label: str) -> dict:
     """Time (a) plain, (b) floor, (c) pipeline on the same images; check (c) gives (a)'s labels."""
-    from stardist_host.pipeline import BatchedPredictor, predict_units
+    from stardist_host.pipeline import BatchedPredictor, batch_limit, memory_budget, predict_units
 
     normed = [_norm(x) for x in images]
     predictor = BatchedPredictor(model)
@@ -77,22 +77,25 @@ def compare(model, images: list[np.ndarray], label: str) -> dict:
     plain: list[np.ndarray] = []
     t_plain = _time(lambda: plain.extend(model.predict_instances(_norm(x), show_tile_progress=False)[0] for x in images))
 
-    batch = 16 if images[0].ndim == 2 else 1
     prepared = [predictor.prepare(i, x) for i, x in enumerate(normed)]
+    batch = batch_limit(prepared[0].x.size, model.config.n_dim, memory_budget())  # as the pipeline batches
     t_floor = _time(lambda: [predictor.network(prepared[i:i + batch]) for i in range(0, len(prepared), batch)])
 
     piped: dict = {}
     t_pipe = _time(lambda: piped.update(predict_units(model, range(len(images)), lambda i: _norm(images[i]))))
 
-    same = all(np.array_equal(plain[i], piped[i]) for i in range(len(images)))
+    # batched convolutions round differently in the last bits, which can move a boundary pixel
+    differ = sum(int(np.count_nonzero(plain[i] != piped[i])) for i in range(len(images)))
     n = len(images)
     row = {
-        "case": label, "n": n, "plain_per_s": n / t_plain, "floor_per_s": n / t_floor, "pipeline_per_s": n / t_pipe,
-        "speedup_plain_over_pipeline": t_plain / t_pipe, "pipeline_over_floor": t_pipe / t_floor, "identical_labels": same,
+        "case": label, "n": n, "batch": batch, "plain_per_s": n / t_plain, "floor_per_s": n / t_floor,
+        "pipeline_per_s": n / t_pipe, "speedup_plain_over_pipeline": t_plain / t_pipe,
+        "pipeline_over_floor": t_pipe / t_floor, "differing_label_pixels": differ,
     }
-    print(f"{label:>22}: plain {row['plain_per_s']:7.2f}/s   floor {row['floor_per_s']:7.2f}/s   "
-          f"pipeline {row['pipeline_per_s']:7.2f}/s   (a)/(c) {row['speedup_plain_over_pipeline']:.2f}x   "
-          f"(c)/(b) {row['pipeline_over_floor']:.2f}   identical labels: {same}", flush=True)
+    print(f"{label:>14} x{n:<4}: plain {row['plain_per_s']:6.2f}/s  floor {row['floor_per_s']:6.2f}/s  "
+          f"pipeline {row['pipeline_per_s']:6.2f}/s  (a)/(c) {row['speedup_plain_over_pipeline']:.2f}x  "
+          f"(c)/(b) {row['pipeline_over_floor']:.2f}  label pixels differing from (a): {differ} of "
+          f"{sum(x.size for x in plain)}", flush=True)
     return row
 
 

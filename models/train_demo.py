@@ -13,9 +13,10 @@ same commands a user would (printed as it goes):
 Columns 384-511 are never trained on; `stardist-host evaluate` scores them
 (data/nuclei_2d.tif, region ':,384:'; the model sees the whole image).
 
-3D_demo: stardist's 3D sample stack, columns 0-35, plus four synthetic stacks
-of anisotropic nuclei (stardist_host.synthetic) train; a fifth synthetic stack
-validates.  Columns 36-56 of the sample are never seen; evaluate scores them
+3D_demo: stardist's 3D sample stack, columns 0-35 (listed twice, so that half
+the patches are real), plus four synthetic stacks of dense, low-contrast,
+anisotropic nuclei like the sample's (stardist_host.synthetic) train; a fifth
+synthetic stack validates.  Columns 36-56 of the sample are never seen; evaluate scores them
 (data/nuclei_3d.tif, region ':,:,36:').
 """
 
@@ -94,14 +95,15 @@ def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
 
     img, mask = test_image_nuclei_3d(return_mask=True)
     voxel = (1.0, 0.5, 0.5)  # as data/nuclei_3d.tif; the synthetic stacks have the same anisotropy (2)
-    images, masks = [], []
-    for name, (i, m) in [("sample3d", (img[:, :, :36], mask[:, :, :36]))] + [
-        (f"synthetic{k}", synthetic.nuclei((32, 64, 64), 40, radius=(5, 8), anisotropy=2.0, seed=SEED + k)) for k in range(4)
-    ]:
-        paths = _save(tmp, name, i, m, "ZYX", voxel)
+    # synthetic stacks that look like the sample: dense, low contrast, noisy, blurred
+    like_sample = dict(radius=(6, 10), anisotropy=2.0, background=0.35, noise=0.12, blur=1.5)
+    sample = _save(tmp, "sample3d", img[:, :, :36], mask[:, :, :36], "ZYX", voxel)
+    images, masks = [sample[0]] * 2, [sample[1]] * 2  # listed twice: half the patches come from real data
+    for k in range(4):
+        paths = _save(tmp, f"synthetic{k}", *synthetic.nuclei((32, 64, 64), 60, seed=SEED + k, **like_sample), "ZYX", voxel)
         images.append(paths[0])
         masks.append(paths[1])
-    val = _save(tmp, "val3d", *synthetic.nuclei((32, 64, 64), 40, radius=(5, 8), anisotropy=2.0, seed=SEED + 100), "ZYX", voxel)
+    val = _save(tmp, "val3d", *synthetic.nuclei((32, 64, 64), 60, seed=SEED + 100, **like_sample), "ZYX", voxel)
     _run(["train", "--dim", "3", "--images", *images, "--masks", *masks, "--val-images", val[0], "--val-masks", val[1],
           "--out", str(out), "--name", "3D_demo", "--epochs", str(epochs), "--steps", str(steps),
           "--patch-size", "16,48,32", "--rays", "64", "--batch-size", "2", "--seed", str(SEED), "--overwrite"])

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BatchedPredictor", "predict_units", "auto_n_tiles", "memory_budget", "is_out_of_memory", "BIG_PIXELS"]
+__all__ = ["BatchedPredictor", "predict_units", "auto_n_tiles", "batch_limit", "memory_budget", "is_out_of_memory", "BIG_PIXELS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ _MAX_BATCH = 16
 # Bytes of network activations per input pixel (voxel), measured for stardist's default
 # U-Nets in float32 and rounded up; it sets how many pixels go through the network at once.
 _BYTES_PER_PIXEL = {2: 1200, 3: 2400}
+
+
+def batch_limit(pixels: int, ndim: int, budget: int) -> int:
+    """Inputs of ``pixels`` pixels (voxels) per network call that fit ``budget`` bytes (1 to 16)."""
+    return max(1, min(_MAX_BATCH, budget // (_BYTES_PER_PIXEL[min(max(ndim, 2), 3)] * pixels)))
 
 
 def memory_budget(use_gpu: bool | None = None) -> int:
@@ -150,13 +155,16 @@ class BatchedPredictor:
         self.prob_thresh = float(model.thresholds.prob if prob_thresh is None else prob_thresh)
         self.nms_thresh = float(model.thresholds.nms if nms_thresh is None else nms_thresh)
         self.ndim = model.config.n_dim
-        keras_model = model.keras_model
+        # one compiled call per model, kept on it, so that later runs reuse its traces
+        self._forward = getattr(model, "_stardist_host_forward", None)
+        if self._forward is None:
+            keras_model = model.keras_model
 
-        @tf.autograph.experimental.do_not_convert
-        def forward(x):
-            return keras_model([x], training=False)
+            @tf.autograph.experimental.do_not_convert
+            def forward(x):
+                return keras_model([x], training=False)
 
-        self._forward = tf.function(forward, reduce_retracing=True)
+            self._forward = model._stardist_host_forward = tf.function(forward, reduce_retracing=True)
 
     def prepare(self, unit, image: NDArray, read_seconds: float = 0.0) -> _Prepared:
         """Pad a normalised plane (volume) as stardist's predict does."""
@@ -329,7 +337,7 @@ def predict_units(
                             break
                         batch.append(prepared)
                         if batch_size is None:
-                            limit = max(1, min(_MAX_BATCH, budget // (_BYTES_PER_PIXEL[min(ndim, 3)] * prepared.x.size)))
+                            limit = batch_limit(prepared.x.size, ndim, budget)
                     if batch:
                         submit(batch)
                 # hand back finished units in order; wait when too many are in flight, or at the end

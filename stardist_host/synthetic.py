@@ -24,6 +24,7 @@ def nuclei(
     anisotropy: float = 1.0,
     blur: float = 1.0,
     noise: float = 0.05,
+    background: float = 0.05,
     seed: int = 0,
 ) -> tuple[NDArray[np.uint16], NDArray[np.uint16]]:
     """Make an image of ``n`` nuclei and its label mask.
@@ -42,7 +43,10 @@ def nuclei(
     blur
         Gaussian sigma in lateral pixels.
     noise
-        Standard deviation of the additive noise, relative to the mean brightness.
+        Standard deviation of the additive noise, relative to the brightest nucleus.
+    background
+        Background brightness relative to the brightest nucleus (nuclei are 0.4 to 1);
+        raise it for low-contrast images.
     seed
         Seed of the random generator; the same seed gives the same scene.
 
@@ -82,7 +86,7 @@ def nuclei(
         centres.append(centre)
 
     brightness = rng.uniform(0.4, 1.0, size=placed + 1)
-    brightness[0] = 0.05
+    brightness[0] = background
     image = brightness[labels].astype(np.float32)
     # texture inside nuclei, then the PSF
     image *= 1 + 0.15 * ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.5)
