@@ -57,7 +57,7 @@ def publish_card(folder: Path, tmp: Path, recipe: str) -> None:
     """Record the recipe command in the model card, with this machine's temporary paths replaced."""
     import json
 
-    from stardist_host.training import _card_text
+    from stardist_host.training import card_text
 
     card_path = folder / "model_card.json"
     text = card_path.read_text().replace(str(tmp), "<demo data>").replace(str(folder.parent), "models")
@@ -66,7 +66,7 @@ def publish_card(folder: Path, tmp: Path, recipe: str) -> None:
     card["recipe"] = recipe
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     (folder / "README.md").write_text(f"Made by `{recipe}`; the training data are written to <demo data>, a temporary "
-                                      "folder, from the images the stardist package ships.\n\n" + _card_text(card))
+                                      "folder, from the images the stardist package ships.\n\n" + card_text(card))
 
 
 def _run(args: list[str]) -> None:

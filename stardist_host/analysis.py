@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from .host import ImageSet
 
 __all__ = [
-    "AnalysisError", "Table", "check_channel", "objects_ndim", "resolve_voxel_size", "read_stack", "write_stack",
+    "AnalysisError", "Table", "check_channel", "check_positive", "objects_ndim", "resolve_voxel_size", "read_stack", "write_stack",
     "units", "write_csv", "empty_table", "time_points",
 ]
 
@@ -49,6 +49,13 @@ def objects_ndim(imageset: ImageSet, ndim: int | None) -> int:
     if ndim not in (2, 3):
         raise AnalysisError(f"NDIM={ndim!r}: must be 2 (labels per plane), 3 (labels per volume) or None")
     return ndim
+
+
+def check_positive(value, setting: str, unit: str = "µm") -> float:
+    """``value`` as a positive number, or an AnalysisError naming ``setting``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
+        raise AnalysisError(f"{setting}={value!r}: must be a positive distance in {unit}")
+    return float(value)
 
 
 def resolve_voxel_size(imageset: ImageSet, voxel_size, setting: str = "VOXEL_SIZE") -> tuple[float, float, float]:

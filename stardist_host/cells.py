@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .analysis import AnalysisError, check_channel, objects_ndim, read_stack, resolve_voxel_size, time_points, write_stack
+from .analysis import AnalysisError, check_channel, check_positive, objects_ndim, read_stack, resolve_voxel_size, time_points, write_stack
 from .host import ImageSet
 
 __all__ = ["grow_cells", "grow"]
@@ -138,8 +138,7 @@ def grow_cells(
     """
     nuclei_channel = check_channel(imageset, nuclei_channel, "LABEL_CHANNEL")
     membrane_channel = check_channel(imageset, membrane_channel, "MEMBRANE_CHANNEL")
-    if not (isinstance(max_distance_um, (int, float)) and not isinstance(max_distance_um, bool) and max_distance_um > 0):
-        raise AnalysisError(f"MAX_DISTANCE_UM={max_distance_um!r}: must be a positive distance in µm")
+    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise AnalysisError(f"THRESHOLD={threshold!r}: must be an intensity, or None to compute it")
     voxel = resolve_voxel_size(imageset, voxel_size)

@@ -210,7 +210,7 @@ def _evaluate(args) -> int:
     if args.out:
         write_scores(rows, args.out, **what)
     if args.save_to_card:
-        from .training import _card_text
+        from .training import card_text
 
         folder = Path(model.logdir)
         card_path = folder / "model_card.json"
@@ -219,7 +219,7 @@ def _evaluate(args) -> int:
         card["data"]["test_data"] = what
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         if "validation_scores" in card:
-            (folder / "README.md").write_text(_card_text(card))
+            (folder / "README.md").write_text(card_text(card))
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .analysis import AnalysisError, Table, check_channel, empty_table, objects_ndim, resolve_voxel_size, units
+from .analysis import Table, check_channel, empty_table, objects_ndim, resolve_voxel_size, units
 from .host import ImageSet
 
 __all__ = ["measure", "base_columns"]

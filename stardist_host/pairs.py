@@ -96,6 +96,7 @@ def read_pairs(
     out_masks: list[NDArray] = []
     sources: list[str] = []
     voxel = None
+    pairs_ndim = ndim  # None until the first file decides it
     for image_path, mask_path in zip(images, masks):
         with TiffImageSet(image_path, axes=axes) as img, TiffImageSet(mask_path, axes=axes) as msk:
             shape_i = (img.time_point_count, img.plane_count, *img.plane_shape)
@@ -115,7 +116,7 @@ def read_pairs(
             if not 0 <= channel < img.channel_count:
                 raise PairError(f"channel={channel}: image {Path(image_path).name} has channels 0..{img.channel_count - 1}")
             dim = ndim or (3 if img.plane_count > 1 else 2)
-            if ndim is None and out_images and dim != pairs_ndim:
+            if pairs_ndim is not None and dim != pairs_ndim:
                 raise PairError(f"{Path(image_path).name} is {dim}D but earlier images are {pairs_ndim}D; give --dim")
             pairs_ndim = dim
             if dim == 3 and img.plane_count < 2:

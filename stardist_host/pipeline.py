@@ -25,7 +25,6 @@ import math
 import os
 import queue
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,7 +141,6 @@ class _Prepared:
     image_shape: tuple[int, ...]
     x: NDArray  # padded, axes of the network (…, C)
     resizer: object
-    read_seconds: float
 
 
 class BatchedPredictor:
@@ -166,11 +164,11 @@ class BatchedPredictor:
 
             self._forward = model._stardist_host_forward = tf.function(forward, reduce_retracing=True)
 
-    def prepare(self, unit, image: NDArray, read_seconds: float = 0.0) -> _Prepared:
+    def prepare(self, unit, image: NDArray) -> _Prepared:
         """Pad a normalised plane (volume) as stardist's predict does."""
         setup = self.model._predict_setup(image, None, None, None, False, {})
         x, resizer = setup[0], setup[5]
-        return _Prepared(unit, image, image.shape, x, resizer, read_seconds)
+        return _Prepared(unit, image, image.shape, x, resizer)
 
     def network(self, batch: list[_Prepared]) -> list[tuple[NDArray, NDArray]]:
         """Probabilities and distances for a batch of prepared inputs of one shape."""
@@ -240,11 +238,10 @@ def predict_units(
     def reader() -> None:
         try:
             for unit in units:
-                start = time.perf_counter()
                 image = read(unit)
                 while not stop.is_set():
                     try:
-                        inbox.put((unit, image, time.perf_counter() - start), timeout=0.1)
+                        inbox.put((unit, image), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -324,14 +321,14 @@ def predict_units(
                         if item is done:
                             finished = True
                             break
-                        unit, image, seconds = item
+                        unit, image = item
                         if needs_direct(image):
                             if batch:
                                 carry = item
                             else:
                                 pending.append((unit, pool.submit(direct, unit, image)))
                             break
-                        prepared = predictor.prepare(unit, image, seconds)
+                        prepared = predictor.prepare(unit, image)
                         if batch and prepared.x.shape != batch[0].x.shape:
                             carry = item
                             break

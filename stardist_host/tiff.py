@@ -208,9 +208,7 @@ class TiffReader:
         sizes = self.layout.sizes
         page = int(np.ravel_multi_index([index[a] for a in page_axes], [sizes[a] for a in page_axes])) if page_axes else 0
         if self._offset is not None:
-            dtype = np.dtype(self._series.dtype)
-            count = sizes["Y"] * sizes["X"]
-            out = np.empty((sizes["Y"], sizes["X"]), dtype)
+            out = np.empty((sizes["Y"], sizes["X"]), np.dtype(self._series.dtype))
             with self._lock:  # one file position, shared by reading threads
                 self._raw.seek(self._offset + page * out.nbytes)
                 if self._raw.readinto(memoryview(out).cast("B")) != out.nbytes:

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from .analysis import AnalysisError, Table, check_channel, objects_ndim, read_stack, resolve_voxel_size, write_stack
+from .analysis import AnalysisError, Table, check_channel, check_positive, objects_ndim, read_stack, resolve_voxel_size, write_stack
 from .host import ImageSet
 
 __all__ = ["track", "TrackResult", "TRACK_COLUMNS", "PROPERTY_COLUMNS", "link"]
@@ -133,8 +133,7 @@ def track(
         carries its track id at every time point.
     """
     label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
-    if not (isinstance(max_distance_um, (int, float)) and not isinstance(max_distance_um, bool) and max_distance_um > 0):
-        raise AnalysisError(f"MAX_DISTANCE_UM={max_distance_um!r}: must be a positive distance in µm")
+    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
     if isinstance(max_gap, bool) or not isinstance(max_gap, int) or max_gap < 0:
         raise AnalysisError(f"MAX_GAP={max_gap!r}: must be a whole number of frames, 0 or more")
     if objects_ndim(imageset, ndim) == 2 and imageset.plane_count > 1:

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from .pairs import PairError, Pairs
 
-__all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "LOSS_COLUMNS"]
+__all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "card_text", "LOSS_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     history = _read_losses(folder)
     card = _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotropy, device)
     (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "README.md").write_text(_card_text(card))
+    (folder / "README.md").write_text(card_text(card))
     return card
 
 
@@ -433,7 +433,8 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
     }
 
 
-def _card_text(card: dict) -> str:
+def card_text(card: dict) -> str:
+    """The model card as Markdown, for the model folder's README.md."""
     from .evaluation import format_table
 
     lines = [

@@ -187,3 +187,11 @@ def test_stopped_run_keeps_best_weights_and_resumes_at_next_epoch(tmp_path, tiny
     card = train(TrainSettings(**{**settings.__dict__, "resume": True}), pairs)
     assert [r["epoch"] for r in csv.DictReader((folder / "losses.csv").open())] == ["1", "2", "3", "4"]
     assert card["epochs"] == 4
+
+
+def test_mixed_2d_and_3d_pairs_are_refused(tmp_path):
+    flat = _write_pair(tmp_path, "flat", *synthetic.nuclei((64, 64), 10, radius=(4, 6), seed=1))
+    stack = _write_pair(tmp_path, "stack", *synthetic.nuclei((8, 64, 64), 10, radius=(4, 6), seed=2), metadata={"axes": "ZYX"})
+    with pytest.raises(PairError, match="stack.tif is 3D but earlier images are 2D; give --dim"):
+        read_pairs([flat[0], stack[0]], [flat[1], stack[1]])
+    assert read_pairs([flat[0], stack[0]], [flat[1], stack[1]], ndim=2).ndim == 2  # every plane a 2D sample
