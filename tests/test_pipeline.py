@@ -113,12 +113,14 @@ def _traced_peak(path, model):
 
 def test_memory_does_not_grow_with_the_number_of_planes(tmp_path, model_2d):
     plane = (stardist_sample_2d()[:64, :64]).astype(np.uint16)
-    for n in (64, 256):
+    for n in (64, 1024):
         tifffile.imwrite(tmp_path / f"{n}.tif", np.stack([np.roll(plane, i, 1) for i in range(n)]),
                          photometric="minisblack", metadata={"axes": "TYX"})
-    small, large = _traced_peak(tmp_path / "64.tif", model_2d), _traced_peak(tmp_path / "256.tif", model_2d)
-    assert large < 1.1 * small, (small, large)  # four times the planes, the same memory
-    assert large < 256 * plane.nbytes * 4  # less than the stack as float32
+    small, large = _traced_peak(tmp_path / "64.tif", model_2d), _traced_peak(tmp_path / "1024.tif", model_2d)
+    # bounded queues: the peak depends on how many planes are in flight (thread timing), not on
+    # the stack; 16 times the planes stay well under twice the memory (growth would give ~16x)
+    assert large < 2 * small, (small, large)
+    assert large < 1024 * plane.nbytes * 2 / 2  # under half the stack as float32 (the stack would be all of it)
 
 
 @pytest.mark.parametrize(
