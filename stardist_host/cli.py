@@ -185,24 +185,18 @@ def _add_evaluate(sub) -> None:
 
 
 def _evaluate(args) -> int:
-    import json
     from pathlib import Path
 
     from .device import configure_device
-    from .evaluation import format_table, predict_all, score, write_scores
-    import numpy as np
-
+    from .evaluation import evaluate, format_table, write_scores
     from .models import load_model
-    from .pairs import crop, read_pairs
+    from .pairs import read_pairs
+    from .training import record_test_scores
 
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     configure_device(not args.cpu)
     model = load_model(args.model_name, ndim=pairs.ndim, path=args.model_path)
-    predicted = predict_all(model, pairs.images, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
-    # the model sees whole images, as in use; only the region is scored
-    masks = [crop(m, args.region) for m in pairs.masks]
-    rows = score(masks, [crop(p, args.region) for p in predicted])
-    n_objects = sum(len(np.unique(m)) - 1 for m in masks)
+    rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
             "region": args.region, "n_objects": n_objects}
     print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects:")
@@ -210,16 +204,7 @@ def _evaluate(args) -> int:
     if args.out:
         write_scores(rows, args.out, **what)
     if args.save_to_card:
-        from .training import card_text
-
-        folder = Path(model.logdir)
-        card_path = folder / "model_card.json"
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-        card.setdefault("data", {})["test_scores"] = rows
-        card["data"]["test_data"] = what
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
-        if "validation_scores" in card:
-            (folder / "README.md").write_text(card_text(card))
+        record_test_scores(Path(model.logdir), rows, what)
     return 0
 
 

@@ -18,13 +18,18 @@ from numpy.typing import NDArray
 
 from .imagesets import TiffImageSet
 
-__all__ = ["PairError", "Pairs", "read_pairs", "crop"]
+__all__ = ["PairError", "Pairs", "read_pairs", "crop", "count_objects"]
 
 log = logging.getLogger(__name__)
 
 
 class PairError(ValueError):
     """Training or evaluation data that cannot be used, with the reason and the fix."""
+
+
+def count_objects(masks) -> int:
+    """Labelled objects over all masks (label values counted once per mask)."""
+    return sum(len(np.unique(m)) - 1 for m in masks)
 
 
 @dataclass
@@ -39,7 +44,12 @@ class Pairs:
 
     @property
     def n_objects(self) -> int:
-        return sum(len(np.unique(m)) - 1 for m in self.masks)
+        return count_objects(self.masks)
+
+    def select(self, indices) -> "Pairs":
+        """The samples at ``indices``, in that order."""
+        return Pairs(self.ndim, [self.images[i] for i in indices], [self.masks[i] for i in indices],
+                     self.voxel_size, [self.sources[i] for i in indices])
 
 
 def _samples(imageset: TiffImageSet, channel: int, ndim: int) -> list[NDArray]:

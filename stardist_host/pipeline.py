@@ -138,7 +138,6 @@ def is_out_of_memory(err: BaseException) -> bool:
 class _Prepared:
     unit: object
     image: NDArray  # normalised, as read
-    image_shape: tuple[int, ...]
     x: NDArray  # padded, axes of the network (…, C)
     resizer: object
 
@@ -168,7 +167,7 @@ class BatchedPredictor:
         """Pad a normalised plane (volume) as stardist's predict does."""
         setup = self.model._predict_setup(image, None, None, None, False, {})
         x, resizer = setup[0], setup[5]
-        return _Prepared(unit, image, image.shape, x, resizer)
+        return _Prepared(unit, image, x, resizer)
 
     def network(self, batch: list[_Prepared]) -> list[tuple[NDArray, NDArray]]:
         """Probabilities and distances for a batch of prepared inputs of one shape."""
@@ -188,7 +187,7 @@ class BatchedPredictor:
         probs, dists = prob[inds].copy(), dist[inds].copy()
         keep = prepared.resizer.filter_points(prepared.x.ndim, points, model.config.axes)
         labels, _ = model._instances_from_prediction(
-            prepared.image_shape, probs[keep], dists[keep], points=points[keep],
+            prepared.image.shape, probs[keep], dists[keep], points=points[keep],
             prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh, verbose=False,
         )
         return labels

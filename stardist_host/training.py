@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from .pairs import PairError, Pairs
 
-__all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "card_text", "LOSS_COLUMNS"]
+__all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "card_text", "record_test_scores", "LOSS_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,16 @@ def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, P
     if n >= 2:
         order = np.random.default_rng(seed).permutation(n)
         n_val = min(n - 1, max(1, round(n * fraction)))
-        val, train = sorted(order[:n_val]), sorted(order[n_val:])
-        pick = lambda idx: Pairs(pairs.ndim, [pairs.images[i] for i in idx], [pairs.masks[i] for i in idx],
-                                 pairs.voxel_size, [pairs.sources[i] for i in idx])  # noqa: E731
-        return pick(train), pick(val)
+        return pairs.select(sorted(order[n_val:])), pairs.select(sorted(order[:n_val]))
     # a single sample: its last columns validate
     width = pairs.images[0].shape[-1]
     cut = width - max(1, round(width * fraction))
-    part = lambda s: Pairs(pairs.ndim, [pairs.images[0][..., s]], [pairs.masks[0][..., s]], pairs.voxel_size,  # noqa: E731
-                           [f"{pairs.sources[0]}[..., {s.start or 0}:{s.stop or width}]"])
-    return part(slice(None, cut)), part(slice(cut, None))
+
+    def columns(s: slice) -> Pairs:
+        return Pairs(pairs.ndim, [pairs.images[0][..., s]], [pairs.masks[0][..., s]], pairs.voxel_size,
+                     [f"{pairs.sources[0]}[..., {s.start or 0}:{s.stop or width}]"])
+
+    return columns(slice(None, cut)), columns(slice(cut, None))
 
 
 def _check(train_pairs: Pairs, val_pairs: Pairs, patch: tuple[int, ...], grid: tuple[int, ...]) -> None:
@@ -431,6 +431,17 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
         "device": device,
         "versions": {"stardist": stardist.__version__, "csbdeep": csbdeep.__version__, "tensorflow": tf.__version__},
     }
+
+
+def record_test_scores(folder: Path, rows: list[dict], test_data: dict) -> None:
+    """Add scores on held-out data to a model folder's model_card.json (and its README.md)."""
+    card_path = folder / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card.setdefault("data", {})["test_scores"] = rows
+    card["data"]["test_data"] = test_data
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    if "validation_scores" in card:
+        (folder / "README.md").write_text(card_text(card))
 
 
 def card_text(card: dict) -> str:
