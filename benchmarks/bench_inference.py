@@ -8,7 +8,7 @@ In one process, on the same planes and model (the bundled 2D_demo / 3D_demo):
 
 (a) plain: ``model.predict_instances`` once per plane, as a script would loop;
 (b) floor: the network alone, in batches, called directly (no NMS, no reading);
-(c) pipeline: ``stardist_host.pipeline.predict_units`` (batched network,
+(c) pipeline: ``stardist_host.segmentation.pipeline.predict_units`` (batched network,
     reading and NMS overlapped), which gives the labels of (a).
 
 It prints planes per second for each, the ratios (a)/(c) (speed-up) and
@@ -74,7 +74,7 @@ def _objects_differing(a: np.ndarray, b: np.ndarray) -> int:
 
 def compare(model, images: list[np.ndarray], label: str) -> dict:
     """Time (a) plain, (b) floor, (c) pipeline on the same images; check (c) gives (a)'s labels."""
-    from stardist_host.pipeline import BatchedPredictor, batch_limit, memory_budget, predict_units
+    from stardist_host.segmentation.pipeline import BatchedPredictor, batch_limit, memory_budget, predict_units
 
     normed = [_norm(x) for x in images]
     predictor = BatchedPredictor(model)
@@ -120,7 +120,7 @@ def _write_stack(path: Path, n: int, size: int) -> None:
 def rss_run(n: int, size: int, use_gpu: bool) -> dict:
     """In this (fresh) process: write an n-plane stack, segment it through the TIFF image set, report peak RSS."""
     from stardist_host import Settings, TiffImageSet
-    from stardist_host.segment import run
+    from stardist_host.segmentation.segment import run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stack.tif"
@@ -139,7 +139,7 @@ def rss_run(n: int, size: int, use_gpu: bool) -> dict:
 def huge_run(gigabytes: float, size: int, use_gpu: bool) -> dict:
     """Write a stack of ``gigabytes`` plane by plane, segment it through the TIFF image set, report time and memory."""
     from stardist_host import Settings, TiffImageSet
-    from stardist_host.segment import run
+    from stardist_host.segmentation.segment import run
 
     n = int(gigabytes * 2**30 // (size * size * 2))
     folder = Path(os.environ.get("STARDIST_HOST_BENCH_DIR", tempfile.gettempdir()))
@@ -166,7 +166,7 @@ def main() -> None:
     p.add_argument("--huge", type=float, metavar="GB", help="segment a synthetic stack of this many GiB")
     args = p.parse_args()
 
-    from stardist_host.device import configure_device
+    from stardist_host.segmentation.device import configure_device
 
     device = configure_device(not args.cpu)
     if args.rss:
@@ -178,7 +178,7 @@ def main() -> None:
 
     import platform
 
-    from stardist_host.models import load_model
+    from stardist_host.segmentation.models import load_model
 
     print(f"device: {device}; {os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}")
     model2d, model3d = load_model("2D_demo", ndim=2), load_model("3D_demo", ndim=3)

@@ -15,7 +15,7 @@ Columns 384-511 are never trained on; `stardist-host evaluate` scores them
 
 3D_demo: stardist's 3D sample stack, columns 0-35 (listed twice, so that half
 the patches are real), plus four synthetic stacks of dense, low-contrast,
-anisotropic nuclei like the sample's (stardist_host.synthetic) train; a fifth
+anisotropic nuclei like the sample's (stardist_host.testing.synthetic) train; a fifth
 synthetic stack validates.  Columns 36-56 of the sample are never seen; evaluate scores them
 (data/nuclei_3d.tif, region ':,:,36:').
 """
@@ -57,7 +57,7 @@ def publish_card(folder: Path, tmp: Path, recipe: str) -> None:
     """Record the recipe command in the model card, with this machine's temporary paths replaced."""
     import json
 
-    from stardist_host.training import card_text
+    from stardist_host.training.train import card_text
 
     card_path = folder / "model_card.json"
     text = card_path.read_text().replace(str(tmp), "<demo data>").replace(str(folder.parent), "models")

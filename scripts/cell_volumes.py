@@ -18,6 +18,6 @@ OUTPUT_FOLDER = None  # folder for <name>_cells.csv
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python cell_volumes.py INPUT.tif OUTPUT_FOLDER
-from stardist_host.jobs import run_analysis_script
+from stardist_host.analyses.jobs import run_analysis_script
 
 run_analysis_script(globals(), job="cells")

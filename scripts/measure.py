@@ -14,6 +14,6 @@ OUTPUT_FOLDER = None  # folder for <name>_measurements.csv (in a host)
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python measure.py INPUT.tif OUTPUT_FOLDER
-from stardist_host.jobs import run_analysis_script
+from stardist_host.analyses.jobs import run_analysis_script
 
 run_analysis_script(globals(), job="measure")

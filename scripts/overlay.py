@@ -14,6 +14,6 @@ OUTPUT_FOLDER = None  # folder for <name>_overlay_t<T>_z<Z>.png
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python overlay.py INPUT.tif OUTPUT_FOLDER
-from stardist_host.jobs import run_analysis_script
+from stardist_host.analyses.jobs import run_analysis_script
 
 run_analysis_script(globals(), job="overlay")

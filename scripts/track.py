@@ -15,6 +15,6 @@ OUTPUT_FOLDER = None  # folder for <name>_tracks.csv, <name>_track_properties.cs
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python track.py INPUT.tif OUTPUT_FOLDER
-from stardist_host.jobs import run_analysis_script
+from stardist_host.analyses.jobs import run_analysis_script
 
 run_analysis_script(globals(), job="track")

@@ -5,8 +5,8 @@ and writes planes only through ``get_channeldata`` / ``set_channeldata``.
 """
 
 from .host import ImageSet, active_imageset, set_active_imageset
-from .imagesets import MemoryImageSet, TiffImageSet
-from .settings import Settings, SettingsError
+from .io.imagesets import MemoryImageSet, TiffImageSet
+from .segmentation.settings import Settings, SettingsError
 
 __version__ = "0.1.0"
 

@@ -7,8 +7,8 @@ import logging
 import sys
 from typing import Sequence
 
-from .analysis import AnalysisError
-from .pairs import PairError
+from .analyses.common import AnalysisError
+from .training.pairs import PairError
 
 __all__ = ["main"]
 
@@ -58,7 +58,7 @@ def _add_segment(sub) -> None:
 
 def _segment(args) -> int:
     from .headless import segment_file, tqdm_progress
-    from .settings import Settings
+    from .segmentation.settings import Settings
 
     settings = Settings(
         ndim=args.dim,
@@ -138,9 +138,9 @@ def _train(args) -> int:
     import shlex
     from pathlib import Path
 
-    from .evaluation import format_table
-    from .pairs import read_pairs
-    from .training import TrainSettings, train
+    from .training.evaluation import format_table
+    from .training.pairs import read_pairs
+    from .training.train import TrainSettings, train
 
     if (args.val_images is None) != (args.val_masks is None):
         raise PairError("give both --val-images and --val-masks, or neither")
@@ -187,11 +187,11 @@ def _add_evaluate(sub) -> None:
 def _evaluate(args) -> int:
     from pathlib import Path
 
-    from .device import configure_device
-    from .evaluation import evaluate, format_table, write_scores
-    from .models import load_model
-    from .pairs import read_pairs
-    from .training import record_test_scores
+    from .segmentation.device import configure_device
+    from .segmentation.models import load_model
+    from .training.evaluation import evaluate, format_table, write_scores
+    from .training.pairs import read_pairs
+    from .training.train import record_test_scores
 
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     configure_device(not args.cpu)
@@ -232,7 +232,7 @@ def _option_type(name: str, default):
 def _add_jobs(sub) -> None:
     import inspect
 
-    from .jobs import JOBS, job_settings
+    from .analyses.jobs import JOBS, job_settings
 
     for job in JOBS:
         p = sub.add_parser(job, help=_JOB_HELP[job], description=f"{_JOB_HELP[job]}. {inspect.getdoc(JOBS[job])} "
@@ -253,7 +253,7 @@ def _add_jobs(sub) -> None:
 
 
 def _job(args) -> int:
-    from .jobs import job_settings, run_job_on_file
+    from .analyses.jobs import job_settings, run_job_on_file
 
     settings = {name: getattr(args, name) for name in job_settings(args.job)}
     for path in run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes):
@@ -262,7 +262,7 @@ def _job(args) -> int:
 
 
 def _models(args) -> int:
-    from .models import bundled_models, bundled_models_dir, registered_models
+    from .segmentation.models import bundled_models, bundled_models_dir, registered_models
 
     for ndim in (2, 3) if args.dim is None else (args.dim,):
         print(f"{ndim}D bundled ({bundled_models_dir()}): {', '.join(bundled_models(ndim)) or 'none'}")

@@ -9,6 +9,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from .resources import bundled_folder
+
 __all__ = ["run_checks", "samples_dir", "SAMPLE_2D", "SAMPLE_3D"]
 
 log = logging.getLogger(__name__)
@@ -19,11 +21,7 @@ SAMPLE_3D = "nuclei_3d.tif"
 
 def samples_dir() -> Path:
     """The folder of the bundled sample images (``data/`` in a checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "data", here / "bundled_data"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "data"
+    return bundled_folder("data")
 
 
 def _versions() -> str:
@@ -46,14 +44,14 @@ def _python() -> str:
 
 
 def _gpus() -> str:
-    from .device import visible_gpus
+    from .segmentation.device import visible_gpus
 
     gpus = visible_gpus()
     return ", ".join(gpus) if gpus else "none (TensorFlow runs on the CPU; see README for GPU set-up)"
 
 
 def _bundled_models() -> str:
-    from .models import bundled_models, bundled_models_dir, load_model, read_config
+    from .segmentation.models import bundled_models, bundled_models_dir, load_model, read_config
 
     names = bundled_models()
     if not names:
@@ -68,9 +66,9 @@ def _bundled_models() -> str:
 
 def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
     def check() -> str:
-        from .imagesets import TiffImageSet
-        from .segment import run
-        from .settings import Settings
+        from .io.imagesets import TiffImageSet
+        from .segmentation.segment import run
+        from .segmentation.settings import Settings
 
         sample = samples_dir() / (SAMPLE_2D if ndim == 2 else SAMPLE_3D)
         settings = Settings(ndim=ndim, model_name=f"{ndim}D_demo", current_time_point=True, use_gpu=use_gpu)
@@ -85,7 +83,7 @@ def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
 
 def run_checks(*, use_gpu: bool = True) -> bool:
     """Run every check, print one line each, and return whether all passed."""
-    from .device import configure_device
+    from .segmentation.device import configure_device
 
     checks: list[tuple[str, Callable[[], str]]] = [
         ("python", _python),

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .host import NoImageSetError, active_imageset
-from .imagesets import TiffImageSet
-from .models import ModelError
-from .pairs import PairError
-from .segment import LabelOverflowError, Progress, SegmentResult, run
-from .settings import Settings, SettingsError
-from .tiff import TiffError
+from .io.imagesets import TiffImageSet
+from .io.tiff import TiffError
+from .segmentation.models import ModelError
+from .segmentation.segment import LabelOverflowError, Progress, SegmentResult, run
+from .segmentation.settings import Settings, SettingsError
+from .training.pairs import PairError
 
 __all__ = ["segment_file", "run_script", "setup_logging", "USER_ERRORS", "tqdm_progress"]
 

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from numpy.typing import DTypeLike, NDArray
 
+from .errors import NoImageSetError
+
 __all__ = ["ImageSet", "set_active_imageset", "active_imageset", "check_imageset", "NoImageSetError"]
 
 _MEMBERS = (
@@ -58,10 +60,6 @@ class ImageSet(Protocol):
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         """Append an empty (zero) channel and return its index."""
-
-
-class NoImageSetError(RuntimeError):
-    """No image set was handed over by a host, and none was opened from a file."""
 
 
 _active: ImageSet | None = None

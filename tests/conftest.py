@@ -63,13 +63,13 @@ def sample_3d() -> Path:
 
 @pytest.fixture(scope="session")
 def model_2d():
-    from stardist_host.models import load_model
+    from stardist_host.segmentation.models import load_model
 
     return load_model("2D_demo", ndim=2)
 
 
 @pytest.fixture(scope="session")
 def model_3d():
-    from stardist_host.models import load_model
+    from stardist_host.segmentation.models import load_model
 
     return load_model("3D_demo", ndim=3)

@@ -8,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import ROOT
-from stardist_host import MemoryImageSet, synthetic
-from stardist_host.analysis import AnalysisError
-from stardist_host.atlas import ATLAS_COLUMNS, atlas_counts
-from stardist_host.cells import grow_cells
-from stardist_host.cli import main
-from stardist_host.measure import base_columns, measure
-from stardist_host.overlay import overlay
-from stardist_host.tracking import PROPERTY_COLUMNS, TRACK_COLUMNS, track
 
+from stardist_host import MemoryImageSet
+from stardist_host.analyses.atlas import ATLAS_COLUMNS, atlas_counts
+from stardist_host.analyses.cells import grow_cells
+from stardist_host.analyses.common import AnalysisError
+from stardist_host.analyses.measure import base_columns, measure
+from stardist_host.analyses.overlay import overlay
+from stardist_host.analyses.tracking import PROPERTY_COLUMNS, TRACK_COLUMNS, track
+from stardist_host.cli import main
+from stardist_host.testing import synthetic
 
 # ----- measurements -----------------------------------------------------------------------------------------
 

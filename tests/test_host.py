@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import blobs_tczyx
+
 from stardist_host import MemoryImageSet, TiffImageSet, active_imageset, host, set_active_imageset
 
 

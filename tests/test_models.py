@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from stardist_host import models
-from stardist_host.models import ModelError, load_model
+from stardist_host.segmentation import models
+from stardist_host.segmentation.models import ModelError, load_model
 
 
 def test_bundled_and_registered_names():

@@ -9,9 +9,10 @@ from csbdeep.utils import normalize
 from stardist.data import test_image_nuclei_2d as stardist_sample_2d
 from stardist.data import test_image_nuclei_3d as stardist_sample_3d
 
-from stardist_host import Settings, TiffImageSet, pipeline
-from stardist_host.plan import make_plan
-from stardist_host.segment import segment
+from stardist_host import Settings, TiffImageSet
+from stardist_host.segmentation import pipeline
+from stardist_host.segmentation.plan import make_plan
+from stardist_host.segmentation.segment import segment
 
 
 def _same_partition(a, b) -> bool:

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import ROOT, sha256
+
 from stardist_host import MemoryImageSet, set_active_imageset
 from stardist_host.cli import main
 

@@ -2,15 +2,15 @@
 
 import numpy as np
 import pytest
+from conftest import FakeModel
 from stardist.data import test_image_nuclei_2d as stardist_sample_2d
 from stardist.data import test_image_nuclei_3d as stardist_sample_3d
 from stardist.matching import matching
 
-from conftest import FakeModel
 from stardist_host import MemoryImageSet, Settings, TiffImageSet
-from stardist_host.plan import make_plan
-from stardist_host.pipeline import auto_n_tiles
-from stardist_host.segment import LabelOverflowError, label_dtype_for, run, segment
+from stardist_host.segmentation.pipeline import auto_n_tiles
+from stardist_host.segmentation.plan import make_plan
+from stardist_host.segmentation.segment import LabelOverflowError, label_dtype_for, run, segment
 
 
 def _segment(imageset, settings, model=None, **kwargs):

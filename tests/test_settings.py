@@ -2,8 +2,8 @@
 
 import pytest
 
-from stardist_host.plan import make_plan
-from stardist_host.settings import Settings, SettingsError
+from stardist_host.segmentation.plan import make_plan
+from stardist_host.segmentation.settings import Settings, SettingsError
 
 
 @pytest.mark.parametrize(

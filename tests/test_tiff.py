@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import sha256
-from stardist_host import TiffImageSet, tiff
-from stardist_host.tiff import TiffError, TiffReader
+
+from stardist_host import TiffImageSet
+from stardist_host.io import tiff
+from stardist_host.io.tiff import TiffError, TiffReader
 
 
 def _ome_axes_names_sizes(path):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from stardist_host import synthetic
 from stardist_host.cli import main
-from stardist_host.evaluation import f1_at, score
-from stardist_host.pairs import PairError, crop, read_pairs
-from stardist_host.training import TrainError, TrainSettings, _rising_while_falling, split_validation, train
+from stardist_host.testing import synthetic
+from stardist_host.training.evaluation import f1_at, score
+from stardist_host.training.pairs import PairError, crop, read_pairs
+from stardist_host.training.train import TrainError, TrainSettings, _rising_while_falling, split_validation, train
 
 
 def _square(shape, y, x, size, label=1, out=None):
@@ -156,7 +156,7 @@ def test_evaluate_command_with_region(tmp_path, capsys):
 
 
 def test_stopped_run_keeps_best_weights_and_resumes_at_next_epoch(tmp_path, tiny_2d, monkeypatch):
-    from stardist_host import training
+    from stardist_host.training import train as training
 
     images, masks = tiny_2d
     pairs = read_pairs(images, masks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .host import ImageSet
+from ..host import ImageSet
 from .settings import Settings, SettingsError
 
 __all__ = ["Plan", "Unit", "make_plan"]

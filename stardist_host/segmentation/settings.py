@@ -4,7 +4,7 @@ Each field carries the name a user writes in the script's settings block
 (``INPUT_CHANNEL``, ``MODEL2D_PATH`` ...); a bad value raises
 :class:`SettingsError` naming the setting, the value given and what is allowed.
 Checks that need the image set (channel and plane ranges) live in
-:mod:`stardist_host.plan`; checks that need the model in :mod:`stardist_host.models`.
+:mod:`stardist_host.segmentation.plan`; checks that need the model in :mod:`stardist_host.segmentation.models`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import SettingsError
+
 __all__ = ["Settings", "SettingsError", "LABEL_DTYPES"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
-
-
-class SettingsError(ValueError):
-    """A setting with a value that is not allowed."""
-
-    def __init__(self, setting: str, value: Any, allowed: str) -> None:
-        self.setting, self.value, self.allowed = setting, value, allowed
-        super().__init__(f"{setting}={value!r}: {allowed}")
 
 
 def _is_int(v: Any) -> bool:

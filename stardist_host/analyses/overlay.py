@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import AnalysisError, check_channel
-from .host import ImageSet
+from ..host import ImageSet
+from .common import AnalysisError, check_channel
 
 __all__ = ["overlay"]
 

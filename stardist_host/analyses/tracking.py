@@ -24,8 +24,17 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from .analysis import AnalysisError, Table, check_channel, check_positive, objects_ndim, read_stack, resolve_voxel_size, write_stack
-from .host import ImageSet
+from ..host import ImageSet
+from .common import (
+    AnalysisError,
+    Table,
+    check_channel,
+    check_positive,
+    objects_ndim,
+    read_stack,
+    resolve_voxel_size,
+    write_stack,
+)
 
 __all__ = ["track", "TrackResult", "TRACK_COLUMNS", "PROPERTY_COLUMNS", "link"]
 

@@ -8,8 +8,17 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .analysis import AnalysisError, check_channel, check_positive, objects_ndim, read_stack, resolve_voxel_size, time_points, write_stack
-from .host import ImageSet
+from ..host import ImageSet
+from .common import (
+    AnalysisError,
+    check_channel,
+    check_positive,
+    objects_ndim,
+    read_stack,
+    resolve_voxel_size,
+    time_points,
+    write_stack,
+)
 
 __all__ = ["grow_cells", "grow"]
 

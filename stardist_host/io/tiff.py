@@ -21,6 +21,8 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from ..errors import TiffError
+
 __all__ = ["TiffError", "TiffLayout", "TiffReader", "write_ome_tiff", "BIGTIFF_LIMIT"]
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,6 @@ _HOST_AXES = "TCZYX"
 # tifffile's axes codes that we accept, and what they become
 _AXIS_ALIASES = {"S": "C", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
 _UNKNOWN_AXES = set("IQ")  # pages or samples of unknown meaning
-
-
-class TiffError(ValueError):
-    """A TIFF file that cannot be read as asked, with the reason and the fix."""
 
 
 @dataclass(frozen=True)

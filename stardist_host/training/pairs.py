@@ -16,15 +16,12 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .imagesets import TiffImageSet
+from ..errors import PairError
+from ..io.imagesets import TiffImageSet
 
 __all__ = ["PairError", "Pairs", "read_pairs", "crop", "count_objects"]
 
 log = logging.getLogger(__name__)
-
-
-class PairError(ValueError):
-    """Training or evaluation data that cannot be used, with the reason and the fix."""
 
 
 def count_objects(masks) -> int:

@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelError
+from ..resources import bundled_folder
+
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "read_config"]
 
 log = logging.getLogger(__name__)
@@ -22,20 +25,9 @@ log = logging.getLogger(__name__)
 _WEIGHTS = ("weights_best.h5", "weights_last.h5")
 
 
-class ModelError(ValueError):
-    """A model that cannot be found or used, with the reason and the fix."""
-
-
 def bundled_models_dir() -> Path:
     """The folder of the bundled models (``STARDIST_HOST_MODELS`` overrides it)."""
-    env = os.environ.get("STARDIST_HOST_MODELS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "models", here / "bundled_models"):  # checkout / wheel
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "models"
+    return bundled_folder("models", "STARDIST_HOST_MODELS")
 
 
 def read_config(folder: Path) -> dict[str, Any]:

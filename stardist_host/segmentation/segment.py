@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from .host import ImageSet, active_imageset, check_imageset
+from ..errors import LabelOverflowError
+from ..host import ImageSet, active_imageset, check_imageset
 from .pipeline import auto_n_tiles, predict_units
 from .plan import Plan, Unit, make_plan
 from .settings import Settings
@@ -32,10 +33,6 @@ Progress = Callable[[int, int], None]
 # Smallest nucleus (pixels in 2D, voxels in 3D) assumed when LABEL_DTYPE="auto"
 # bounds the number of labels a plane or volume can hold.
 _MIN_NUCLEUS = {2: 16, 3: 64}
-
-
-class LabelOverflowError(OverflowError):
-    """More labels than the label channel's type can hold."""
 
 
 @dataclass
@@ -142,7 +139,7 @@ def segment(
     model
         A loaded StarDist2D (per plane) or StarDist3D (per volume) model.
     plan
-        What to segment, from :func:`stardist_host.plan.make_plan`.
+        What to segment, from :func:`stardist_host.segmentation.plan.make_plan`.
     output_name
         Name of the new channel.
     prob_thresh, nms_thresh
@@ -163,7 +160,7 @@ def segment(
         Called as ``progress(done, total)`` after each plane or volume.
     pipeline
         True: batched network calls overlapped with reading and NMS
-        (:mod:`stardist_host.pipeline`); False: stardist's ``predict_instances``
+        (:mod:`stardist_host.segmentation.pipeline`); False: stardist's ``predict_instances``
         plane by plane (the reference the pipeline is tested against).
 
     Returns

@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from .pairs import PairError, Pairs
+from ..errors import TrainError
+from .pairs import Pairs
 
 __all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "card_text", "record_test_scores", "LOSS_COLUMNS"]
 
@@ -36,10 +37,6 @@ LOSS_COLUMNS = ("epoch", "loss", "val_loss", "prob_loss", "val_prob_loss", "dist
 MIN_TRAIN_OBJECTS = 10
 MIN_VAL_OBJECTS = 3
 _UNET_DEPTH = {2: 3, 3: 2}
-
-
-class TrainError(PairError):
-    """Training that cannot start as asked, with the reason and the fix."""
 
 
 def seed_everything(seed: int) -> None:
@@ -326,7 +323,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     TrainError
         Data or choices that cannot train a model; raised before anything is written.
     """
-    from .device import configure_device
+    from ..segmentation.device import configure_device
     from .evaluation import predict_all, score
 
     folder = settings.folder

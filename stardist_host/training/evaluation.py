@@ -43,10 +43,10 @@ def score(
 
 
 def predict_all(model, images: Sequence[NDArray], *, percentiles=(1.0, 99.8), prob_thresh=None, nms_thresh=None) -> list[NDArray]:
-    """Normalise and segment each sample as :mod:`stardist_host.segment` does."""
+    """Normalise and segment each sample as :mod:`stardist_host.segmentation.segment` does."""
     from csbdeep.utils import normalize
 
-    from .pipeline import auto_n_tiles
+    from ..segmentation.pipeline import auto_n_tiles
 
     out = []
     for x in images:

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .analysis import Table, check_channel, empty_table, objects_ndim, resolve_voxel_size, units
-from .host import ImageSet
+from ..host import ImageSet
+from .common import Table, check_channel, empty_table, objects_ndim, resolve_voxel_size, units
 
 __all__ = ["measure", "base_columns"]
 

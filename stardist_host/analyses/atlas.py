@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .analysis import AnalysisError, Table, check_channel, read_stack, resolve_voxel_size, time_points
-from .host import ImageSet
+from ..host import ImageSet
+from .common import AnalysisError, Table, check_channel, read_stack, resolve_voxel_size, time_points
 
 __all__ = ["atlas_counts", "read_region_names", "ATLAS_COLUMNS"]
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .analysis import AnalysisError, write_csv
-from .host import ImageSet, active_imageset
+from ..host import ImageSet, active_imageset
+from .common import AnalysisError, write_csv
 
 __all__ = ["JOBS", "run_job", "run_job_on_file", "run_analysis_script", "job_settings"]
 
@@ -61,7 +61,7 @@ def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channe
         )
     atlas: Any = atlas_channel
     if atlas_file is not None:
-        from .tiff import TiffReader
+        from ..io.tiff import TiffReader
 
         reader = TiffReader(atlas_file, axes=atlas_axes)
         try:
@@ -144,7 +144,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     """
     import argparse
 
-    from .headless import USER_ERRORS, setup_logging
+    from ..headless import USER_ERRORS, setup_logging
 
     setup_logging()
     settings = {k.lower(): v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
@@ -171,7 +171,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
 def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.PathLike, settings: Mapping[str, Any],
                     *, axes: str | None = None) -> list[Path]:
     """Run ``job`` on a TIFF file; where it adds channels, save <input>_<job>.ome.tif beside the tables."""
-    from .imagesets import TiffImageSet
+    from ..io.imagesets import TiffImageSet
 
     folder = Path(output_folder)
     with TiffImageSet(input, axes=axes, scratch_dir=folder if folder.is_dir() else None) as imageset:

@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .host import ImageSet
+from ..errors import AnalysisError
+from ..host import ImageSet
 
 __all__ = [
     "AnalysisError", "Table", "check_channel", "check_positive", "objects_ndim", "resolve_voxel_size", "read_stack", "write_stack",
@@ -25,10 +26,6 @@ __all__ = [
 ]
 
 Table = dict  # column name -> 1D numpy array, all of one length
-
-
-class AnalysisError(ValueError):
-    """Bad input to an analysis, naming the setting, the value and what is allowed."""
 
 
 def check_channel(imageset: ImageSet, channel, setting: str) -> int:

@@ -1,0 +1,131 @@
+"""The package's errors: one family, each member also the built-in it behaves like.
+
+Every error that is the user's to fix (a setting, a file, a model, an output
+path) derives from :class:`StardistHostError`, so an entry point catches that one
+class and shows its message as one line; each subclass also derives from the
+matching built-in (``ValueError``, ``OSError`` ...), as tifffile's
+``TiffFileError(ValueError)`` does, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = [
+    "StardistHostError",
+    "SettingsError",
+    "IndexRangeError",
+    "InputFileError",
+    "TiffError",
+    "OutputError",
+    "OutputBusyError",
+    "ModelError",
+    "LabelOverflowError",
+    "NoImageSetError",
+    "AnalysisError",
+    "PairError",
+    "TrainError",
+    "Cancelled",
+    "check_index",
+    "EXIT_USER_ERROR",
+    "EXIT_CANCELLED",
+]
+
+#: Exit status of a headless run stopped by a user error (argparse uses 2 too).
+EXIT_USER_ERROR = 2
+#: Exit status of a run cancelled by the user (Ctrl-C or a host's Stop), as shells report SIGINT.
+EXIT_CANCELLED = 130
+
+
+class StardistHostError(Exception):
+    """Base of every error that is the user's to fix; its message says what to change."""
+
+
+class SettingsError(StardistHostError, ValueError):
+    """A setting with a value that is not allowed: names the setting, the value and what is allowed."""
+
+    def __init__(self, setting: str, value: Any, allowed: str) -> None:
+        self.setting, self.value, self.allowed = setting, value, allowed
+        super().__init__(f"{setting}={value!r}: {allowed}")
+
+    def __reduce__(self):  # keep the three fields across processes (pickling)
+        return type(self), (self.setting, self.value, self.allowed)
+
+
+class IndexRangeError(SettingsError, IndexError):
+    """A channel, plane or time point index outside the image set."""
+
+
+class InputFileError(StardistHostError, ValueError):
+    """An input file that cannot be read as asked (missing, damaged, truncated, not a TIFF)."""
+
+
+class TiffError(InputFileError):
+    """A TIFF file that cannot be read as asked, with the reason and the fix."""
+
+
+class OutputError(StardistHostError, OSError):
+    """An output that cannot or may not be written (exists, read-only folder, a directory)."""
+
+
+class OutputBusyError(OutputError):
+    """The output is in use: another run writes it, or another program holds it open."""
+
+
+class ModelError(StardistHostError, ValueError):
+    """A model that cannot be found or loaded, or does not fit the job."""
+
+
+class LabelOverflowError(StardistHostError, OverflowError):
+    """More labels than the label channel's type can hold."""
+
+
+class NoImageSetError(StardistHostError, RuntimeError):
+    """No image set was handed over by a host, and none was opened from a file."""
+
+
+class AnalysisError(StardistHostError, ValueError):
+    """An analysis setting or input that does not fit the image set."""
+
+
+class PairError(StardistHostError, ValueError):
+    """Training or evaluation images and masks that do not fit together."""
+
+
+class TrainError(PairError):
+    """Training settings that do not fit the data or the output folder."""
+
+
+class Cancelled(StardistHostError):
+    """The run was stopped by the user (a host's Stop button, ``cancel()`` or Ctrl-C)."""
+
+
+def check_index(
+    name: str, value: Any, count: int, *, what: str = "the image set", noun: str | None = None,
+    names: Sequence[str] | None = None,
+) -> int:
+    """Return ``value`` if it indexes one of ``count`` items, else raise :class:`IndexRangeError`.
+
+    Parameters
+    ----------
+    name
+        The setting or argument, as the user wrote it (``INPUT_CHANNEL``, ``channel``).
+    value
+        The index given; it must be a whole number in ``0..count-1``.
+    count
+        How many there are.
+    what
+        What holds them, for the message (``"the image set"``, ``"seg.ome.tif"``).
+    noun
+        Plural of what is indexed (``"channels"``); default: ``name`` lower-cased plus "s".
+    names
+        Names of the items (channel names), listed in the message.
+    """
+    noun = noun or f"{name.lower().rsplit('_', 1)[-1]}s"
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise IndexRangeError(name, value, f"must be a whole number, 0 for the first of {what}'s {noun}")
+    if not 0 <= int(value) < count:
+        listed = f" ({', '.join(names)})" if names else ""
+        allowed = f"{what} has {noun} 0..{count - 1}{listed}" if count else f"{what} has no {noun}"
+        raise IndexRangeError(name, value, allowed)
+    return int(value)

@@ -1,0 +1,260 @@
+"""Writing result files safely: one atomic-write helper, output checks, a lock per output.
+
+Every file the package writes (OME-TIFF, CSV, JSON, PNG, model files) goes
+through :func:`atomic_write`: the data go to a hidden temporary file beside the
+target, with a name unique to this run, are flushed to disk, and only then
+replace the target.  An interrupted run leaves no file that looks complete;
+a replace that fails (the old output open in Fiji, an antivirus scan) keeps
+the finished file under a clear name and says where, never deletes it.
+
+:func:`check_output` refuses, before any work, an output that exists (unless
+``overwrite``), is the input, is a directory or lies in a folder that cannot be
+written; :class:`OutputLock` makes a second run on the same output stop with
+"in use" instead of mixing bytes.  Leftovers of killed runs (``.NAME.*.partial``
+files, lock files and scratch folders whose process is gone) are removed and
+named in the log by :func:`remove_stale`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import OutputBusyError, OutputError
+
+__all__ = [
+    "atomic_write",
+    "check_output",
+    "OutputLock",
+    "remove_stale",
+    "scratch_dir",
+    "REPLACE_RETRIES",
+]
+
+log = logging.getLogger(__name__)
+
+#: Tries of the final replace; Windows refuses it while another program has the target open.
+REPLACE_RETRIES = 5
+_RETRY_DELAY = 0.2  # seconds, doubled after each try
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
+_SCRATCH = re.compile(r"^\.?stardist-host-(?P<pid>\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        import psutil
+    except ImportError:  # without psutil, assume alive: never remove another run's files
+        return True
+    return psutil.pid_exists(pid)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _kept_name(path: Path) -> Path:
+    """A free name beside ``path`` for a finished result that could not replace it."""
+    stem, suffix = path.name, ""
+    for ext in (".ome.tiff", ".ome.tif"):
+        if stem.lower().endswith(ext):
+            stem, suffix = stem[: -len(ext)], stem[-len(ext):]
+            break
+    else:
+        stem, suffix = path.stem, path.suffix
+    for i in range(1, 1000):
+        candidate = path.with_name(f"{stem}.new{'' if i == 1 else i}{suffix}")
+        if not candidate.exists():
+            return candidate
+    raise OutputError(f"no free name beside {str(path)!r} to keep the finished result")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error, it replaces ``path``.
+
+    The temporary file is ``.NAME.PID-RANDOM.partial``: hidden, unique to the
+    run, and recognisable as unfinished.  On error inside the block it is
+    removed.  The finished file is fsynced before the replace.
+
+    Raises
+    ------
+    OutputBusyError
+        The replace kept failing (the target is open in another program).  The
+        finished file has been kept as ``NAME.new.EXT`` and the message says so.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield tmp
+        _fsync(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    delay = _RETRY_DELAY
+    for attempt in range(REPLACE_RETRIES):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError as err:  # Windows: the target is open elsewhere
+            last = err
+            if attempt < REPLACE_RETRIES - 1:
+                time.sleep(delay)
+                delay *= 2
+        except OSError as err:
+            last = err
+            break
+    kept = _kept_name(path)
+    try:
+        os.replace(tmp, kept)
+    except OSError:
+        kept = tmp  # the finished file stays where it is, under its temporary name
+    raise OutputBusyError(
+        f"{str(path)!r} could not be replaced ({last.strerror or last}); is it open in another program? "
+        f"The finished result is kept as {str(kept)!r}: close the other program and rename it"
+    ) from last
+
+
+def check_output(
+    output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), overwrite: bool = False,
+    suffixes: tuple[str, ...] | None = None, what: str = "output",
+) -> Path:
+    """Refuse an output that cannot or may not be written, before any work is done.
+
+    Parameters
+    ----------
+    output
+        The file to write.
+    inputs
+        Files the run reads; the output may be none of them.
+    overwrite
+        Whether an existing file at ``output`` may be replaced.
+    suffixes
+        Allowed endings (lower case), e.g. ``(".tif", ".tiff")``.
+    what
+        What the path is, for the message (``"output"``, ``"--out"``).
+
+    Raises
+    ------
+    OutputError
+        Naming the path, what is wrong and what to do.
+    """
+    out = Path(output)
+    if suffixes and not out.name.lower().endswith(suffixes):
+        raise OutputError(f"{what} {str(out)!r} must end in {' or '.join(suffixes)} (e.g. result{suffixes[0]})")
+    if out.is_dir():
+        raise OutputError(f"{what} {str(out)!r} is a folder; give a file name inside it, e.g. {str(out / 'result')!r}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"{what} {str(out)!r}: the folder {str(folder)!r} does not exist")
+    for given in inputs:
+        if out.exists() and Path(given).exists() and out.resolve() == Path(given).resolve():
+            raise OutputError(f"{what} {str(out)!r} is an input file; input files are never overwritten")
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"{what} {str(out)!r} exists already; choose another name, or replace it with --overwrite "
+            "(scripts: OVERWRITE = True)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {str(out)!r}: the folder {str(folder)!r} cannot be written (read-only?)")
+    return out
+
+
+class OutputLock:
+    """An exclusive claim on an output path for the length of a run.
+
+    A lock file ``.NAME.lock`` holding this process's id is created with
+    ``O_EXCL``; a second run on the same output gets :class:`OutputBusyError`.
+    A lock left by a process that no longer runs is removed and logged.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._held = False
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _read_pid(self.lock_path)
+                if owner is not None and not _pid_alive(owner):
+                    log.warning("removing %s, left by a run (process %d) that no longer runs", self.lock_path, owner)
+                    self.lock_path.unlink(missing_ok=True)
+                    continue
+                raise OutputBusyError(
+                    f"output {str(self.path)!r} is in use by another run (process {owner}); wait for it to end "
+                    f"or choose another output (if no run is active, delete {str(self.lock_path)!r})"
+                ) from None
+            except OSError as err:
+                raise OutputError(f"output {str(self.path)!r} cannot be written: {err.strerror or err}") from err
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self._held = True
+            return self
+        raise OutputBusyError(f"output {str(self.path)!r} is in use by another run")
+
+    def release(self) -> None:
+        if self._held:
+            self.lock_path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove what killed runs left in ``folder``, and return what was removed.
+
+    That is ``.NAME.PID-RANDOM.partial`` files (for ``name`` only, if given)
+    and ``.stardist-host-PID-*`` scratch folders whose process no longer runs.
+    Each is named in the log.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        partial, scratch = _PARTIAL.match(entry.name), _SCRATCH.match(entry.name)
+        match = partial or scratch
+        if match is None or (partial and name is not None and partial["name"] != name):
+            continue
+        if _pid_alive(int(match["pid"])):
+            continue
+        size = entry.stat().st_size if entry.is_file() else sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+        log.warning("removing %s (%.1f MB) left by an interrupted run", entry, size / 1e6)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def scratch_dir(parent: str | os.PathLike | None = None) -> tempfile.TemporaryDirectory:
+    """A hidden scratch folder ``.stardist-host-PID-*`` that :func:`remove_stale` recognises once its run is gone."""
+    return tempfile.TemporaryDirectory(prefix=f".stardist-host-{os.getpid()}-", dir=parent)
