@@ -12,9 +12,19 @@ from scipy import ndimage
 from skimage.draw import polygon
 
 from stardist_host import MemoryImageSet
-from stardist_host.errors import AnalysisError, IndexRangeError, OutputError, SettingsError
+from stardist_host.errors import (
+    AnalysisError,
+    IndexRangeError,
+    OutputError,
+    SettingsError,
+)
 from stardist_host.io.objects import (
-    TABLE_COLUMNS, export_objects, object_table, outlines, write_geojson, write_imagej_rois,
+    TABLE_COLUMNS,
+    export_objects,
+    object_table,
+    outlines,
+    write_geojson,
+    write_imagej_rois,
 )
 from stardist_host.testing.synthetic import nuclei
 
@@ -38,7 +48,8 @@ def imageset_with_labels(labels: np.ndarray, voxel_size=(2.0, 0.5, 0.5)) -> Memo
 
 
 def objects_per_plane(labels: np.ndarray) -> dict[tuple[int, int], set[int]]:
-    return {(t, z): set(np.unique(labels[t, z])[1:].tolist()) for t in range(labels.shape[0]) for z in range(labels.shape[1])}
+    n_t, n_z = labels.shape[:2]
+    return {(t, z): set(np.unique(labels[t, z])[1:].tolist()) for t in range(n_t) for z in range(n_z)}
 
 
 def iou(xy: np.ndarray, mask: np.ndarray) -> float:
@@ -53,7 +64,8 @@ def test_roi_zip_has_one_roi_per_object_per_plane_on_its_plane(tmp_path):
     from roifile import roiread
 
     labels = labels_tzyx()
-    paths = export_objects(imageset_with_labels(labels), label_channel=1, out_dir=tmp_path, stem="cells", formats=("roi",))
+    ims = imageset_with_labels(labels)
+    paths = export_objects(ims, label_channel=1, out_dir=tmp_path, stem="cells", formats=("roi",))
     assert paths == {"roi": tmp_path / "cells_rois.zip"}
     rois = roiread(paths["roi"])
     expected = objects_per_plane(labels)
@@ -169,7 +181,8 @@ def test_object_table_csv_over_time_points_with_unknown_z_spacing(tmp_path):
     "kw, error, message",
     [
         ({"label_channel": 2}, IndexRangeError, "LABEL_CHANNEL=2: the image set has channels 0..1 (DAPI, labels)"),
-        ({"formats": ("roi", "svg")}, SettingsError, "FORMATS=('roi', 'svg'): must be a non-empty list of 'roi', 'geojson', 'csv'"),
+        ({"formats": ("roi", "svg")}, SettingsError,
+         "FORMATS=('roi', 'svg'): must be a non-empty list of 'roi', 'geojson', 'csv'"),
         ({"formats": ("csv",)}, SettingsError, "FORMATS=('csv',): 'csv' (the 3D object table) needs NDIM=3"),
         ({"ndim": 4}, SettingsError, "NDIM=4: must be 2 (labels per plane) or 3 (labels per volume)"),
         ({"stem": "a/b"}, SettingsError, "STEM='a/b': must be a file name without folder"),

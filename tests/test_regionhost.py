@@ -157,7 +157,8 @@ def test_a_plane_of_the_wrong_shape_is_refused_and_nothing_written():
 def test_add_channel_needs_a_way_to_add_one():
     host = FakeRegionHost(tczyx())
     ims = region_set(host, add_channel=None)
-    with pytest.raises(NotImplementedError, match=r"offers no way to add a channel: pass RegionImageSet\(\.\.\., add_channel="):
+    message = r"offers no way to add a channel: pass RegionImageSet\(\.\.\., add_channel="
+    with pytest.raises(NotImplementedError, match=message):
         ims.add_channel("labels", np.uint16)
     assert ims.channel_count == 2
     misplaced = region_set(host, add_channel=lambda name, dtype: 0)
@@ -189,7 +190,7 @@ def test_remove_channel_exists_only_where_the_host_can_remove():
     ],
 )
 def test_bad_constructor_arguments_name_the_value(kw, message):
-    args = dict(plane_shape=(5, 7), plane_count=3, channel_count=2) | kw
+    args = {"plane_shape": (5, 7), "plane_count": 3, "channel_count": 2} | kw
     with pytest.raises(ValueError) as err:
         RegionImageSet(FakeRegionHost(tczyx()), **args)
     assert str(err.value).startswith(message)

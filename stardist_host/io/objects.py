@@ -144,7 +144,8 @@ class _GeoJson:
             properties = {"objectType": "detection", "label": int(label), "plane": int(z), "time_point": int(t)}
             if self._classification is not None:
                 properties["classification"] = {"name": self._classification}
-            feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
+            geometry = {"type": "Polygon", "coordinates": [ring]}
+            feature = {"type": "Feature", "geometry": geometry, "properties": properties}
             self._file.write(("\n" if self.count == 0 else ",\n") + json.dumps(feature))
             self.count += 1
 

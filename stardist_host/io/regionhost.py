@@ -246,7 +246,8 @@ class RegionImageSet:
         index = self._add(name, np.dtype(dtype))
         if index != self._channel_count:
             raise ValueError(
-                f"add_channel returned index {index!r}, but a new channel must come last, at index {self._channel_count}"
+                f"add_channel returned index {index!r}, but a new channel must come last, "
+                f"at index {self._channel_count}"
             )
         self._channel_count += 1
         self._names.append(str(name))
@@ -255,7 +256,9 @@ class RegionImageSet:
 
     def _remove_channel(self, index: int) -> None:
         if index != self._channel_count - 1:
-            raise ValueError(f"channel {index!r} cannot be removed: only the last channel ({self._channel_count - 1}) can")
+            raise ValueError(
+                f"channel {index!r} cannot be removed: only the last channel ({self._channel_count - 1}) can"
+            )
         self._remove(index)
         self._channel_count -= 1
         self._names.pop()
