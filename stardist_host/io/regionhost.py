@@ -138,6 +138,18 @@ class RegionImageSet:
         the host's own ``remove_channel`` where it has one; without either,
         the image set has no ``remove_channel`` member (it is optional in the
         contract).
+
+    Examples
+    --------
+    Inside a host script, with the image's extent taken from bounds whose Z
+    end ``z1`` is inclusive, and a host call that makes a channel::
+
+        imageset = RegionImageSet(
+            host, plane_shape=(height, width), plane_count=z1 - z0 + 1, origin=(x0, y0, z0),
+            channel_count=n_channels, time_point_count=n_time_points,
+            add_channel=lambda name, dtype: make_channel(name, dtype),
+        )
+        stardist_host.host.set_active_imageset(imageset)
     """
 
     def __init__(
