@@ -1,32 +1,82 @@
-"""The USER SETTINGS of the segmentation scripts, checked once before anything runs.
+"""The USER SETTINGS of the segmentation scripts: one definition, checked once before anything runs.
 
-Each field carries the name a user writes in the script's settings block
-(``INPUT_CHANNEL``, ``MODEL2D_PATH`` ...); a bad value raises
-:class:`SettingsError` naming the setting, the value given and what is allowed.
-Checks that need the image set (channel and plane ranges) live in
-:mod:`stardist_host.segmentation.plan`; checks that need the model in :mod:`stardist_host.segmentation.models`.
+:func:`fields` defines each setting (the name a user writes in the script's
+settings block, ``INPUT_CHANNEL``, ``MODEL2D_PATH`` ..., its type, default,
+range, unit and help); :class:`Settings` validates against it and reports every
+bad value at once, each naming the setting, the value given and what is allowed.
+The CLI options, the operator parameter list, the scripts' blocks and the README
+table come from the same definition.  Checks that need the image set (channel
+and plane ranges) live in :mod:`stardist_host.segmentation.plan`; checks that
+need the model in :mod:`stardist_host.segmentation.models`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import SettingsError
+from ..schema import Field, Schema, markdown_table, raise_all
 
-__all__ = ["Settings", "SettingsError", "LABEL_DTYPES"]
+__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "schema", "readme_table"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _folder_exists(value: Any) -> str | None:
+    if Path(value).is_dir():
+        return None
+    return ("this folder does not exist; give the folder that holds your model folders "
+            "(stardist's basedir), or None for the bundled and registered models")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+@lru_cache(maxsize=None)
+def schema(ndim: int) -> Schema:
+    """The settings of the ``ndim``-D segmentation script, in the order of its USER SETTINGS block."""
+    example = "(2, 2)" if ndim == 2 else "(1, 2, 2)"
+    thresh = "must be a number between 0 and 1 (exclusive), or None for the model's own"
+    plane = "must be a plane index (0 for the first plane) or -1"
+    percentile = "must be a percentile between 0 and 100"
+    return Schema(f"segment{ndim}d", [
+        Field("INPUT_CHANNEL", "int", 0, "channel with the nuclei, 0 for the first", low=0,
+              allowed="must be a whole number, 0 for the first channel"),
+        Field("OUTPUT_CH_NAME", "str", "Stardist_", "prefix of the new channel's name; the input channel's name follows",
+              allowed='must be a non-empty text, e.g. "Stardist_"'),
+        Field(f"MODEL{ndim}D_PATH", "path", None, "folder holding your model folders (stardist's basedir)",
+              none="the bundled models, then stardist's registered ones", attr="model_path", flag="--model-path",
+              allowed="must be a folder path in quotes, or None for the bundled models", check=_folder_exists),
+        Field("MODEL_NAME", "str", f"{ndim}D_demo", "model folder name, or a registered name such as "
+              "\"2D_versatile_fluo\"",
+              allowed=f'must be the name of a model folder in quotes, e.g. "{ndim}D_demo"'),
+        Field("CURRENT_TIME_POINT", "bool", True, "True: the image set's current time point only; False: all time points",
+              flag="--all-time-points", allowed="must be True or False"),
+        Field("FIRST_PLANE", "int", -1, "first Z plane, inclusive, 0 for the first; -1: from the bottom",
+              low=-1, allowed=plane),
+        Field("LAST_PLANE", "int", -1, "last Z plane, inclusive; -1: up to the top", low=-1, allowed=plane),
+        Field("PROB_THRESH", "float", None, "detection threshold on the object probability", none="the model's own",
+              low=0, high=1, open_low=True, open_high=True, allowed=thresh),
+        Field("NMS_THRESH", "float", None, "overlap threshold of non-maximum suppression", none="the model's own",
+              low=0, high=1, open_low=True, open_high=True, allowed=thresh),
+        Field("PERCENTILE_LOW", "float", 1.0, "intensity percentile mapped to 0 in normalisation", unit="percentile",
+              low=0, high=100, allowed=percentile),
+        Field("PERCENTILE_HIGH", "float", 99.8, "intensity percentile mapped to 1 in normalisation", unit="percentile",
+              low=0, high=100, allowed=percentile),
+        Field("N_TILES", "ints", None, "tiles per axis for large planes or volumes",
+              none="chosen from the size and the free memory", length=ndim, low=1,
+              allowed=f"must be None (automatic) or {ndim} whole numbers >= 1, e.g. {example}"),
+        Field("USE_GPU", "bool", True, "False: run on the CPU even where there is a GPU", flag="--cpu",
+              allowed="must be True or False"),
+        Field("UNIQUE_LABELS", "bool", False, "True: labels unique across the whole output, not restarting in each "
+              "plane (2D) or volume (3D)", allowed="must be True or False"),
+        Field("LABEL_DTYPE", "choice", "auto", "type of the label channel; labels never wrap around",
+              choices=LABEL_DTYPES),
+        Field("OVERWRITE", "bool", False, "headless: replace an output file that exists already",
+              allowed="must be True or False"),
+        Field("LABELS_ONLY", "bool", False, "headless: write only the label channel, not the input channels",
+              allowed="must be True or False"),
+    ])
 
 
 @dataclass(frozen=True)
@@ -34,14 +84,21 @@ class Settings:
     """Everything a segmentation run needs to know, validated on creation.
 
     ``ndim`` is 2 for the per-plane script, 3 for the per-volume one; the model
-    folder setting is named ``MODEL2D_PATH`` or ``MODEL3D_PATH`` accordingly.
+    folder setting is named ``MODEL2D_PATH`` or ``MODEL3D_PATH`` accordingly,
+    and ``model_name`` defaults to ``"2D_demo"`` or ``"3D_demo"``.
+
+    Raises
+    ------
+    SettingsError
+        Naming each bad setting, its value and what is allowed
+        (:class:`~stardist_host.schema.SettingsErrors` where there are several).
     """
 
     ndim: int = 2
     input_channel: int = 0
     output_ch_name: str = "Stardist_"
     model_path: str | None = None
-    model_name: str = "2D_demo"
+    model_name: str | None = None  # None: the definition's default for ndim
     current_time_point: bool = True
     first_plane: int = -1
     last_plane: int = -1
@@ -53,92 +110,57 @@ class Settings:
     use_gpu: bool = True
     unique_labels: bool = False
     label_dtype: str = "auto"
+    overwrite: bool = False
+    labels_only: bool = False
 
     def name(self, field: str) -> str:
         """The name a user writes for ``field`` in a settings block."""
-        if field == "model_path":
-            return f"MODEL{self.ndim}D_PATH"
-        return field.upper()
-
-    def _fail(self, field: str, allowed: str) -> None:
-        raise SettingsError(self.name(field), getattr(self, field), allowed)
+        return schema(self.ndim).by_attr[field].name
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
             raise SettingsError("ndim", self.ndim, "must be 2 (per-plane) or 3 (per-volume)")
-        if not _is_int(self.input_channel) or self.input_channel < 0:
-            self._fail("input_channel", "must be a whole number, 0 for the first channel")
-        if not isinstance(self.output_ch_name, str) or not self.output_ch_name.strip():
-            self._fail("output_ch_name", 'must be a non-empty text, e.g. "Stardist_"')
-        if self.model_path is not None:
-            if not isinstance(self.model_path, (str, Path)):
-                self._fail("model_path", "must be a folder path in quotes, or None for the bundled models")
-            if not Path(self.model_path).is_dir():
-                self._fail(
-                    "model_path",
-                    "this folder does not exist; give the folder that holds your model folders "
-                    "(stardist's basedir), or None for the bundled and registered models",
-                )
-        if not isinstance(self.model_name, str) or not self.model_name.strip():
-            self._fail("model_name", 'must be the name of a model folder in quotes, e.g. "2D_demo"')
-        for field in ("current_time_point", "use_gpu", "unique_labels"):
-            if not isinstance(getattr(self, field), bool):
-                self._fail(field, "must be True or False")
-        for field in ("first_plane", "last_plane"):
-            value = getattr(self, field)
-            if not _is_int(value) or value < -1:
-                self._fail(field, "must be a plane index (0 for the first plane) or -1")
-        if self.first_plane >= 0 and self.last_plane >= 0 and self.first_plane > self.last_plane:
-            raise SettingsError(
-                "FIRST_PLANE", self.first_plane, f"must not be above LAST_PLANE={self.last_plane}"
-            )
-        for field in ("prob_thresh", "nms_thresh"):
-            value = getattr(self, field)
-            if value is not None and not (_is_number(value) and 0 < value < 1):
-                self._fail(field, "must be a number between 0 and 1 (exclusive), or None for the model's own")
-        for field in ("percentile_low", "percentile_high"):
-            value = getattr(self, field)
-            if not (_is_number(value) and 0 <= value <= 100):
-                self._fail(field, "must be a percentile between 0 and 100")
-        if self.percentile_low >= self.percentile_high:
-            raise SettingsError(
-                "PERCENTILE_LOW", self.percentile_low, f"must be below PERCENTILE_HIGH={self.percentile_high}"
-            )
+        definition = schema(self.ndim)
+        if self.model_name is None:
+            object.__setattr__(self, "model_name", definition.by_name["MODEL_NAME"].default)
+        errors = definition.errors({f.attr: getattr(self, f.attr) for f in definition})
+        bad = {e.setting for e in errors}
+        if not bad & {"FIRST_PLANE", "LAST_PLANE"} and 0 <= self.last_plane < self.first_plane:
+            errors.append(SettingsError("FIRST_PLANE", self.first_plane, f"must not be above LAST_PLANE={self.last_plane}"))
+        if not bad & {"PERCENTILE_LOW", "PERCENTILE_HIGH"} and self.percentile_low >= self.percentile_high:
+            errors.append(SettingsError(
+                "PERCENTILE_LOW", self.percentile_low, f"must be below PERCENTILE_HIGH={self.percentile_high}"))
+        raise_all(errors)
         if self.n_tiles is not None:
-            tiles = self.n_tiles
-            if not (
-                isinstance(tiles, (tuple, list))
-                and len(tiles) == self.ndim
-                and all(_is_int(n) and n >= 1 for n in tiles)
-            ):
-                example = "(2, 2)" if self.ndim == 2 else "(1, 2, 2)"
-                self._fail("n_tiles", f"must be None (automatic) or {self.ndim} whole numbers >= 1, e.g. {example}")
-            object.__setattr__(self, "n_tiles", tuple(tiles))
-        if self.label_dtype not in LABEL_DTYPES:
-            self._fail("label_dtype", f"must be one of {', '.join(map(repr, LABEL_DTYPES))}")
+            object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
 
     @classmethod
     def from_script(cls, namespace: Mapping[str, Any], *, ndim: int) -> "Settings":
         """Build settings from a script's USER SETTINGS block (its ``globals()``).
 
-        Every upper-case name in ``namespace`` must be a known setting, so that a
-        typo (``INPUT_CHANEL``) stops the run instead of being ignored.
+        Upper-case names are read as settings; modules, classes and callables
+        are passed over (a host may inject them), any other unknown name is an
+        error that suggests the closest setting.  All errors, unknown names and
+        bad values, are reported together.
         """
-        known = {f.name.upper(): f.name for f in fields(cls) if f.name not in ("ndim", "model_path")}
-        own_path, other_path = f"MODEL{ndim}D_PATH", f"MODEL{5 - ndim}D_PATH"
-        values: dict[str, Any] = {}
-        for key, value in namespace.items():
-            if not key.isupper() or key.startswith("_"):
-                continue
-            if key == own_path:
-                values["model_path"] = value
-            elif key == other_path:
-                raise SettingsError(
-                    key, value, f"this is the {ndim}D script: set {own_path} instead (or use the {5 - ndim}D script)"
-                )
-            elif key in known:
-                values[known[key]] = value
-            else:
-                allowed = ", ".join(sorted([*known, own_path]))
-                raise SettingsError(key, value, f"is not a setting of this script; the settings are {allowed}")
-        return cls(ndim=ndim, **values)
+        other = 5 - ndim
+        wrong = {f"MODEL{other}D_PATH": f"this is the {ndim}D script: set MODEL{ndim}D_PATH instead "
+                                        f"(or use the {other}D script)"}
+        values, errors = schema(ndim).from_namespace(namespace, wrong=wrong)
+        try:
+            settings = cls(ndim=ndim, **values)
+        except SettingsError as err:
+            raise_all(errors + list(getattr(err, "errors", [err])))
+            raise
+        raise_all(errors)
+        return settings
+
+
+def readme_table() -> str:
+    """The README's "Settings" table, from the 2D and 3D definitions (names or defaults that differ: "2D / 3D")."""
+    rows = []
+    for two, three in zip(schema(2).table_rows(), schema(3).table_rows()):
+        row = [a if a == b else f"{a} / {b}" for a, b in zip(two, three)]
+        row[1] = two[1] if two[0] == three[0] else row[1]  # meaning: one text for renamed settings
+        rows.append(row)
+    return markdown_table(rows)

@@ -1,0 +1,385 @@
+"""One definition per job of its settings, and everything derived from it.
+
+A :class:`Field` holds a setting's script name (``INPUT_CHANNEL``), type,
+default, allowed values or range, unit and one-line help; a :class:`Schema` is
+the ordered fields of one job.  From the schema come the validation (every bad
+field reported at once, as csbdeep's ``Config.is_valid`` does), the reading of
+a script's USER SETTINGS block, the command-line options and their help, the
+operator parameter list and the README table; tests compare the scripts'
+blocks, the README and the CLI with it.
+
+Reading a script's block (:meth:`Schema.from_namespace`): upper-case names
+that do not start with ``_`` are candidates; modules, classes and callables
+among them are ignored (a host may inject such names), and every other unknown
+name is refused with the closest setting name suggested, so a typo
+(``INPUT_CHANEL``) stops the run instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import math
+import os
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import SettingsError
+
+__all__ = ["Field", "Schema", "SettingsErrors", "REQUIRED", "raise_all"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: The default of a setting the user must give (no default).
+REQUIRED: Any = _Required()
+
+#: Field types: what a value must be, and the word shown for it in parameter lists.
+TYPES = ("int", "float", "bool", "str", "path", "choice", "ints", "floats")
+
+
+class SettingsErrors(SettingsError):
+    """Several bad settings at once; ``errors`` lists each one's :class:`SettingsError`.
+
+    The message is the single errors' messages joined by `` | ``, so that an
+    entry point still shows it as one line.
+    """
+
+    def __init__(self, errors: Sequence[SettingsError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        ValueError.__init__(self, " | ".join(str(e) for e in self.errors))
+        self.setting, self.value, self.allowed = first.setting, first.value, first.allowed
+
+    def __reduce__(self):
+        return type(self), (self.errors,)
+
+
+def raise_all(errors: Sequence[SettingsError]) -> None:
+    """Raise nothing, the one error, or :class:`SettingsErrors` holding them all."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise SettingsErrors(errors)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(value: Any) -> str:
+    """A value as a user writes it in a script (tuples and lists alike)."""
+    if isinstance(value, tuple):
+        return repr(list(value))
+    if isinstance(value, str) and '"' not in value:
+        return f'"{value}"'  # as the scripts write texts
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: how it is named, typed, bounded and explained.
+
+    Parameters
+    ----------
+    name
+        The name a user writes in a script's USER SETTINGS block.
+    type
+        One of :data:`TYPES`; ``ints`` / ``floats`` are sequences of numbers.
+    default
+        The value when the setting is not given; :data:`REQUIRED` where it must be.
+    help
+        What the setting means, one line.
+    unit
+        Unit of the value (``"µm"``), or empty.
+    allowed
+        The error message's "what is allowed"; derived from the bounds where empty.
+    none
+        What None means where None is allowed; empty where it is not.
+    low, high, open_low, open_high
+        Range of a number (or of each number of a sequence); open ends exclude the bound.
+    choices
+        Allowed values of a ``choice``.
+    length
+        Required length of a sequence; None: any length.
+    check
+        Extra check of a valid-looking value; returns the error text, or None.
+    attr
+        The attribute / keyword name (default: ``name`` lower-cased).
+    flag
+        Command-line option (default ``--name-in-lower-case``); for a bool that
+        defaults to True, the option that sets it False.  Empty: not on the command line.
+    example
+        The value a script block shows for a required setting.
+    """
+
+    name: str
+    type: str
+    default: Any = REQUIRED
+    help: str = ""
+    unit: str = ""
+    allowed: str = ""
+    none: str = ""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple = ()
+    length: int | None = None
+    check: Callable[[Any], str | None] | None = None
+    attr: str = ""
+    flag: str | None = None
+    example: Any = None
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"{self.name}: type {self.type!r} is not one of {TYPES}")
+        if not self.attr:
+            object.__setattr__(self, "attr", self.name.lower())
+        if self.flag is None:
+            flag = "--" + self.attr.replace("_", "-")
+            if self.type == "bool" and self.default is True:
+                flag = "--no-" + flag[2:]
+            object.__setattr__(self, "flag", flag)
+        if not self.allowed:
+            object.__setattr__(self, "allowed", self._allowed())
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def optional(self) -> bool:
+        """Whether None is an allowed value."""
+        return bool(self.none)
+
+    @property
+    def script_value(self) -> Any:
+        """The value the script block shows: the default, or the example of a required setting."""
+        return self.example if self.required else self.default
+
+    def _range(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.open_low else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.open_high else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+    def _allowed(self) -> str:
+        unit = f" in {self.unit}" if self.unit else ""
+        rng = f" {self._range()}" if self._range() else ""
+        what = {
+            "int": f"a whole number{rng}",
+            "float": f"a number{unit}{rng}",
+            "bool": "True or False",
+            "str": "a non-empty text in quotes",
+            "path": "a path in quotes",
+            "choice": f"one of {', '.join(map(repr, self.choices))}",
+            "ints": f"{self.length or 'a list of'} whole numbers{rng}" + (", e.g. [0, 1]" if not self.length else ""),
+            "floats": f"{self.length or 'a list of'} numbers{unit}{rng}",
+        }[self.type]
+        return f"must be {what}" + (f", or None ({self.none})" if self.none else "")
+
+    def _valid(self, value: Any) -> bool:
+        if self.type == "bool":
+            return isinstance(value, bool)
+        if self.type in ("str", "path"):
+            return isinstance(value, (str, os.PathLike)) and bool(str(value).strip())
+        if self.type == "choice":
+            return value in self.choices
+        if self.type in ("ints", "floats"):
+            if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length):
+                return False
+            return all(self._number_ok(v, self.type == "ints") for v in value)
+        return self._number_ok(value, self.type == "int")
+
+    def _number_ok(self, v: Any, whole: bool) -> bool:
+        if not (_is_int(v) if whole else _is_number(v)):
+            return False
+        if self.low is not None and (v <= self.low if self.open_low else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.open_high else v <= self.high)
+
+    def error(self, value: Any) -> SettingsError | None:
+        """The error for ``value``, or None where it is allowed."""
+        if value is None:
+            if self.optional:
+                return None
+            if self.required:
+                return SettingsError(self.name, value, f"this setting is needed: {self.allowed[0].lower()}{self.allowed[1:]}")
+        if not self._valid(value):
+            return SettingsError(self.name, value, self.allowed)
+        problem = self.check(value) if self.check else None
+        return SettingsError(self.name, value, problem) if problem else None
+
+    # ----- text forms: command line, parameter lists, README --------------------------------------------------
+
+    def parse(self, text: str) -> Any:
+        """A command-line text as this setting's value (argparse ``type=``)."""
+        if self.optional and text.strip().lower() == "none":
+            return None
+        try:
+            if self.type == "int":
+                return int(text)
+            if self.type == "float":
+                return float(text)
+            if self.type in ("ints", "floats"):
+                convert = int if self.type == "ints" else float
+                values = [convert(v) for v in text.replace("x", ",").split(",") if v.strip()]
+                return tuple(values) if self.length else values
+        except ValueError:
+            example = {"int": "3", "float": "2.5", "ints": "1,2", "floats": "2,0.5,0.5"}[self.type]
+            none = " or none" if self.optional else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is not {self.type_word} such as {example}{none}") from None
+        return text
+
+    @property
+    def type_word(self) -> str:
+        return {"ints": "a list of whole numbers", "floats": "a list of numbers", "int": "a whole number",
+                "float": "a number", "bool": "True or False", "str": "a text", "path": "a path",
+                "choice": "a choice"}[self.type]
+
+    def default_text(self) -> str:
+        return "required" if self.required else _text(self.default)
+
+    def cli_help(self) -> str:
+        unit = f" [{self.unit}]" if self.unit else ""
+        none = f"; none: {self.none}" if self.none else ""
+        what = f"{self.help}{unit}{none}"
+        if self.type == "bool":
+            state = "True" if self.default is not True else "False"
+            return f"{what} (sets script setting {self.name}={state}; default {self.name}={self.default})"
+        default = "" if self.required else f"; default {self.default_text()}"
+        return f"{what}{default} (script setting {self.name})".replace("%", "%%")
+
+    def describe(self) -> dict[str, Any]:
+        """A machine-readable description: name, type, default, allowed, unit, description."""
+        if self.type == "choice":
+            allowed: Any = list(self.choices)
+        elif self.low is not None or self.high is not None:
+            allowed = {"min": self.low, "max": self.high, "min_exclusive": self.open_low, "max_exclusive": self.open_high}
+        else:
+            allowed = None
+        default = list(self.default) if isinstance(self.default, tuple) else self.default
+        return {
+            "name": self.name, "type": self.type, "default": None if self.required else default,
+            "required": self.required, "optional": self.optional, "length": self.length, "allowed": allowed,
+            "unit": self.unit, "description": self.help + (f"; None: {self.none}" if self.none else ""),
+            "rule": self.allowed,
+        }
+
+
+class Schema:
+    """The ordered settings of one job."""
+
+    def __init__(self, job: str, fields: Iterable[Field]) -> None:
+        self.job = job
+        self.fields = list(fields)
+        self.by_name = {f.name: f for f in self.fields}
+        self.by_attr = {f.attr: f for f in self.fields}
+
+    def __iter__(self):
+        return iter(self.fields)
+
+    def defaults(self) -> dict[str, Any]:
+        """Attribute name -> default, for the settings that have one."""
+        return {f.attr: f.default for f in self.fields if not f.required}
+
+    def errors(self, values: Mapping[str, Any]) -> list[SettingsError]:
+        """One error per bad value in ``values`` (keyed by attribute name; missing ones take the default)."""
+        found = []
+        for f in self.fields:
+            value = values.get(f.attr, None if f.required else f.default)
+            err = f.error(value)
+            if err is not None:
+                found.append(err)
+        return found
+
+    def from_namespace(
+        self, namespace: Mapping[str, Any], *, wrong: Mapping[str, str] | None = None,
+    ) -> tuple[dict[str, Any], list[SettingsError]]:
+        """The settings in a script's ``globals()``, by attribute name, and the errors of unknown names.
+
+        ``wrong`` maps names that belong to a sibling script to the message that says what to set instead.
+        """
+        values: dict[str, Any] = {}
+        found: list[SettingsError] = []
+        for key, value in namespace.items():
+            if not key.isupper() or key.startswith("_"):
+                continue
+            if key in self.by_name:
+                values[self.by_name[key].attr] = value
+            elif wrong and key in wrong:
+                found.append(SettingsError(key, value, wrong[key]))
+            elif not _looks_like_setting(value):
+                continue
+            else:
+                found.append(SettingsError(key, value, self.unknown_text(key)))
+        return values, found
+
+    def unknown_text(self, key: str) -> str:
+        names = [f.name for f in self.fields]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"is not a setting of this script; the settings are {', '.join(sorted(names))}{hint}"
+
+    # ----- command line ----------------------------------------------------------------------------------------
+
+    def add_arguments(self, parser: argparse.ArgumentParser, *, skip: Sequence[str] = ()) -> None:
+        """Add an option per setting (except those in ``skip`` or without a flag), typed from the definition."""
+        for f in self.fields:
+            if not f.flag or f.name in skip:
+                continue
+            if f.type == "bool":
+                action = "store_false" if f.default is True else "store_true"
+                parser.add_argument(f.flag, dest=f.attr, action=action, default=f.default, help=f.cli_help())
+                continue
+            kwargs: dict[str, Any] = {"dest": f.attr, "help": f.cli_help(), "metavar": f.name}
+            if f.type == "choice":
+                kwargs["choices"] = f.choices
+            else:
+                kwargs["type"] = f.parse
+            if f.required:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+            parser.add_argument(f.flag, **kwargs)
+
+    def values_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The settings an argparse result holds, by attribute name."""
+        return {f.attr: getattr(args, f.attr) for f in self.fields if hasattr(args, f.attr)}
+
+    # ----- documentation ---------------------------------------------------------------------------------------
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """Every setting as :meth:`Field.describe` gives it."""
+        return [f.describe() for f in self.fields]
+
+    def table_rows(self) -> list[tuple[str, str, str, str]]:
+        rows = []
+        for f in self.fields:
+            meaning = f.help + (f"; `None`: {f.none}" if f.none else "")
+            rows.append((f"`{f.name}`", meaning, f.allowed.replace("must be ", "", 1), f"`{f.default_text()}`"))
+        return rows
+
+
+def markdown_table(rows: Iterable[Sequence[str]]) -> str:
+    """A README table: setting, meaning, allowed, default."""
+    lines = ["| setting | meaning | allowed | default |", "| --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _looks_like_setting(value: Any) -> bool:
+    """False for what a host or an import may put into a script's namespace: modules, classes, callables."""
+    return not (isinstance(value, types.ModuleType) or inspect.isclass(value) or callable(value))
