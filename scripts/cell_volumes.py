@@ -15,6 +15,7 @@ VOXEL_SIZE = None  # (z, y, x) in µm; None: the image set's own
 NDIM = None  # 3: grow through the stack; 2: each plane alone; None: auto
 CURRENT_TIME_POINT = False  # True: current time point only; False: all
 OUTPUT_FOLDER = None  # folder for <name>_cells.csv
+OVERWRITE = False  # True: replace output files that exist already
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python cell_volumes.py INPUT.tif OUTPUT_FOLDER

@@ -11,6 +11,7 @@ VOXEL_SIZE = None  # (z, y, x) in µm; None: the image set's own
 NDIM = None  # 3: labels span Z (3D script); 2: labels per plane; None: 3 if Z > 1
 CURRENT_TIME_POINT = False  # True: current time point only; False: all
 OUTPUT_FOLDER = None  # folder for <name>_measurements.csv (in a host)
+OVERWRITE = False  # True: replace output files that exist already
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python measure.py INPUT.tif OUTPUT_FOLDER

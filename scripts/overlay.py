@@ -11,6 +11,7 @@ TRACK_CHANNEL = None  # track-id channel: ids written on the nuclei, or None
 TIME_POINT = 0
 PLANE = 0
 OUTPUT_FOLDER = None  # folder for <name>_overlay_t<T>_z<Z>.png
+OVERWRITE = False  # True: replace output files that exist already
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python overlay.py INPUT.tif OUTPUT_FOLDER

@@ -24,6 +24,10 @@ PERCENTILE_HIGH = 99.8
 N_TILES = None  # None: automatic; e.g. (2, 2) for large planes
 USE_GPU = True  # False: run on the CPU
 UNIQUE_LABELS = False  # True: labels unique across all planes, not per plane
+LABEL_DTYPE = "auto"  # "uint16" or "uint32" to choose the label channel's type
+# ----- headless (python stardist_2d.py INPUT.tif OUTPUT.tif) ------------------
+OVERWRITE = False  # True: replace an output file that exists already
+LABELS_ONLY = False  # True: write only the label channel, not the input channels
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python stardist_2d.py INPUT.tif OUTPUT.tif [--axes TZYX]

@@ -12,6 +12,7 @@ TRACK_CHANNEL_NAME = "Track_ids"  # new channel with track ids; None: no channel
 VOXEL_SIZE = None  # (z, y, x) in µm; None: the image set's own
 NDIM = None  # 3: labels span Z (3D script); 2: single-plane images; None: auto
 OUTPUT_FOLDER = None  # folder for <name>_tracks.csv, <name>_track_properties.csv
+OVERWRITE = False  # True: replace output files that exist already
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python track.py INPUT.tif OUTPUT_FOLDER

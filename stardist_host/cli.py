@@ -7,8 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .analyses.common import AnalysisError
-from .training.pairs import PairError
+from .errors import PairError
 
 __all__ = ["main"]
 
@@ -24,66 +23,40 @@ def _tiles(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers such as 2,2 or 1,2,2") from None
 
 
+#: Segmentation options whose default depends on --dim: argparse keeps None and Settings fills in the definition's.
+SEGMENT_DIM_DEFAULTS = {"MODEL_NAME": {"default": None, "help": 'model folder name, or a registered name such as '
+                                       '"2D_versatile_fluo"; default "2D_demo" with --dim 2, "3D_demo" with --dim 3 '
+                                       "(script setting MODEL_NAME)"}}
+
+
 def _add_segment(sub) -> None:
+    from .segmentation.settings import schema
+
     p = sub.add_parser(
         "segment",
         help="segment nuclei in a TIFF file into a new label channel",
         description="Segment nuclei with StarDist in one channel of a TIFF file. The output OME-TIFF holds "
         "all input channels plus the label channel; the input is never modified. Each option is the "
-        "setting of the same name in the scripts' USER SETTINGS block.",
+        "setting of the same name in the scripts' USER SETTINGS block, with the same default.",
     )
     p.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF)")
     p.add_argument("output", help="output OME-TIFF (written only once complete)")
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2: each plane alone; 3: each Z range as a volume (default 2)")
-    p.add_argument("--input-channel", type=int, default=0, help="INPUT_CHANNEL, 0 for the first (default 0)")
-    p.add_argument("--output-ch-name", default="Stardist_", help="OUTPUT_CH_NAME, prefix of the new channel's name")
-    p.add_argument("--model-path", default=None, help="MODEL2D_PATH / MODEL3D_PATH: folder holding model folders (default: bundled/registered)")
-    p.add_argument("--model-name", default=None, help="MODEL_NAME (default 2D_demo or 3D_demo)")
-    tp = p.add_mutually_exclusive_group()
-    tp.add_argument("--all-time-points", action="store_true", help="CURRENT_TIME_POINT=False: segment every time point (default)")
-    tp.add_argument("--time-point", type=int, default=None, metavar="T", help="CURRENT_TIME_POINT=True with time point T only")
-    p.add_argument("--first-plane", type=int, default=-1, help="FIRST_PLANE, inclusive; -1: the bottom plane")
-    p.add_argument("--last-plane", type=int, default=-1, help="LAST_PLANE, inclusive; -1: the top plane")
-    p.add_argument("--prob-thresh", type=float, default=None, help="PROB_THRESH (default: the model's own)")
-    p.add_argument("--nms-thresh", type=float, default=None, help="NMS_THRESH (default: the model's own)")
-    p.add_argument("--percentile-low", type=float, default=1.0, help="PERCENTILE_LOW of normalisation (default 1)")
-    p.add_argument("--percentile-high", type=float, default=99.8, help="PERCENTILE_HIGH of normalisation (default 99.8)")
-    p.add_argument("--n-tiles", type=_tiles, default=None, help="N_TILES, e.g. 2,2 (default: automatic)")
-    p.add_argument("--cpu", action="store_true", help="USE_GPU=False: run on the CPU even where there is a GPU")
-    p.add_argument("--unique-labels", action="store_true", help="UNIQUE_LABELS: labels unique across the whole output")
-    p.add_argument("--label-dtype", default="auto", help="LABEL_DTYPE: auto, uint16 or uint32")
+    p.add_argument("--time-point", type=int, default=0, metavar="T",
+                   help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
     p.add_argument("--axes", default=None, help="axes of the input where the file does not say, e.g. ZYX")
+    schema(2).add_arguments(p, overrides=SEGMENT_DIM_DEFAULTS)
     p.set_defaults(func=_segment)
 
 
 def _segment(args) -> int:
-    from .headless import segment_file, tqdm_progress
-    from .segmentation.settings import Settings
+    from .headless import run_headless
+    from .segmentation.settings import Settings, schema
 
-    settings = Settings(
-        ndim=args.dim,
-        input_channel=args.input_channel,
-        output_ch_name=args.output_ch_name,
-        model_path=args.model_path,
-        model_name=args.model_name or f"{args.dim}D_demo",
-        current_time_point=args.time_point is not None,
-        first_plane=args.first_plane,
-        last_plane=args.last_plane,
-        prob_thresh=args.prob_thresh,
-        nms_thresh=args.nms_thresh,
-        percentile_low=args.percentile_low,
-        percentile_high=args.percentile_high,
-        n_tiles=args.n_tiles,
-        use_gpu=not args.cpu,
-        unique_labels=args.unique_labels,
-        label_dtype=args.label_dtype,
-    )
-    progress, bar = tqdm_progress("segmenting")
-    with bar:
-        result = segment_file(
-            settings, args.input, args.output, axes=args.axes,
-            current_time_point=args.time_point or 0, progress=progress,
-        )
+    values = schema(args.dim).values_from_args(args)
+    settings = Settings(ndim=args.dim, **values)
+    result = run_headless(settings, args.input, args.output, axes=args.axes, current_time_point=args.time_point,
+                          quiet=args.quiet)
     print(f"{args.output}: {result.summary()}")
     return 0
 
@@ -208,55 +181,27 @@ def _evaluate(args) -> int:
     return 0
 
 
-_JOB_HELP = {
-    "measure": "per-nucleus measurements (position, size, intensities) to CSV",
-    "track": "link nuclei over time into tracks (CSV, track-id channel)",
-    "atlas": "count nuclei and densities per atlas region (CSV)",
-    "cells": "grow cells from the nuclei over a membrane channel (new channel, CSV)",
-    "overlay": "a QC picture of one plane with the outlines drawn over it (PNG)",
-}
-
-
-def _option_type(name: str, default):
-    if name.endswith("_channels"):
-        return lambda text: [int(v) for v in text.split(",") if v.strip()]
-    if name.endswith("voxel_size"):
-        return _floats
-    if name.endswith("_channel") or name in ("max_gap", "time_point", "plane", "ndim"):
-        return int
-    if name in ("max_distance_um", "threshold", "smooth_um"):
-        return float
-    return str
-
-
 def _add_jobs(sub) -> None:
-    import inspect
+    from .analyses.jobs import JOBS
 
-    from .analyses.jobs import JOBS, job_settings
-
-    for job in JOBS:
-        p = sub.add_parser(job, help=_JOB_HELP[job], description=f"{_JOB_HELP[job]}. {inspect.getdoc(JOBS[job])} "
-                           "Options are the settings of scripts/ of the same names.")
+    for name, job in JOBS.items():
+        p = sub.add_parser(name, help=job.help, description=f"{job.help}. {job.description} Each option is the "
+                           f"setting of the same name in scripts/{job.script}, with the same default.")
         p.add_argument("input", help="input TIFF, e.g. the output of stardist-host segment; never modified")
         p.add_argument("output_folder", help="folder for the results")
         p.add_argument("--axes", default=None, help="axes of the input where the file does not say")
-        for name, param in job_settings(job).items():
-            flag = "--" + name.replace("_", "-")
-            required = param.default is inspect.Parameter.empty
-            if isinstance(param.default, bool):
-                p.add_argument(flag, action="store_true", help=f"{name.upper()}=True")
-            else:
-                p.add_argument(flag, type=_option_type(name, param.default), required=required,
-                               default=None if required else param.default,
-                               help=f"{name.upper()}" + ("" if required else f" (default {param.default!r})"))
-        p.set_defaults(func=_job, job=job)
+        job.schema.add_arguments(p)
+        p.set_defaults(func=_job, job=name)
 
 
 def _job(args) -> int:
-    from .analyses.jobs import job_settings, run_job_on_file
+    from .analyses.jobs import JOBS, run_job_on_file
+    from .headless import stdout_to_log
 
-    settings = {name: getattr(args, name) for name in job_settings(args.job)}
-    for path in run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes):
+    settings = JOBS[args.job].schema.values_from_args(args)
+    with stdout_to_log():
+        written = run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes)
+    for path in written:
         print(path)
     return 0
 
@@ -276,13 +221,12 @@ def _doctor(args) -> int:
     return 0 if run_checks(use_gpu=not args.cpu) else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``stardist-host`` console script."""
-    from .headless import USER_ERRORS, setup_logging
-
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stardist-host`` argument parser, with every command and its options."""
     parser = argparse.ArgumentParser(prog="stardist-host", description="StarDist nucleus segmentation for host image sets and TIFF files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every plane")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings, errors and the final summary; no progress bar")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
     _add_train(sub)
@@ -294,15 +238,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = sub.add_parser("models", help="list bundled and registered model names")
     m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
     m.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stardist-host`` console script.
+
+    Returns 0 on success, 2 after a user error (one log line), 130 after a
+    cancel or Ctrl-C (the line "cancelled").
+    """
+    from .headless import setup_logging, user_errors
+
     global _argv
     _argv = list(argv) if argv is not None else None
-    args = parser.parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:
-        return args.func(args)
-    except (*USER_ERRORS, AnalysisError) as err:
-        log.error("%s", err)
-        return 2
+        with user_errors():
+            return args.func(args)
+    except SystemExit as stop:
+        return int(stop.code or 0)
 
 
 if __name__ == "__main__":

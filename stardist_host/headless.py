@@ -1,55 +1,110 @@
-"""Running a segmentation on a TIFF file instead of a host's image set, and the scripts' entry point."""
+"""Running a segmentation on a TIFF file instead of a host's image set, and the scripts' entry point.
+
+Output policy: the output is checked (it must not exist unless OVERWRITE, must
+not be a folder, the input or in a read-only folder) and locked before the
+model loads; leftovers of killed runs beside it are removed and logged; the
+file appears only once complete.  On the console, every user error
+(:class:`~stardist_host.errors.StardistHostError`) is one log line and exit
+status 2; a cancel or Ctrl-C is the line "cancelled" and status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from .host import NoImageSetError, active_imageset
-from .io.imagesets import TiffImageSet
-from .io.tiff import TiffError
-from .segmentation.models import ModelError
-from .segmentation.segment import LabelOverflowError, Progress, SegmentResult, run
-from .segmentation.settings import Settings, SettingsError
-from .training.pairs import PairError
+from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, StardistHostError, check_index
+from .host import active_imageset
+from .io.files import OutputLock, check_output, remove_stale
+from .segmentation.segment import Progress, SegmentResult, run
+from .segmentation.settings import Settings
 
-__all__ = ["segment_file", "run_script", "setup_logging", "USER_ERRORS", "tqdm_progress"]
+__all__ = ["segment_file", "run_headless", "run_script", "setup_logging", "user_errors", "tqdm_progress",
+           "stdout_to_log"]
 
 log = logging.getLogger(__name__)
 
-#: Errors that are the user's to fix: shown as one clear line, without a traceback.
-USER_ERRORS = (SettingsError, ModelError, TiffError, PairError, NoImageSetError, LabelOverflowError, FileNotFoundError)
+#: Loggers of libraries that log progress at INFO on import or model load.
+_NOISY = ("absl", "tensorflow", "h5py", "matplotlib", "PIL")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Log to stderr with times, unless the host (or the caller) set logging up already."""
+def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
+    """Log to stderr with times, unless the host (or the caller) set logging up already.
+
+    ``quiet`` leaves warnings and errors only: it also silences TensorFlow's C++
+    log, which reads ``TF_CPP_MIN_LOG_LEVEL`` once, when TensorFlow is imported
+    (so this runs first), and the Python loggers of absl and TensorFlow.
+    """
+    if quiet:
+        level = max(level, logging.WARNING)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("stardist_host").setLevel(level)
+    if level > logging.DEBUG:
+        for name in _NOISY:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def check_output_path(output: str | os.PathLike, input: str | os.PathLike) -> Path:
-    """Refuse an output that would overwrite the input or cannot be created, before any work."""
-    out = Path(output)
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise TiffError(f"output {str(out)!r} must end in .tif or .tiff (e.g. result.ome.tif)")
-    if not out.parent.is_dir():
-        raise TiffError(f"output {str(out)!r}: the folder {str(out.parent)!r} does not exist")
-    if out.exists() and out.resolve() == Path(input).resolve():
-        raise TiffError(f"output {str(out)!r} is the input file; the input file is never overwritten")
-    return out
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
+
+    No traceback is shown for either: the message says what to change.
+    """
+    try:
+        yield
+    except (Cancelled, KeyboardInterrupt):
+        log.error("cancelled")
+        raise SystemExit(EXIT_CANCELLED) from None
+    except StardistHostError as err:
+        log.error("%s", err)
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
-def tqdm_progress(desc: str) -> tuple[Progress, Any]:
-    """A progress callback that drives a tqdm bar; returns (callback, bar)."""
+class _LogWriter(io.TextIOBase):
+    """A text stream that sends each line to the log at INFO (stardist and Keras print to stdout)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log, self._line = logger, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        *lines, self._line = self._line.split("\n")
+        for line in lines:
+            if line.strip():
+                self._log.info("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line.strip():
+            self._log.info("%s", self._line.rstrip())
+        self._line = ""
+
+
+@contextlib.contextmanager
+def stdout_to_log() -> Iterator[None]:
+    """Send what libraries print to stdout to the log instead, so that stdout holds only the result."""
+    writer = _LogWriter(logging.getLogger("stardist_host.stdout"))
+    try:
+        with contextlib.redirect_stdout(writer):
+            yield
+    finally:
+        writer.flush()
+
+
+def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Progress, Any]:
+    """A progress callback that drives a tqdm bar on stderr; returns (callback, bar)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="step")
+    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=disable)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -72,7 +127,8 @@ def segment_file(
     Parameters
     ----------
     settings
-        Validated settings.
+        Validated settings; ``overwrite`` allows replacing an existing output,
+        ``labels_only`` writes the label channel alone.
     input
         The input TIFF; read lazily, never modified.
     output
@@ -80,27 +136,56 @@ def segment_file(
     axes
         The input's axes where the file does not say (e.g. "ZYX").
     current_time_point
-        The time point CURRENT_TIME_POINT=True segments.
+        The time point CURRENT_TIME_POINT=True segments (``--time-point``).
     progress
         Called as ``progress(done, total)`` after each plane or volume.
+
+    Raises
+    ------
+    OutputError
+        The output exists (without OVERWRITE), is a folder, is the input or
+        cannot be written; raised before the model loads.
+    OutputBusyError
+        Another run writes the same output.
+    IndexRangeError
+        ``current_time_point`` is not a time point of the file.
     """
-    out = check_output_path(output, input)
-    with TiffImageSet(input, axes=axes, current_time_point=current_time_point, scratch_dir=out.parent) as imageset:
-        result = run(settings, imageset, progress=progress)
-        imageset.save(out)
+    from .io.imagesets import TiffImageSet
+
+    out = check_output(output, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
+    with OutputLock(out):
+        remove_stale(out.parent, out.name)
+        with TiffImageSet(input, axes=axes, scratch_dir=out.parent) as imageset:
+            check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
+                        noun="time points")
+            imageset.current_time_point = current_time_point
+            result = run(settings, imageset, progress=progress)
+            imageset.save(out, **({"labels_only": True} if settings.labels_only else {}))
     return result
+
+
+def run_headless(
+    settings: Settings, input: str | os.PathLike, output: str | os.PathLike, *, axes: str | None = None,
+    current_time_point: int = 0, quiet: bool = False,
+) -> SegmentResult:
+    """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
+    progress, bar = tqdm_progress("segmenting", disable=quiet)
+    with bar, stdout_to_log():
+        return segment_file(settings, input, output, axes=axes, current_time_point=current_time_point,
+                            progress=progress)
 
 
 def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] | None = None) -> SegmentResult | None:
     """What a paste-and-edit script does after its USER SETTINGS block.
 
-    With no command-line arguments it segments the host's active image set;
-    with ``INPUT.tif OUTPUT.tif`` it runs headless on the file.  Headless, a
-    user error is logged as one line and the process exits with status 2.
+    With no command-line arguments it segments the host's active image set
+    (errors propagate to the host).  With ``INPUT.tif OUTPUT.tif`` it runs
+    headless on the file: a user error is logged as one line and the process
+    exits with status 2; a Ctrl-C exits with status 130.
     """
-    setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
+        setup_logging()
         settings = Settings.from_script(namespace, ndim=ndim)
         return run(settings, active_imageset())
 
@@ -111,17 +196,12 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF); never modified")
     parser.add_argument("output", help="output OME-TIFF: the input channels plus the label channel")
     parser.add_argument("--axes", help="axes of the input where the file does not say, e.g. ZYX or TZCYX")
-    parser.add_argument("--current-time-point", type=int, default=0, help="the time point CURRENT_TIME_POINT=True means")
+    parser.add_argument("--time-point", "--current-time-point", type=int, default=0, dest="time_point",
+                        help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     opts = parser.parse_args(args)
-    try:
+    setup_logging(quiet=opts.quiet)
+    with user_errors():
         settings = Settings.from_script(namespace, ndim=ndim)
-        progress, bar = tqdm_progress("segmenting")
-        with bar:
-            result = segment_file(
-                settings, opts.input, opts.output, axes=opts.axes,
-                current_time_point=opts.current_time_point, progress=progress,
-            )
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
-    return result
+        return run_headless(settings, opts.input, opts.output, axes=opts.axes, current_time_point=opts.time_point,
+                            quiet=opts.quiet)

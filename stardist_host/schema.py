@@ -228,6 +228,12 @@ class Field:
         """A command-line text as this setting's value (argparse ``type=``)."""
         if self.optional and text.strip().lower() == "none":
             return None
+        if self.type == "choice":
+            for choice in self.choices:
+                if text == str(choice):
+                    return choice
+            listed = ", ".join(map(str, self.choices)) + (" or none" if self.optional else "")
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {listed}")
         try:
             if self.type == "int":
                 return int(text)
@@ -335,24 +341,27 @@ class Schema:
 
     # ----- command line ----------------------------------------------------------------------------------------
 
-    def add_arguments(self, parser: argparse.ArgumentParser, *, skip: Sequence[str] = ()) -> None:
-        """Add an option per setting (except those in ``skip`` or without a flag), typed from the definition."""
+    def add_arguments(
+        self, parser: argparse.ArgumentParser, *, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Add an option per setting that has a flag, typed, explained and defaulted from the definition.
+
+        ``overrides`` maps a setting's name to argparse keywords that replace the
+        derived ones (a default that depends on another option).
+        """
         for f in self.fields:
-            if not f.flag or f.name in skip:
+            if not f.flag:
                 continue
+            kwargs: dict[str, Any] = {"dest": f.attr, "help": f.cli_help()}
             if f.type == "bool":
-                action = "store_false" if f.default is True else "store_true"
-                parser.add_argument(f.flag, dest=f.attr, action=action, default=f.default, help=f.cli_help())
-                continue
-            kwargs: dict[str, Any] = {"dest": f.attr, "help": f.cli_help(), "metavar": f.name}
-            if f.type == "choice":
-                kwargs["choices"] = f.choices
+                kwargs.update(action="store_false" if f.default is True else "store_true", default=f.default)
             else:
-                kwargs["type"] = f.parse
-            if f.required:
-                kwargs["required"] = True
-            else:
-                kwargs["default"] = f.default
+                kwargs.update(metavar=f.name, type=f.parse)
+                if f.required:
+                    kwargs["required"] = True
+                else:
+                    kwargs["default"] = f.default
+            kwargs.update((overrides or {}).get(f.name, {}))
             parser.add_argument(f.flag, **kwargs)
 
     def values_from_args(self, args: argparse.Namespace) -> dict[str, Any]:

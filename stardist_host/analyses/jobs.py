@@ -1,45 +1,55 @@
 """The analyses as whole jobs, the same for the paste-and-edit scripts and the CLI.
 
-Each job takes an image set, an output prefix (folder / stem) and keyword
-settings named as in the scripts' USER SETTINGS blocks (lower case here),
-runs one analysis and writes its files; it returns the paths written.  Jobs
-that add a channel (cells, track ids) leave it in the image set; headless, the
-image set is then saved as an OME-TIFF beside the tables.
+Each job has one settings definition (:class:`~stardist_host.schema.Schema`:
+the scripts' USER SETTINGS, the CLI options and the README tables come from
+it), takes an image set and an output prefix (folder / stem), runs one
+analysis and writes its files; it returns the paths written.  Jobs that add a
+channel (cells, track ids) leave it in the image set; headless, the image set
+is then saved as an OME-TIFF beside the tables.
+
+Output policy, as for segmentation: every file a job will write is checked
+(it must not exist unless OVERWRITE, must not be a folder, an input or in a
+read-only folder) and locked before any work; leftovers of killed runs are
+removed and logged.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import AnalysisError, SettingsError
 from ..host import ImageSet, active_imageset
-from .common import AnalysisError, write_csv
+from ..io.files import OutputLock, check_output, remove_stale
+from ..schema import Field, Schema, raise_all
+from .common import write_csv
 
-__all__ = ["JOBS", "run_job", "run_job_on_file", "run_analysis_script", "job_settings"]
+__all__ = ["JOBS", "Job", "run_job", "run_job_on_file", "run_analysis_script"]
 
 log = logging.getLogger(__name__)
 
 
-def measure_job(imageset: ImageSet, out: Path, *, label_channel: int, intensity_channels: Sequence[int] = (),
-                cell_channel: int | None = None, voxel_size=None, ndim: int | None = None,
-                current_time_point: bool = False) -> list[Path]:
+# ----- the jobs ---------------------------------------------------------------------------------------------------
+
+def measure_job(imageset: ImageSet, out: Path, *, label_channel: int, intensity_channels: Sequence[int],
+                cell_channel: int | None, voxel_size, ndim: int | None, current_time_point: bool) -> list[Path]:
     """Per-nucleus measurements -> <stem>_measurements.csv."""
     from .measure import measure
 
-    table = measure(imageset, label_channel, intensity_channels=intensity_channels or (), cell_channel=cell_channel,
+    table = measure(imageset, label_channel, intensity_channels=intensity_channels, cell_channel=cell_channel,
                     voxel_size=voxel_size, ndim=ndim, current_time_point=current_time_point)
     return [write_csv(table, f"{out}_measurements.csv")]
 
 
-def track_job(imageset: ImageSet, out: Path, *, label_channel: int, max_distance_um: float, max_gap: int = 1,
-              divisions: bool = False, voxel_size=None, ndim: int | None = None,
-              track_channel_name: str | None = "Track_ids") -> list[Path]:
+def track_job(imageset: ImageSet, out: Path, *, label_channel: int, max_distance_um: float, max_gap: int,
+              divisions: bool, voxel_size, ndim: int | None, track_channel_name: str | None) -> list[Path]:
     """Tracks -> <stem>_tracks.csv and <stem>_track_properties.csv (and a track-id channel)."""
     from .tracking import track
 
@@ -48,9 +58,20 @@ def track_job(imageset: ImageSet, out: Path, *, label_channel: int, max_distance
     return [write_csv(result.tracks, f"{out}_tracks.csv"), write_csv(result.properties, f"{out}_track_properties.csv")]
 
 
-def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channel: int | None = None,
-              atlas_file: str | None = None, atlas_axes: str | None = None, atlas_voxel_size=None,
-              region_names: str | None = None, voxel_size=None, current_time_point: bool = False) -> list[Path]:
+def _read_atlas_file(path: str, axes: str | None) -> tuple[np.ndarray, Any]:
+    from ..io.tiff import TiffReader
+
+    reader = TiffReader(path, axes=axes)
+    try:
+        sizes = reader.layout.sizes
+        return np.stack([reader.plane(0, 0, z) for z in range(sizes["Z"])]), reader.layout.voxel_size
+    finally:
+        reader.close()
+
+
+def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channel: int | None, atlas_file: str | None,
+              atlas_axes: str | None, atlas_voxel_size, region_names: str | None, voxel_size, ndim: int | None,
+              current_time_point: bool) -> list[Path]:
     """Counts and densities per atlas region -> <stem>_regions.csv."""
     from .atlas import atlas_counts, read_region_names
 
@@ -61,25 +82,18 @@ def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channe
         )
     atlas: Any = atlas_channel
     if atlas_file is not None:
-        from ..io.tiff import TiffReader
-
-        reader = TiffReader(atlas_file, axes=atlas_axes)
-        try:
-            sizes = reader.layout.sizes
-            atlas = np.stack([reader.plane(0, 0, z) for z in range(sizes["Z"])])
-            atlas_voxel_size = atlas_voxel_size or reader.layout.voxel_size
-        finally:
-            reader.close()
+        atlas, file_voxel = _read_atlas_file(atlas_file, atlas_axes)
+        atlas_voxel_size = atlas_voxel_size or file_voxel
     names = read_region_names(region_names) if region_names else None
     table = atlas_counts(imageset, label_channel, atlas, region_names=names, voxel_size=voxel_size,
-                         atlas_voxel_size=atlas_voxel_size, current_time_point=current_time_point)
+                         atlas_voxel_size=atlas_voxel_size, current_time_point=current_time_point,
+                         **({} if ndim is None else {"ndim": ndim}))
     return [write_csv(table, f"{out}_regions.csv")]
 
 
 def cells_job(imageset: ImageSet, out: Path, *, label_channel: int, membrane_channel: int, max_distance_um: float,
-              threshold: float | None = None, smooth_um: float = 1.0, voxel_size=None, ndim: int | None = None,
-              current_time_point: bool = False, output_ch_name: str = "Cells",
-              intensity_channels: Sequence[int] = ()) -> list[Path]:
+              threshold: float | None, smooth_um: float, voxel_size, ndim: int | None, current_time_point: bool,
+              output_ch_name: str, intensity_channels: Sequence[int]) -> list[Path]:
     """Cells grown from the nuclei (a new channel) -> <stem>_cells.csv with nucleus and cell measurements."""
     from .cells import grow_cells
     from .measure import measure
@@ -87,13 +101,13 @@ def cells_job(imageset: ImageSet, out: Path, *, label_channel: int, membrane_cha
     channel = grow_cells(imageset, label_channel, membrane_channel, max_distance_um=max_distance_um,
                          threshold=threshold, smooth_um=smooth_um, voxel_size=voxel_size, ndim=ndim,
                          current_time_point=current_time_point, output_name=output_ch_name)
-    table = measure(imageset, label_channel, intensity_channels=intensity_channels or (), cell_channel=channel,
+    table = measure(imageset, label_channel, intensity_channels=intensity_channels, cell_channel=channel,
                     voxel_size=voxel_size, ndim=ndim, current_time_point=current_time_point)
     return [write_csv(table, f"{out}_cells.csv")]
 
 
-def overlay_job(imageset: ImageSet, out: Path, *, image_channel: int, label_channel: int, time_point: int = 0,
-                plane: int = 0, cell_channel: int | None = None, track_channel: int | None = None) -> list[Path]:
+def overlay_job(imageset: ImageSet, out: Path, *, image_channel: int, label_channel: int, time_point: int,
+                plane: int, cell_channel: int | None, track_channel: int | None) -> list[Path]:
     """A QC picture -> <stem>_overlay_t<T>_z<Z>.png."""
     from .overlay import overlay
 
@@ -102,35 +116,231 @@ def overlay_job(imageset: ImageSet, out: Path, *, image_channel: int, label_chan
                     plane=plane, cell_channel=cell_channel, track_channel=track_channel)]
 
 
-JOBS: dict[str, Callable[..., list[Path]]] = {
-    "measure": measure_job, "track": track_job, "atlas": atlas_job, "cells": cells_job, "overlay": overlay_job,
+# ----- their settings ---------------------------------------------------------------------------------------------
+
+def _file_exists(value: Any) -> str | None:
+    return None if Path(value).is_file() else "this file does not exist"
+
+
+def _folder_exists(value: Any) -> str | None:
+    return None if Path(value).is_dir() else "this folder does not exist"
+
+
+def _label_channel() -> Field:
+    return Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels a StarDist script made, 0 for the first",
+                 low=0, example=2)
+
+
+def _channel(name: str, help: str, none: str) -> Field:
+    return Field(name, "int", None, help=f"{help}, 0 for the first", low=0, none=none)
+
+
+def _intensity_channels(default: tuple) -> Field:
+    return Field("INTENSITY_CHANNELS", "ints", default, "channels whose intensities are measured in each nucleus",
+                 low=0)
+
+
+def _voxel_size(name: str = "VOXEL_SIZE", none: str = "the image set's own") -> Field:
+    return Field(name, "floats", None, "voxel size (z, y, x)", unit="µm", none=none, length=3, low=0, open_low=True)
+
+
+def _ndim(what: str) -> Field:
+    return Field("NDIM", "choice", None, f"3: labels span Z planes (3D script); 2: {what}", choices=(2, 3),
+                 none="3 where the image set has more than one plane")
+
+
+def _current_time_point() -> Field:
+    return Field("CURRENT_TIME_POINT", "bool", False, "True: the image set's current time point only; False: all")
+
+
+def _common_tail(what: str) -> list[Field]:
+    return [
+        Field("OUTPUT_FOLDER", "path", None, f"folder for {what} (in a host; headless it is the second argument)",
+              none="headless only", flag="", check=_folder_exists),
+        Field("OVERWRITE", "bool", False, "replace output files that exist already"),
+    ]
+
+
+def _schemas() -> dict[str, Schema]:
+    per_plane = "labels per plane (2D script)"
+    return {
+        "measure": Schema("measure", [
+            _label_channel(), _intensity_channels((0,)),
+            _channel("CELL_CHANNEL", "channel of grown cells (cell_volumes.py)", none="no cell measurements"),
+            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("<name>_measurements.csv"),
+        ]),
+        "track": Schema("track", [
+            _label_channel(),
+            Field("MAX_DISTANCE_UM", "float", help="farthest a nucleus moves between two time points", unit="µm",
+                  low=0, open_low=True, example=5.0),
+            Field("MAX_GAP", "int", 1, "time points a nucleus may be missing and still be linked", low=0),
+            Field("DIVISIONS", "bool", True, "detect divisions (one track splitting into two)"),
+            Field("TRACK_CHANNEL_NAME", "str", "Track_ids", "name of the new channel of track ids", none="no channel"),
+            _voxel_size(), _ndim("single-plane images"),
+            *_common_tail("<name>_tracks.csv, <name>_track_properties.csv"),
+        ]),
+        "atlas": Schema("atlas", [
+            _label_channel(),
+            _channel("ATLAS_CHANNEL", "the atlas as a channel of this image set", none="the atlas is ATLAS_FILE"),
+            Field("ATLAS_FILE", "path", None, "the atlas as a separate label TIFF file", none="the atlas is ATLAS_CHANNEL",
+                  check=_file_exists),
+            Field("ATLAS_AXES", "str", None, 'axes of ATLAS_FILE, e.g. "ZYX"', none="as the file says"),
+            _voxel_size("ATLAS_VOXEL_SIZE", "the atlas file's own, else the image's"),
+            Field("REGION_NAMES", "path", None, "CSV/TSV file with columns id,name", none='regions named "region <id>"',
+                  check=_file_exists),
+            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("<name>_regions.csv"),
+        ]),
+        "cells": Schema("cells", [
+            _label_channel(),
+            Field("MEMBRANE_CHANNEL", "int", help="channel of the membrane stain, 0 for the first", low=0, example=1),
+            Field("MAX_DISTANCE_UM", "float", help="farthest a cell reaches from its nucleus", unit="µm", low=0,
+                  open_low=True, example=10.0),
+            Field("THRESHOLD", "float", None, "membrane intensity separating cells from background",
+                  none="computed per time point (Otsu)"),
+            Field("SMOOTH_UM", "float", 1.0, "Gaussian smoothing of the membrane channel", unit="µm", low=0),
+            Field("OUTPUT_CH_NAME", "str", "Cells", "name of the new channel (its labels are the nuclei's)"),
+            _intensity_channels(()), _voxel_size(), _ndim("each plane alone"), _current_time_point(),
+            *_common_tail("<name>_cells.csv"),
+        ]),
+        "overlay": Schema("overlay", [
+            Field("IMAGE_CHANNEL", "int", help="channel shown in grey, 0 for the first", low=0, example=0),
+            Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels, drawn as yellow outlines", low=0,
+                  example=2),
+            _channel("CELL_CHANNEL", "channel of grown cells, drawn as cyan outlines", none="no cell outlines"),
+            _channel("TRACK_CHANNEL", "channel of track ids, written on the nuclei", none="no track ids"),
+            Field("TIME_POINT", "int", 0, "time point shown, 0 for the first", low=0),
+            Field("PLANE", "int", 0, "Z plane shown, 0 for the first", low=0),
+            *_common_tail("<name>_overlay_t<T>_z<Z>.png"),
+        ]),
+    }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One analysis: its settings, its function and the files it writes."""
+
+    name: str
+    script: str
+    help: str
+    schema: Schema
+    function: Callable[..., list[Path]]
+    #: The files it writes for an output prefix and settings (tables and pictures).
+    tables: Callable[[Path, Mapping[str, Any]], list[Path]]
+    #: Whether it adds a channel to the image set, for settings.
+    adds_channel: Callable[[Mapping[str, Any]], bool]
+
+    @property
+    def description(self) -> str:
+        return (self.function.__doc__ or "").strip()
+
+
+_SCHEMAS = _schemas()
+JOBS: dict[str, Job] = {
+    "measure": Job("measure", "measure.py", "per-nucleus measurements (position, size, intensities) to CSV",
+                   _SCHEMAS["measure"], measure_job, lambda out, s: [Path(f"{out}_measurements.csv")],
+                   lambda s: False),
+    "track": Job("track", "track.py", "link nuclei over time into tracks (CSV, track-id channel)", _SCHEMAS["track"],
+                 track_job, lambda out, s: [Path(f"{out}_tracks.csv"), Path(f"{out}_track_properties.csv")],
+                 lambda s: s["track_channel_name"] is not None),
+    "atlas": Job("atlas", "atlas.py", "count nuclei and densities per atlas region (CSV)", _SCHEMAS["atlas"],
+                 atlas_job, lambda out, s: [Path(f"{out}_regions.csv")], lambda s: False),
+    "cells": Job("cells", "cell_volumes.py", "grow cells from the nuclei over a membrane channel (new channel, CSV)",
+                 _SCHEMAS["cells"], cells_job, lambda out, s: [Path(f"{out}_cells.csv")], lambda s: True),
+    "overlay": Job("overlay", "overlay.py", "a QC picture of one plane with the outlines drawn over it (PNG)",
+                   _SCHEMAS["overlay"], overlay_job,
+                   lambda out, s: [Path(f"{out}_overlay_t{s['time_point']}_z{s['plane']}.png")], lambda s: False),
 }
 
-
-def job_settings(job: str) -> dict[str, inspect.Parameter]:
-    """The settings a job takes (lower case), with their defaults."""
-    params = inspect.signature(JOBS[job]).parameters
-    return {name: p for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+#: Settings of every job that are about where results go, not passed to the job's function.
+_OUTPUT_SETTINGS = ("output_folder", "overwrite")
 
 
-def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem: str, settings: Mapping[str, Any]) -> list[Path]:
-    """Check the settings' names and required values, then run ``job``; return the files written."""
-    known = job_settings(job)
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise AnalysisError(
-            f"{unknown[0].upper()}={settings[unknown[0]]!r}: is not a setting of the {job} script; "
-            f"the settings are {', '.join(k.upper() for k in known)}"
-        )
-    missing = [k for k, p in known.items() if p.default is inspect.Parameter.empty and settings.get(k) is None]
-    if missing:
-        raise AnalysisError(f"{missing[0].upper()}=None: the {job} script needs this setting")
-    folder = Path(output_folder)
-    if not folder.is_dir():
-        raise AnalysisError(f"OUTPUT_FOLDER={str(folder)!r}: this folder does not exist")
-    written = JOBS[job](imageset, folder / stem, **settings)
+# ----- running them -----------------------------------------------------------------------------------------------
+
+def _validated(job: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings with defaults filled in, or every bad one reported at once."""
+    if job not in JOBS:
+        raise AnalysisError(f"job={job!r}: must be one of {', '.join(JOBS)}")
+    schema = JOBS[job].schema
+    errors = [SettingsError(k.upper(), v, schema.unknown_text(k.upper()))
+              for k, v in settings.items() if k not in schema.by_attr]
+    values = {**schema.defaults(), **{k: v for k, v in settings.items() if k in schema.by_attr}}
+    raise_all(errors + schema.errors(values))
+    return values
+
+
+@contextlib.contextmanager
+def _claimed(paths: Sequence[Path], *, inputs: Sequence[str | os.PathLike], overwrite: bool) -> Iterator[None]:
+    """Check every output, lock each and remove the leftovers of killed runs beside them, before any work."""
+    checked = [check_output(p, inputs=tuple(inputs), overwrite=overwrite) for p in paths]
+    with contextlib.ExitStack() as stack:
+        for path in checked:
+            stack.enter_context(OutputLock(path))
+            remove_stale(path.parent, path.name)
+        yield
+
+
+def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any]) -> list[Path]:
+    kwargs = {k: v for k, v in values.items() if k not in _OUTPUT_SETTINGS}
+    written = JOBS[job].function(imageset, out, **kwargs)
     for path in written:
         log.info("wrote %s", path)
+    return written
+
+
+def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem: str,
+            settings: Mapping[str, Any]) -> list[Path]:
+    """Check the settings and the outputs, then run ``job``; return the files written.
+
+    Parameters
+    ----------
+    job
+        A name in :data:`JOBS`.
+    imageset
+        The image set (host contract); channels the job adds stay in it.
+    output_folder
+        Folder for the tables and pictures.
+    stem
+        Prefix of the files' names.
+    settings
+        The job's settings by lower-case name; missing ones take their default.
+
+    Raises
+    ------
+    SettingsError
+        Naming every unknown or bad setting.
+    OutputError
+        An output exists (without OVERWRITE), is a folder or cannot be written.
+    """
+    values = _validated(job, settings)
+    out = Path(output_folder) / stem
+    with _claimed(JOBS[job].tables(out, values), inputs=(), overwrite=values["overwrite"]):
+        return _run(job, imageset, out, values)
+
+
+def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.PathLike, settings: Mapping[str, Any],
+                    *, axes: str | None = None) -> list[Path]:
+    """Run ``job`` on a TIFF file; where it adds channels, save <input>_<job>.ome.tif beside the tables.
+
+    Every output is checked and locked before the input is opened.
+    """
+    from ..io.imagesets import TiffImageSet
+
+    values = _validated(job, {k: v for k, v in settings.items() if k != "output_folder"})
+    folder = Path(output_folder)
+    if not folder.is_dir():
+        raise SettingsError("OUTPUT_FOLDER", str(folder), "this folder does not exist")
+    stem = Path(input).name.split(".")[0]
+    outputs = JOBS[job].tables(folder / stem, values)
+    image = folder / f"{stem}_{job}.ome.tif"
+    if JOBS[job].adds_channel(values):
+        outputs.append(image)
+    with _claimed(outputs, inputs=(input,), overwrite=values["overwrite"]):
+        with TiffImageSet(input, axes=axes, scratch_dir=folder) as imageset:
+            before = imageset.channel_count
+            written = _run(job, imageset, folder / stem, values)
+            if imageset.channel_count > before:
+                written.append(imageset.save(image))
     return written
 
 
@@ -140,44 +350,29 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     In a host (no command-line arguments) it works on the active image set and
     writes into OUTPUT_FOLDER.  Headless, ``INPUT.tif OUTPUT_FOLDER`` opens the
     TIFF (e.g. the output of a segmentation script) and, where the job adds a
-    channel, saves the image set as OUTPUT_FOLDER/<input>_<job>.ome.tif.
+    channel, saves the image set as OUTPUT_FOLDER/<input>_<job>.ome.tif; a user
+    error is one log line and exit status 2, Ctrl-C exits with status 130.
     """
     import argparse
 
-    from ..headless import USER_ERRORS, setup_logging
+    from ..headless import setup_logging, user_errors
 
-    setup_logging()
-    settings = {k.lower(): v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
-    output_folder = settings.pop("output_folder", None)
     args = list(sys.argv[1:] if argv is None else argv)
+    values, errors = JOBS[job].schema.from_namespace(namespace)
     if not args:
-        imageset = active_imageset()
-        if output_folder is None:
-            raise AnalysisError("OUTPUT_FOLDER=None: give the folder where the tables go")
-        return run_job(job, imageset, output_folder, "stardist_host", settings)
+        setup_logging()
+        raise_all(errors)
+        if values.get("output_folder") is None:
+            raise SettingsError("OUTPUT_FOLDER", None, "give the folder where the results go")
+        return run_job(job, active_imageset(), values.pop("output_folder"), "stardist_host", values)
 
     parser = argparse.ArgumentParser(description=f"The {job} analysis on a TIFF file with this script's settings.")
     parser.add_argument("input", help="input TIFF, e.g. the output of scripts/stardist_2d.py; never modified")
     parser.add_argument("output_folder", help="folder for the tables (and the image with new channels)")
     parser.add_argument("--axes", help="axes of the input where the file does not say")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     opts = parser.parse_args(args)
-    try:
-        return run_job_on_file(job, opts.input, opts.output_folder, settings, axes=opts.axes)
-    except (*USER_ERRORS, AnalysisError) as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
-
-
-def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.PathLike, settings: Mapping[str, Any],
-                    *, axes: str | None = None) -> list[Path]:
-    """Run ``job`` on a TIFF file; where it adds channels, save <input>_<job>.ome.tif beside the tables."""
-    from ..io.imagesets import TiffImageSet
-
-    folder = Path(output_folder)
-    with TiffImageSet(input, axes=axes, scratch_dir=folder if folder.is_dir() else None) as imageset:
-        before = imageset.channel_count
-        stem = Path(input).name.split(".")[0]
-        written = run_job(job, imageset, folder, stem, settings)
-        if imageset.channel_count > before:
-            written.append(imageset.save(folder / f"{stem}_{job}.ome.tif"))
-    return written
+    setup_logging(quiet=opts.quiet)
+    with user_errors():
+        raise_all(errors)
+        return run_job_on_file(job, opts.input, opts.output_folder, values, axes=opts.axes)
