@@ -216,7 +216,7 @@ class Field:
             if self.optional:
                 return None
             if self.required:
-                return SettingsError(self.name, value, f"this setting is needed: {self.allowed[0].lower()}{self.allowed[1:]}")
+                return SettingsError(self.name, value, f"this setting is needed; it {self.allowed}")
         if not self._valid(value):
             return SettingsError(self.name, value, self.allowed)
         problem = self.check(value) if self.check else None
@@ -378,7 +378,8 @@ class Schema:
         rows = []
         for f in self.fields:
             meaning = f.help + (f"; `None`: {f.none}" if f.none else "")
-            rows.append((f"`{f.name}`", meaning, f.allowed.replace("must be ", "", 1), f"`{f.default_text()}`"))
+            default = "required" if f.required else f"`{f.default_text()}`"
+            rows.append((f"`{f.name}`", meaning, f.allowed.replace("must be ", "", 1), default))
         return rows
 
 

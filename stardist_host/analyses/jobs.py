@@ -155,7 +155,7 @@ def _current_time_point() -> Field:
 
 def _common_tail(what: str) -> list[Field]:
     return [
-        Field("OUTPUT_FOLDER", "path", None, f"folder for {what} (in a host; headless it is the second argument)",
+        Field("OUTPUT_FOLDER", "path", None, f"folder for {what} in a host (headless: the second argument)",
               none="headless only", flag="", check=_folder_exists),
         Field("OVERWRITE", "bool", False, "replace output files that exist already"),
     ]
@@ -167,7 +167,7 @@ def _schemas() -> dict[str, Schema]:
         "measure": Schema("measure", [
             _label_channel(), _intensity_channels((0,)),
             _channel("CELL_CHANNEL", "channel of grown cells (cell_volumes.py)", none="no cell measurements"),
-            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("<name>_measurements.csv"),
+            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("NAME_measurements.csv"),
         ]),
         "track": Schema("track", [
             _label_channel(),
@@ -177,7 +177,7 @@ def _schemas() -> dict[str, Schema]:
             Field("DIVISIONS", "bool", True, "detect divisions (one track splitting into two)"),
             Field("TRACK_CHANNEL_NAME", "str", "Track_ids", "name of the new channel of track ids", none="no channel"),
             _voxel_size(), _ndim("single-plane images"),
-            *_common_tail("<name>_tracks.csv, <name>_track_properties.csv"),
+            *_common_tail("NAME_tracks.csv, NAME_track_properties.csv"),
         ]),
         "atlas": Schema("atlas", [
             _label_channel(),
@@ -186,9 +186,9 @@ def _schemas() -> dict[str, Schema]:
                   check=_file_exists),
             Field("ATLAS_AXES", "str", None, 'axes of ATLAS_FILE, e.g. "ZYX"', none="as the file says"),
             _voxel_size("ATLAS_VOXEL_SIZE", "the atlas file's own, else the image's"),
-            Field("REGION_NAMES", "path", None, "CSV/TSV file with columns id,name", none='regions named "region <id>"',
+            Field("REGION_NAMES", "path", None, "CSV/TSV file with columns id,name", none='regions named "region ID"',
                   check=_file_exists),
-            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("<name>_regions.csv"),
+            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("NAME_regions.csv"),
         ]),
         "cells": Schema("cells", [
             _label_channel(),
@@ -200,7 +200,7 @@ def _schemas() -> dict[str, Schema]:
             Field("SMOOTH_UM", "float", 1.0, "Gaussian smoothing of the membrane channel", unit="µm", low=0),
             Field("OUTPUT_CH_NAME", "str", "Cells", "name of the new channel (its labels are the nuclei's)"),
             _intensity_channels(()), _voxel_size(), _ndim("each plane alone"), _current_time_point(),
-            *_common_tail("<name>_cells.csv"),
+            *_common_tail("NAME_cells.csv"),
         ]),
         "overlay": Schema("overlay", [
             Field("IMAGE_CHANNEL", "int", help="channel shown in grey, 0 for the first", low=0, example=0),
@@ -210,7 +210,7 @@ def _schemas() -> dict[str, Schema]:
             _channel("TRACK_CHANNEL", "channel of track ids, written on the nuclei", none="no track ids"),
             Field("TIME_POINT", "int", 0, "time point shown, 0 for the first", low=0),
             Field("PLANE", "int", 0, "Z plane shown, 0 for the first", low=0),
-            *_common_tail("<name>_overlay_t<T>_z<Z>.png"),
+            *_common_tail("NAME_overlay_tT_zZ.png"),
         ]),
     }
 

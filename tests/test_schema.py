@@ -1,0 +1,153 @@
+"""The settings definitions against everything derived from them: scripts, README, CLI, operator, validation."""
+
+import ast
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from stardist_host import MemoryImageSet
+from stardist_host.analyses.jobs import JOBS, run_job
+from stardist_host.cli import SEGMENT_DIM_DEFAULTS, build_parser
+from stardist_host.errors import SettingsError
+from stardist_host.operator import parameters
+from stardist_host.schema import SettingsErrors, markdown_table
+from stardist_host.segmentation.settings import Settings, readme_table, schema
+
+SCRIPTS = {"stardist_2d.py": schema(2), "stardist_3d.py": schema(3), **{j.script: j.schema for j in JOBS.values()}}
+
+
+def _block(path):
+    """The USER SETTINGS block of a script as {NAME: value}, in order."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index("USER SETTINGS @"), text.index("END USER SETTINGS")
+    tree = ast.parse(text[text.index("\n", start):end].rsplit("\n", 1)[0])
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}
+
+
+def _same(a, b):
+    return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_block_is_the_definition(script):
+    block, definition = _block(ROOT / "scripts" / script), SCRIPTS[script]
+    assert list(block) == [f.name for f in definition]  # every setting, in the definition's order
+    for field in definition:
+        assert _same(block[field.name], field.script_value), (field.name, block[field.name], field.script_value)
+        assert field.error(block[field.name]) is None or field.name.endswith("_PATH")
+
+
+def test_readme_tables_are_the_definitions():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_table() in readme
+    for job in JOBS.values():
+        assert f"`{job.name}` (`scripts/{job.script}`):\n\n" + markdown_table(job.schema.table_rows()) in readme
+
+
+def _options(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {s: a for a in sub._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["segment", *JOBS])
+def test_cli_options_are_the_definition(command):
+    definition = schema(2) if command == "segment" else JOBS[command].schema
+    options = _options(command)
+    extra = {"-h", "--help", "--axes"} | ({"--dim", "--time-point"} if command == "segment" else set())
+    assert set(options) - extra == {f.flag for f in definition if f.flag}
+    for field in definition:
+        if not field.flag:
+            assert field.name == "OUTPUT_FOLDER"  # the positional argument
+            continue
+        action = options[field.flag]
+        assert action.dest == field.attr
+        assert field.help in action.help and action.help.strip() != field.name
+        assert (field.unit in action.help) if field.unit else True
+        if field.name in SEGMENT_DIM_DEFAULTS and command == "segment":
+            assert action.default is None  # Settings fills in the definition's default for --dim
+        elif field.type == "bool":
+            assert action.default is field.default and action.const is (not field.default)
+        else:
+            assert _same(action.default, field.default) if not field.required else action.required
+            assert action.type == field.parse
+    if command == "segment":
+        assert options["--all-time-points"].dest == "current_time_point"
+
+
+def test_cli_time_points_default_as_the_scripts():
+    args = build_parser().parse_args(["segment", "in.tif", "out.tif"])
+    assert args.current_time_point is True and args.time_point == 0  # the current (first) time point only
+    args = build_parser().parse_args(["segment", "in.tif", "out.tif", "--all-time-points", "--dim", "3",
+                                      "--n-tiles", "1,2,2", "--prob-thresh", "none"])
+    settings = Settings(ndim=args.dim, **schema(3).values_from_args(args))
+    assert (settings.current_time_point, settings.model_name, settings.n_tiles, settings.prob_thresh) == (
+        False, "3D_demo", (1, 2, 2), None)
+    args = build_parser().parse_args(["track", "in.tif", "out", "--label-channel", "2", "--max-distance-um", "5",
+                                      "--track-channel-name", "none", "--ndim", "2"])
+    assert (args.track_channel_name, args.ndim, args.divisions) == (None, 2, True)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_operator_parameters_cover_every_setting(ndim):
+    params = parameters(ndim)
+    names = [p["name"] for p in params]
+    attrs = [f.name for f in dataclasses.fields(Settings) if f.name != "ndim"]
+    assert names == [Settings().name(a) if ndim == 2 else Settings(ndim=3).name(a) for a in attrs]
+    assert names == list(_block(ROOT / "scripts" / f"stardist_{ndim}d.py"))
+    defaults = Settings(ndim=ndim)
+    for p, attr in zip(params, attrs):
+        assert p["type"] and p["description"] and not p["required"]
+        assert _same(p["default"], getattr(defaults, attr)) or p["default"] == getattr(defaults, attr)
+    by_name = {p["name"]: p for p in params}
+    assert by_name["PROB_THRESH"]["allowed"] == {"min": 0, "max": 1, "min_exclusive": True, "max_exclusive": True}
+    assert by_name["LABEL_DTYPE"]["allowed"] == ["auto", "uint16", "uint32"]
+    assert by_name["N_TILES"]["length"] == ndim and by_name["N_TILES"]["optional"]
+    assert by_name["PERCENTILE_LOW"]["unit"] == "percentile"
+    assert by_name["MODEL_NAME"]["default"] == f"{ndim}D_demo"
+
+
+def test_every_bad_setting_is_reported_at_once():
+    with pytest.raises(SettingsErrors) as err:
+        Settings(input_channel=-1, use_gpu="yes", percentile_high=101, first_plane=3, last_plane=1)
+    assert [e.setting for e in err.value.errors] == ["INPUT_CHANNEL", "PERCENTILE_HIGH", "USE_GPU", "FIRST_PLANE"]
+    assert str(err.value) == (
+        "INPUT_CHANNEL=-1: must be a whole number, 0 for the first channel | "
+        "PERCENTILE_HIGH=101: must be a percentile between 0 and 100 | USE_GPU='yes': must be True or False | "
+        "FIRST_PLANE=3: must not be above LAST_PLANE=1")
+    assert isinstance(err.value, SettingsError) and isinstance(err.value, ValueError)
+
+
+def test_ndim_3_defaults_to_the_3d_model():
+    assert Settings(ndim=3).model_name == "3D_demo" and Settings().model_name == "2D_demo"
+
+
+def test_from_script_ignores_what_a_host_injects_and_suggests_the_closest_name():
+    class HostImageSet:
+        pass
+
+    block = {"INPUT_CHANNEL": 1, "NP": np, "OS": os, "HOST_IMAGESET": HostImageSet, "GET_IMAGESET": print}
+    assert Settings.from_script(block, ndim=2).input_channel == 1
+    with pytest.raises(SettingsErrors) as err:
+        Settings.from_script({"INPUT_CHANEL": 1, "USE_GPU": "no", "HOST_VERSION": "4.1"}, ndim=2)
+    text = str(err.value)
+    assert "INPUT_CHANEL=1: is not a setting of this script; the settings are " in text
+    assert "; did you mean INPUT_CHANNEL?" in text
+    assert "HOST_VERSION='4.1': is not a setting of this script" in text
+    assert "USE_GPU='no': must be True or False" in text
+
+
+def test_analysis_settings_all_reported_before_anything_is_written(tmp_path):
+    ims = MemoryImageSet(np.zeros((1, 1, 1, 8, 8), np.uint16))
+    with pytest.raises(SettingsErrors) as err:
+        run_job("track", ims, tmp_path, "x", {"label_channel": -1, "max_distance_um": 0, "max_gaps": 2})
+    text = str(err.value)
+    assert "MAX_GAPS=2: is not a setting of this script" in text and "did you mean MAX_GAP?" in text
+    assert "LABEL_CHANNEL=-1: must be a whole number >= 0" in text
+    assert "MAX_DISTANCE_UM=0: must be a number in µm > 0" in text
+    with pytest.raises(SettingsError, match=r"MAX_DISTANCE_UM=None: this setting is needed; it must be a number in µm > 0"):
+        run_job("track", ims, tmp_path, "x", {"label_channel": 0})
+    assert list(tmp_path.iterdir()) == [] and ims.channel_count == 1
