@@ -1,0 +1,518 @@
+"""OME-Zarr (NGFF 0.4 and 0.5) images as image sets, with label channels in the NGFF labels group.
+
+:class:`OmeZarrImageSet` reads one resolution level of an OME-Zarr image one
+plane at a time (a plane read touches only the chunks that hold it), with its
+axes, channel names (``omero`` metadata) and voxel size (the level's ``scale``
+transformations and the axes' units) taken from the metadata.
+
+Channels made with :meth:`OmeZarrImageSet.add_channel` are NGFF label images,
+``labels/<name>`` with ``image-label`` metadata and the name added to the
+``labels`` list, inside the input store by default (its arrays and
+metadata are never written) or in a separate store (``labels_store=``).  A
+label array has the image's axes with a channel axis of size 1, and one chunk
+per plane, so each plane is written by one writer and a written plane is one
+file.  OME-Zarr readers (ome-zarr-py, napari, bioio-ome-zarr) show them as labels.
+
+The metadata are read with ``zarr`` directly, not through ``ome-zarr``:
+``zarr`` 2.18 (Python 3.10, NGFF 0.4 only) and ``zarr`` 3 (NGFF 0.4 and 0.5)
+both work.  ``zarr`` is imported only when an image set is opened; without it
+the error says which extra to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from ..errors import InputFileError, OutputError, StardistHostError, check_index
+from .imagesets import _fit
+
+__all__ = ["OmeZarrImageSet", "MissingExtraError", "NGFF_VERSIONS", "UNITS_UM"]
+
+log = logging.getLogger(__name__)
+
+#: NGFF versions this reader understands.
+NGFF_VERSIONS = ("0.4", "0.5")
+
+#: Length units of NGFF axes (UDUNITS-2 names, and common spellings), in micrometres.
+UNITS_UM = {
+    "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0, "um": 1.0,
+    "µm": 1.0, "μm": 1.0, "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6,
+}
+
+
+class MissingExtraError(StardistHostError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, *, purpose: str) -> Any:
+    """Import ``module``, or raise :class:`MissingExtraError` naming ``pip install "stardist-host[extra]"``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({err}); "
+            f'install it with: pip install "stardist-host[{extra}]"'
+        ) from err
+
+
+def _zarr():
+    return require("zarr", "zarr", purpose="reading OME-Zarr")
+
+
+def _zarr_major() -> int:
+    return int(_zarr().__version__.split(".")[0])
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level of a multiscale image."""
+
+    index: int
+    path: str
+    shape: tuple[int, ...]
+    transforms: tuple  # the dataset's coordinateTransformations, as in the metadata
+
+
+@dataclass(frozen=True)
+class _Meta:
+    version: str
+    axes: tuple[dict, ...]
+    levels: tuple[Level, ...]
+    global_transforms: tuple
+    omero: dict
+
+
+def _ome_attrs(attrs: dict, where: str) -> tuple[str, dict]:
+    """The NGFF version and the attributes that hold the OME metadata (0.5: under "ome")."""
+    if "ome" in attrs and isinstance(attrs["ome"], dict):
+        ome = attrs["ome"]
+        version = str(ome.get("version", "unknown"))
+    else:
+        ome = attrs
+        ms = attrs.get("multiscales")
+        version = str(ms[0].get("version", "unknown")) if isinstance(ms, list) and ms else "unknown"
+    if "multiscales" not in ome:
+        if "bioformats2raw.layout" in ome:
+            raise InputFileError(f"{where} is a bioformats2raw container, not one image; open an image inside it, e.g. "
+                                 f"{os.path.join(where, '0')!r}")
+        if "plate" in ome or "well" in ome:
+            raise InputFileError(f"{where} is an OME-Zarr plate or well (HCS); open one field of view, "
+                                 "e.g. PLATE.zarr/A/1/0")
+        raise InputFileError(f"{where} is a Zarr group without OME-Zarr 'multiscales' metadata; it is not an "
+                             "OME-Zarr image")
+    if version not in NGFF_VERSIONS:
+        raise InputFileError(f"{where}: OME-Zarr (NGFF) version {version!r} is not supported; this reader knows "
+                             f"versions {', '.join(NGFF_VERSIONS)}")
+    return version, ome
+
+
+def _read_meta(group, where: str) -> _Meta:
+    version, ome = _ome_attrs(dict(group.attrs), where)
+    ms = ome["multiscales"][0]
+    axes = tuple(a if isinstance(a, dict) else {"name": str(a)} for a in ms.get("axes", ()))
+    levels = []
+    for i, ds in enumerate(ms.get("datasets", ())):
+        try:
+            shape = tuple(int(n) for n in group[ds["path"]].shape)
+        except KeyError:
+            raise InputFileError(f"{where}: level {i} names the array {ds['path']!r}, which is not in the store") from None
+        if len(shape) != len(axes):
+            raise InputFileError(f"{where}: level {i} ({ds['path']!r}) has {len(shape)} dimensions but the metadata "
+                                 f"name {len(axes)} axes ({', '.join(a['name'] for a in axes)})")
+        levels.append(Level(i, ds["path"], shape, tuple(ds.get("coordinateTransformations", ()))))
+    if not levels:
+        raise InputFileError(f"{where}: the multiscales metadata list no datasets (resolution levels)")
+    return _Meta(version, axes, tuple(levels), tuple(ms.get("coordinateTransformations", ())), dict(ome.get("omero") or {}))
+
+
+def _axis_roles(axes: tuple[dict, ...], shape: tuple[int, ...], where: str) -> dict[str, int]:
+    """Map the roles T, C, Z, Y, X to axis positions; other axes must have size 1 (read at index 0)."""
+    roles: dict[str, int] = {}
+    for pos, axis in enumerate(axes):
+        name, kind = str(axis.get("name", "")).lower(), axis.get("type")
+        role = {"time": "T", "channel": "C"}.get(kind) or {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(name)
+        if role is None or role in roles:
+            if shape[pos] != 1:
+                raise InputFileError(f"{where}: axis {axis.get('name')!r} (type {kind!r}, size {shape[pos]}) is not "
+                                     "one of t, c, z, y, x; only axes of size 1 can be ignored")
+            continue
+        roles[role] = pos
+    missing = [r for r in "YX" if r not in roles]
+    if missing:
+        raise InputFileError(f"{where}: the image has no {' and no '.join(missing)} axis (axes: "
+                             f"{', '.join(str(a.get('name')) for a in axes)}); planes need y and x")
+    return roles
+
+
+def _scale(transforms) -> list[float] | None:
+    for tr in transforms:
+        if tr.get("type") == "scale":
+            return [float(v) for v in tr["scale"]] if "scale" in tr else None
+    return None
+
+
+def _voxel_size(meta: _Meta, level: Level, roles: dict[str, int], where: str) -> tuple | None:
+    """(z, y, x) in µm from the level's and the multiscale's scale; None where a unit is missing or unknown."""
+    scale = _scale(level.transforms)
+    extra = _scale(meta.global_transforms)
+    if scale is None:
+        log.warning("%s: level %d has no scale transformation; the voxel size is unknown", where, level.index)
+        return None
+    if extra is not None:
+        scale = [a * b for a, b in zip(scale, extra)]
+    sizes = {}
+    for role in "ZYX":
+        if role not in roles:
+            sizes[role] = None
+            continue
+        axis = meta.axes[roles[role]]
+        unit = axis.get("unit")
+        factor = UNITS_UM.get(str(unit).lower()) if unit is not None else None
+        value = scale[roles[role]]
+        if unit is None:
+            log.warning("%s: axis %r has no unit, so its scale %r is in unknown units; its voxel size is taken as "
+                        "unknown (NGFF axes name a unit such as 'micrometer')", where, axis.get("name"), value)
+            sizes[role] = None
+            continue
+        if factor is None or not (math.isfinite(value) and value > 0):
+            log.warning("%s: axis %r has scale %r with unit %r, which is not a length unit known here (%s); its "
+                        "voxel size is taken as unknown", where, axis.get("name"), value, unit, ", ".join(UNITS_UM))
+            sizes[role] = None
+            continue
+        sizes[role] = value * factor
+    if sizes["Y"] is None or sizes["X"] is None:
+        return None
+    return sizes["Z"], sizes["Y"], sizes["X"]
+
+
+def _channel_names(omero: dict, count: int) -> list[str]:
+    channels = omero.get("channels") if isinstance(omero, dict) else None
+    names = [f"Channel {i}" for i in range(count)]
+    if isinstance(channels, list) and len(channels) == count:
+        names = [str(ch.get("label") or names[i]) if isinstance(ch, dict) else names[i] for i, ch in enumerate(channels)]
+    elif channels:
+        log.warning("omero metadata name %d channels, but the image has %d; channels are named by number",
+                    len(channels), count)
+    return names
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _open_input(path: Path):
+    """Open the input group read-only, with errors that say what the path is instead."""
+    zarr = _zarr()
+    where = repr(str(path))
+    if not path.exists():
+        raise InputFileError(f"{where} does not exist")
+    if path.is_dir():
+        has_v3, has_v2 = (path / "zarr.json").is_file(), (path / ".zgroup").is_file()
+        if not (has_v3 or has_v2):
+            raise InputFileError(f"{where} is a folder but not a Zarr group (no zarr.json or .zgroup); "
+                                 "it is not an OME-Zarr image")
+        if has_v3 and not has_v2 and _zarr_major() < 3:
+            raise InputFileError(f"{where} is a Zarr v3 store (OME-Zarr 0.5), which needs zarr 3 (Python 3.11 or "
+                                 f"newer); zarr {zarr.__version__} is installed")
+    elif path.is_file():
+        raise InputFileError(f"{where} is a file, not an OME-Zarr folder (.zarr)")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as err:  # zarr 2 and 3 raise different errors for a group they cannot read
+        raise InputFileError(f"{where} cannot be read as a Zarr group: {err}") from err
+
+
+def _open_labels_root(path: Path, zarr_format: int):
+    """The group that holds ``labels/``: the input store (opened for writing) or a separate store."""
+    zarr = _zarr()
+    try:
+        if _zarr_major() >= 3:
+            return zarr.open_group(str(path), mode="a", zarr_format=zarr_format, use_consolidated=False)
+        return zarr.open_group(str(path), mode="a")
+    except Exception as err:
+        raise OutputError(f"labels cannot be written to {str(path)!r} ({err}); give a writable folder as "
+                          "labels_store=") from err
+
+
+def _create_plane_array(group, name: str, *, shape, chunks, dtype, dim_names, zarr_format: int):
+    """A zero-filled array; NGFF wants '/' chunk keys in v2 stores and dimension names in v3 ones."""
+    if _zarr_major() >= 3:
+        extra = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2
+                 else {"dimension_names": list(dim_names)})
+        return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **extra)
+    return group.zeros(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_separator="/")
+
+
+def _check_label_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+        raise ValueError(f"name={name!r}: a label image's name must be a non-empty text without '/' or '\\' "
+                         "(it becomes the folder labels/<name>)")
+    if name.startswith("."):
+        raise ValueError(f"name={name!r}: must not start with '.' (hidden, and reserved for Zarr metadata)")
+    return name
+
+
+def _label_attrs(meta: _Meta, level: Level, name: str, source: str) -> dict:
+    """Attributes of a label image group: one level with the image level's transformations, and image-label."""
+    multiscale: dict[str, Any] = {
+        "axes": [dict(a) for a in meta.axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [dict(t) for t in level.transforms]}],
+        "name": name,
+    }
+    if meta.global_transforms:
+        multiscale["coordinateTransformations"] = [dict(t) for t in meta.global_transforms]
+    image_label = {"version": meta.version, "source": {"image": source}}
+    if meta.version == "0.4":
+        return {"multiscales": [{**multiscale, "version": "0.4"}], "image-label": image_label}
+    return {"ome": {"version": meta.version, "multiscales": [multiscale], "image-label": image_label}}
+
+
+def _labels_list(group, version: str) -> list[str]:
+    attrs = dict(group.attrs)
+    holder = attrs.get("ome", {}) if version != "0.4" else attrs
+    return [str(n) for n in holder.get("labels", [])]
+
+
+def _set_labels_list(group, version: str, names: list[str]) -> None:
+    if version == "0.4":
+        group.attrs["labels"] = names
+    else:
+        group.attrs["ome"] = {**dict(group.attrs).get("ome", {}), "version": version, "labels": names}
+
+
+class OmeZarrImageSet:
+    """An image set over one resolution level of an OME-Zarr image; new channels are NGFF label images.
+
+    Parameters
+    ----------
+    path
+        The OME-Zarr image: the folder whose metadata hold ``multiscales``
+        (NGFF 0.4, Zarr v2; or NGFF 0.5, Zarr v3).
+    level
+        Resolution level to read, 0 (default) for the highest resolution.
+    labels_store
+        Folder of a separate Zarr store to hold ``labels/<name>``; default:
+        the input store itself (only ``labels/`` is written there).
+    current_time_point
+        The time point that "current time point only" means (default 0).
+    overwrite
+        Whether :meth:`add_channel` may replace an existing ``labels/<name>``
+        (default False: it refuses).
+
+    Raises
+    ------
+    InputFileError
+        ``path`` is not an OME-Zarr image, has an NGFF version other than
+        0.4 and 0.5, or has no level ``level`` (the message lists the levels).
+    MissingExtraError
+        ``zarr`` is not installed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        level: int = 0,
+        labels_store: str | os.PathLike | None = None,
+        current_time_point: int = 0,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        where = repr(str(self.path))
+        group = _open_input(self.path)
+        self._meta = meta = _read_meta(group, where)
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(meta.levels):
+            listed = ", ".join(f"{lv.index} ({lv.path!r}, {'x'.join(map(str, lv.shape))})" for lv in meta.levels)
+            raise InputFileError(f"level={level!r}: {where} has resolution levels {listed}")
+        self._level = meta.levels[int(level)]
+        self._roles = roles = _axis_roles(meta.axes, self._level.shape, where)
+        self._array = group[self._level.path]
+        shape = self._level.shape
+        self.time_point_count = shape[roles["T"]] if "T" in roles else 1
+        self.plane_count = shape[roles["Z"]] if "Z" in roles else 1
+        self.plane_shape = (shape[roles["Y"]], shape[roles["X"]])
+        self._n_input = shape[roles["C"]] if "C" in roles else 1
+        self._names = _channel_names(meta.omero, self._n_input)
+        self.voxel_size = _voxel_size(meta, self._level, roles, where)
+        self.current_time_point = check_index(
+            "current_time_point", current_time_point, self.time_point_count, what=where, noun="time points"
+        )
+        self._labels_path = Path(labels_store) if labels_store is not None else self.path
+        self._labels_root = None  # opened for writing at the first add_channel only
+        self._overwrite = bool(overwrite)
+        self._added: list[tuple[str, Any]] = []  # (name, zarr array) of each label channel
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def ngff_version(self) -> str:
+        """The NGFF version of the input ("0.4" or "0.5")."""
+        return self._meta.version
+
+    @property
+    def level(self) -> int:
+        """The resolution level read (0: highest)."""
+        return self._level.index
+
+    @property
+    def levels(self) -> list[tuple[int, ...]]:
+        """Shape of every resolution level, highest first."""
+        return [lv.shape for lv in self._meta.levels]
+
+    @property
+    def axes(self) -> str:
+        """The input's axis names, in its order (e.g. ``"tczyx"``)."""
+        return "".join(str(a.get("name")) for a in self._meta.axes)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def channel_count(self) -> int:
+        return self._n_input + len(self._added)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return self._names + [name for name, _ in self._added]
+
+    def label_image_path(self, channel: int) -> Path:
+        """The folder ``labels/<name>`` of an added channel."""
+        check_index("channel", channel, self.channel_count, noun="channels")
+        if channel < self._n_input:
+            raise ValueError(f"channel={channel} is an input channel of {self.path.name}, not a label image")
+        return self._labels_path / "labels" / self._added[channel - self._n_input][0]
+
+    # ------------------------------------------------------------------ planes
+
+    def _check(self, channel: int, plane: int, time_point: int) -> None:
+        check_index("channel", channel, self.channel_count, noun="channels", names=self.channel_names)
+        check_index("plane", plane, self.plane_count, noun="planes")
+        check_index("time_point", time_point, self.time_point_count, noun="time points")
+
+    def _index(self, channel: int, plane: int, time_point: int) -> tuple:
+        """The array index of one (Y, X) plane: a whole number on every axis but y and x."""
+        at = {"T": time_point, "C": channel, "Z": plane}
+        position = {pos: role for role, pos in self._roles.items()}
+        return tuple(
+            slice(None) if position.get(i) in ("Y", "X") else int(at.get(position.get(i), 0))
+            for i in range(len(self._meta.axes))
+        )
+
+    def _plane(self, array, index: tuple) -> NDArray:
+        data = np.asarray(array[index])
+        # NGFF recommends ...yx but allows x before y; planes are always returned (Y, X)
+        return np.ascontiguousarray(data.T) if self._roles["Y"] > self._roles["X"] else data
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
+        """Return the (Y, X) plane, read from the chunks that hold it."""
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            return self._plane(self._array, self._index(channel, plane, time_point))
+        return self._plane(self._added[channel - self._n_input][1], self._index(0, plane, time_point))
+
+    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
+        """Write a (Y, X) plane into a label channel (one chunk); input channels are refused."""
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            raise PermissionError(
+                f"channel {channel} comes from the input {self.path.name}, which is never modified; "
+                "write results to a channel made with add_channel"
+            )
+        if tuple(np.shape(data)) != tuple(self.plane_shape):
+            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
+        name, array = self._added[channel - self._n_input]
+        data = _fit(data, np.dtype(array.dtype), f"channel {channel}, plane {plane}, time point {time_point}")
+        if self._roles["Y"] > self._roles["X"]:
+            data = data.T
+        array[self._index(0, plane, time_point)] = data
+
+    # ------------------------------------------------------------------ label channels
+
+    def _labels_group(self):
+        if self._labels_root is None:
+            self._labels_root = _open_labels_root(self._labels_path, _zarr_format_of(self._meta))
+        return self._labels_root.require_group("labels")
+
+    def _source(self) -> str:
+        """Relative path from labels/<name> to the image, as image-label's "source" wants it."""
+        if self._labels_path.resolve() == self.path.resolve():
+            return "../../"
+        rel = os.path.relpath(self.path.resolve(), (self._labels_path / "labels" / "x").resolve())
+        return Path(rel).as_posix() + "/"
+
+    def add_channel(self, name: str, dtype: DTypeLike) -> int:
+        """Create the label image ``labels/<name>`` (zeros, one chunk per plane) and return its channel index.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is not a usable folder name, or ``dtype`` is not an integer type (NGFF labels are integers).
+        OutputError
+            ``labels/<name>`` exists already (and ``overwrite`` is False), or the store cannot be written.
+        """
+        name = _check_label_name(name)
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu":
+            raise ValueError(f"dtype={dtype}: an OME-Zarr label image holds whole numbers; use an integer type "
+                             "such as uint16 or uint32")
+        if name in (n for n, _ in self._added):
+            raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
+        labels = self._labels_group()
+        if name in labels:
+            if not self._overwrite:
+                raise OutputError(f"{str(self._labels_path / 'labels' / name)!r} exists already; choose another "
+                                  "name, or replace it with overwrite=True (scripts: OVERWRITE = True)")
+            log.info("replacing the label image %s", self._labels_path / "labels" / name)
+            del labels[name]
+        shape = list(self._level.shape)
+        if "C" in self._roles:
+            shape[self._roles["C"]] = 1
+        yx = (self._roles["Y"], self._roles["X"])
+        chunks = tuple(n if i in yx else 1 for i, n in enumerate(shape))
+        image = labels.require_group(name)
+        array = _create_plane_array(image, "0", shape=tuple(shape), chunks=chunks, dtype=dtype,
+                                    dim_names=[str(a.get("name")) for a in self._meta.axes],
+                                    zarr_format=_zarr_format_of(self._meta))
+        image.attrs.update(_label_attrs(self._meta, self._level, name, self._source()))
+        # listed last, so a reader never finds a listed label image without its metadata
+        listed = [n for n in _labels_list(labels, self._meta.version) if n != name]
+        _set_labels_list(labels, self._meta.version, listed + [name])
+        self._added.append((name, array))
+        return self.channel_count - 1
+
+    def remove_channel(self, index: int) -> None:
+        """Delete the label channel added last (its ``labels/<name>`` and its entry in the labels list)."""
+        if not self._added or index != self.channel_count - 1:
+            raise ValueError(f"index={index!r}: only the channel added last can be removed"
+                             + (f" (channel {self.channel_count - 1})" if self._added else "; none was added"))
+        name, _ = self._added.pop()
+        labels = self._labels_group()
+        del labels[name]
+        _set_labels_list(labels, self._meta.version, [n for n in _labels_list(labels, self._meta.version) if n != name])
+
+    def close(self) -> None:
+        """Forget the stores (Zarr keeps no files open between reads)."""
+        self._labels_root = None
+
+    def __enter__(self) -> "OmeZarrImageSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _zarr_format_of(meta: _Meta) -> int:
+    return 2 if meta.version == "0.4" else 3
