@@ -1,7 +1,10 @@
 """Linking nuclei over time into tracks: linear assignment with gap closing and division detection.
 
 The tracker follows Jaqaman et al. (2008), as laptrack and TrackMate do, with
-scipy's ``linear_sum_assignment`` on augmented cost matrices:
+scipy's ``linear_sum_assignment`` on augmented cost matrices.  Costs exist only
+for candidate pairs within reach (found with ``scipy.spatial.cKDTree``), and each
+connected group of candidates is solved alone, so memory and time grow with
+the number of nearby pairs, not with the square of the number of nuclei:
 
 1. frame to frame: objects at t and t + 1 within MAX_DISTANCE are linked,
    minimising the sum of squared distances;
@@ -12,6 +15,8 @@ scipy's ``linear_sum_assignment`` on augmented cost matrices:
    continuations become daughter tracks with the mother as parent.
 
 Only centroids are kept in memory, one time point's labels are read at a time.
+:func:`track_positions` is the pure part (centroids in, tables out);
+:func:`track` reads the image set and writes the optional track-id channel.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from ..host import ImageSet
 from .common import (
     AnalysisError,
     Table,
+    channel_label,
     check_channel,
+    check_labels,
     check_positive,
     objects_ndim,
     read_stack,
@@ -36,7 +46,7 @@ from .common import (
     write_stack,
 )
 
-__all__ = ["track", "TrackResult", "TRACK_COLUMNS", "PROPERTY_COLUMNS", "link"]
+__all__ = ["track", "track_positions", "TrackResult", "TRACK_COLUMNS", "PROPERTY_COLUMNS", "link", "link_sparse"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +57,44 @@ _FORBIDDEN = 1e18
 
 
 def link(cost: NDArray, no_link: float) -> list[tuple[int, int]]:
-    """Solve a linking problem: pairs (i, j) with finite ``cost[i, j]``, or no link at ``no_link`` each side.
+    """Solve a linking problem: pairs (i, j) with finite ``cost[i, j]``, or no link at ``no_link`` each side."""
+    rows, cols = np.nonzero(np.isfinite(cost))
+    return link_sparse(rows, cols, cost[rows, cols], cost.shape, no_link)
 
-    The (n + m) x (m + n) augmented matrix lets every row and column stay
-    unlinked, so only pairs worth linking are linked.
+
+def link_sparse(rows: NDArray, cols: NDArray, costs: NDArray, shape: tuple[int, int],
+                no_link: float) -> list[tuple[int, int]]:
+    """Solve a linking problem given as candidate pairs ``(rows[k], cols[k])`` with ``costs[k]``.
+
+    Every row and column may also stay unlinked at ``no_link``.  Groups of
+    rows and columns joined by candidates are independent problems; each is
+    solved exactly on its own small augmented matrix.
+
+    Returns
+    -------
+    list of (row, column)
+        The links, sorted by row.
     """
-    n, m = cost.shape
-    if n == 0 or m == 0:
+    n, m = shape
+    rows, cols, costs = np.asarray(rows, int), np.asarray(cols, int), np.asarray(costs, float)
+    if n == 0 or m == 0 or len(rows) == 0:
         return []
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols + n)), shape=(n + m, n + m))
+    _, group = connected_components(graph, directed=False)
+    order = np.argsort(group[rows], kind="stable")
+    links = []
+    for edges in np.split(order, np.flatnonzero(np.diff(group[rows][order])) + 1):
+        r, ri = np.unique(rows[edges], return_inverse=True)
+        c, ci = np.unique(cols[edges], return_inverse=True)
+        block = np.full((len(r), len(c)), np.inf)
+        block[ri, ci] = costs[edges]
+        links += [(int(r[i]), int(c[j])) for i, j in _solve_dense(block, no_link)]
+    return sorted(links)
+
+
+def _solve_dense(cost: NDArray, no_link: float) -> list[tuple[int, int]]:
+    """The (n + m) x (m + n) augmented matrix lets every row and column stay unlinked."""
+    n, m = cost.shape
     allowed = np.isfinite(cost)
     big = np.full((n + m, m + n), _FORBIDDEN)
     big[:n, :m] = np.where(allowed, cost, _FORBIDDEN)
@@ -65,8 +105,16 @@ def link(cost: NDArray, no_link: float) -> list[tuple[int, int]]:
     return [(int(i), int(j)) for i, j in zip(rows, cols) if i < n and j < m and allowed[i, j]]
 
 
-def _sq_dist(a: NDArray, b: NDArray) -> NDArray:
-    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+def _near_pairs(a: NDArray, b: NDArray, reach: float) -> tuple[NDArray, NDArray, NDArray]:
+    """Index pairs (i, j) with ``|a[i] - b[j]| <= reach`` and their squared distances."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    # the tree's radius is widened a hair; the exact test below decides, as a dense matrix would
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), reach * (1 + 1e-9) + 1e-12, output_type="ndarray")
+    i, j = pairs["i"].astype(int), pairs["j"].astype(int)
+    d2 = ((a[i] - b[j]) ** 2).sum(-1)
+    keep = d2 <= reach * reach
+    return i[keep], j[keep], d2[keep]
 
 
 @dataclass
@@ -98,14 +146,172 @@ class TrackResult:
         return f"{n} tracks, {len(self.tracks['track_id'])} points, {divisions} division(s)"
 
 
-def _centroids(imageset: ImageSet, channel: int, t: int, ndim: int, voxel) -> tuple[NDArray, NDArray]:
+Frames = list  # per time point: (labels (N,), centroids (N, 3) in µm)
+
+
+def link_frames(frames: Frames, max_distance_um: float) -> tuple[list[_Segment], list[dict[int, _Segment]]]:
+    """Step 1: link each frame's objects to the next frame's; return the segments and, per frame, label -> segment."""
+    max_sq = max_distance_um ** 2
+    segments: list[_Segment] = []
+    points_at: list[dict[int, _Segment]] = []
+    open_segments: dict[int, _Segment] = {}
+    prev_labels, prev_pos = np.zeros(0, int), np.zeros((0, 3))
+    for t, (labels, pos) in enumerate(frames):
+        i, j, d2 = _near_pairs(prev_pos, pos, max_distance_um)
+        linked = {b: a for a, b in link_sparse(i, j, d2, (len(prev_pos), len(pos)), no_link=max_sq)}
+        now: dict[int, _Segment] = {}
+        for k, (lab, p) in enumerate(zip(labels, pos)):
+            seg = open_segments.get(int(prev_labels[linked[k]])) if k in linked else None
+            if seg is None:
+                seg = _Segment()
+                segments.append(seg)
+            seg.points.append((t, int(lab), p))
+            now[int(lab)] = seg
+        open_segments, prev_labels, prev_pos = now, labels, pos
+        points_at.append(now)
+    return segments, points_at
+
+
+def close_gaps(segments: list[_Segment], n_frames: int, max_distance_um: float, max_gap: int) -> set[int]:
+    """Step 2: join segment ends to starts 2..max_gap + 1 frames later; return the ids of the continued segments."""
+    ends = [s for s in segments if s.end < n_frames - 1]
+    starts = [s for s in segments if s.start > 0]
+    if max_gap > 0 and ends and starts:
+        end_pos = np.array([s.points[-1][2] for s in ends])
+        start_pos = np.array([s.points[0][2] for s in starts])
+        i, j, d2 = _near_pairs(end_pos, start_pos, max_distance_um * (max_gap + 1))
+        dt = np.array([s.start for s in starts])[j] - np.array([s.end for s in ends])[i]
+        keep = (dt >= 2) & (dt <= max_gap + 1) & (d2 <= max_distance_um ** 2 * dt * dt)
+        for a, b in link_sparse(i[keep], j[keep], d2[keep] / dt[keep], (len(ends), len(starts)),
+                                no_link=max_distance_um ** 2):
+            ends[a].after = starts[b]
+    return {id(s.after) for s in segments if s.after is not None}
+
+
+def find_divisions(segments: list[_Segment], frames: Frames, points_at: list[dict[int, _Segment]],
+                   continued: set[int], max_distance_um: float) -> None:
+    """Step 3: a start next to an object of the frame before splits that object's segment (in place)."""
+    starts = [s for s in segments if s.start > 0 and id(s) not in continued]
+    offsets = np.cumsum([0] + [len(labels) for labels, _ in frames])
+    rows, cols, costs = [], [], []
+    for t in sorted({s.start for s in starts}):
+        here = [k for k, s in enumerate(starts) if s.start == t]
+        i, j, d2 = _near_pairs(np.array([starts[k].points[0][2] for k in here]), frames[t - 1][1], max_distance_um)
+        rows.append(np.asarray(here, int)[i])
+        cols.append(j + offsets[t - 1])
+        costs.append(d2)
+    if not rows:
+        return
+    mothers = [(t, int(lab)) for t, (labels, _) in enumerate(frames) for lab in labels]
+    for i, k in link_sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(costs),
+                            (len(starts), len(mothers)), no_link=max_distance_um ** 2):
+        t, lab = mothers[k]
+        _split(segments, points_at, points_at[t][lab], t, starts[i])
+
+
+def _split(segments, points_at, mother: _Segment, t: int, daughter: _Segment) -> None:
+    """End ``mother`` (the current owner of the point: an earlier split may have moved it) at ``t``."""
+    cut = next(n for n, p in enumerate(mother.points) if p[0] == t) + 1
+    if cut < len(mother.points):  # the mother's own continuation becomes a daughter
+        sister = _Segment(mother.points[cut:], parent=mother, after=mother.after)
+        mother.points, mother.after = mother.points[:cut], None
+        segments.append(sister)
+        for p in sister.points:
+            points_at[p[0]][p[1]] = sister
+    elif mother.after is not None:
+        mother.after.parent, mother.after = mother, None
+    daughter.parent = mother
+
+
+def track_positions(frames: Frames, *, max_distance_um: float, max_gap: int = 1,
+                    divisions: bool = False) -> tuple[Table, Table]:
+    """Link centroids over time into tracks; the pure part of :func:`track`.
+
+    Parameters
+    ----------
+    frames
+        Per time point, (labels (N,), centroids (N, 3) as z, y, x in µm).
+    max_distance_um, max_gap, divisions
+        As for :func:`track`.
+
+    Returns
+    -------
+    tracks, properties
+        Tables with :data:`TRACK_COLUMNS` and :data:`PROPERTY_COLUMNS`.
+    """
+    segments, points_at = link_frames(frames, max_distance_um)
+    continued = close_gaps(segments, len(frames), max_distance_um, max_gap)
+    if divisions:
+        find_divisions(segments, frames, points_at, continued, max_distance_um)
+    return _tables(segments, continued)
+
+
+def _chains(segments: list[_Segment], continued: set[int]) -> tuple[list[list[_Segment]], dict[int, int]]:
+    """Tracks as chains of segments joined by gap closing, and segment id -> track id."""
+    track_id: dict[int, int] = {}
+    chains = []
+    for seg in segments:
+        if id(seg) in continued and seg.parent is None:
+            continue
+        chain, s = [], seg
+        while s is not None:
+            chain.append(s)
+            s = s.after
+        chains.append(chain)
+        for s in chain:
+            track_id[id(s)] = len(chains)
+    return chains, track_id
+
+
+def _tables(segments: list[_Segment], continued: set[int]) -> tuple[Table, Table]:
+    chains, track_id = _chains(segments, continued)
+    rows, props = [], []
+    for number, chain in enumerate(chains, start=1):
+        parent = chain[0].parent
+        parent_id = track_id.get(id(parent), 0) if parent is not None else 0
+        points = [p for s in chain for p in s.points]
+        rows += [(number, parent_id, t, lab, *p) for t, lab, p in points]
+        pos = np.array([p for _, _, p in points])
+        steps = np.linalg.norm(np.diff(pos, axis=0), axis=1) if len(pos) > 1 else np.zeros(0)
+        total, net = float(steps.sum()), float(np.linalg.norm(pos[-1] - pos[0]))
+        frames = points[-1][0] - points[0][0]
+        props.append((number, parent_id, points[0][0], points[-1][0], len(points), total, net,
+                      total / frames if frames else math.nan, net / total if total else math.nan))
+    return _table(TRACK_COLUMNS, rows, 4), _table(PROPERTY_COLUMNS, props, 5)
+
+
+def _table(columns, rows, n_int: int) -> Table:
+    """Columns from row tuples; the first ``n_int`` columns integers (also when there are no rows)."""
+    values = list(zip(*rows)) if rows else [()] * len(columns)
+    return {c: np.asarray(v, dtype=np.int64 if k < n_int else np.float64) for k, (c, v) in enumerate(zip(columns, values))}
+
+
+def _centroids(imageset: ImageSet, channel: int, t: int, voxel) -> tuple[NDArray, NDArray]:
     from skimage.measure import regionprops
 
-    labels = read_stack(imageset, channel, t)
+    labels = check_labels(read_stack(imageset, channel, t), channel_label(imageset, channel, "LABEL_CHANNEL"))
     props = regionprops(labels)
     if not props:
         return np.zeros(0, int), np.zeros((0, 3))
     return np.array([p.label for p in props]), np.array([p.centroid for p in props]) * np.asarray(voxel)
+
+
+def _check(imageset: ImageSet, label_channel, max_distance_um, max_gap, ndim, voxel_size):
+    """The settings of :func:`track`, checked: (label channel, max distance, voxel size)."""
+    label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
+    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
+        raise AnalysisError(f"MAX_GAP={max_gap!r}: must be a whole number of frames, 0 or more")
+    if objects_ndim(imageset, ndim) == 2 and imageset.plane_count > 1:
+        raise AnalysisError(
+            f"NDIM=2 with {imageset.plane_count} planes: tracking needs one label per nucleus and time point; "
+            "use the labels of the 3D script (NDIM=3) or a single-plane image set"
+        )
+    voxel = resolve_voxel_size(imageset, voxel_size, need_z=imageset.plane_count > 1)
+    if imageset.time_point_count < 2:
+        raise AnalysisError(f"the image set has {imageset.time_point_count} time point; tracking needs two or more")
+    # a single plane: every centroid lies at z = 0, whatever the (unknown) Z spacing
+    return label_channel, max_distance_um, (voxel[0] or 0.0, voxel[1], voxel[2])
 
 
 def track(
@@ -115,7 +321,7 @@ def track(
     max_distance_um: float,
     max_gap: int = 1,
     divisions: bool = False,
-    voxel_size: tuple[float, float, float] | None = None,
+    voxel_size: tuple[float | None, float, float] | None = None,
     ndim: int | None = None,
     output_name: str | None = None,
 ) -> TrackResult:
@@ -134,140 +340,44 @@ def track(
     divisions
         DIVISIONS: detect divisions (one track splitting into two).
     voxel_size
-        VOXEL_SIZE (z, y, x) in µm; None uses the image set's.
+        VOXEL_SIZE (z, y, x) in µm; None uses the image set's.  z may be None
+        for a single plane.
     ndim
         NDIM: 3 for labels spanning Z (3D segmentation); 2 needs a single plane.
     output_name
         TRACK_CHANNEL_NAME: where given, a new channel in which each nucleus
         carries its track id at every time point.
+
+    Returns
+    -------
+    TrackResult
+        Without objects, tables with the columns and no rows.
+
+    Raises
+    ------
+    AnalysisError
+        A bad setting, a label channel that holds no labels, fewer than two time points.
     """
-    label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
-    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
-    if isinstance(max_gap, bool) or not isinstance(max_gap, int) or max_gap < 0:
-        raise AnalysisError(f"MAX_GAP={max_gap!r}: must be a whole number of frames, 0 or more")
-    if objects_ndim(imageset, ndim) == 2 and imageset.plane_count > 1:
-        raise AnalysisError(
-            f"NDIM=2 with {imageset.plane_count} planes: tracking needs one label per nucleus and time point; "
-            "use the labels of the 3D script (NDIM=3) or a single-plane image set"
-        )
-    voxel = resolve_voxel_size(imageset, voxel_size)
-    if imageset.time_point_count < 2:
-        raise AnalysisError(f"the image set has {imageset.time_point_count} time point; tracking needs two or more")
-
-    # 1. frame-to-frame linking, building segments as we go (one time point in memory)
-    segments: list[_Segment] = []
-    open_segments: dict[int, _Segment] = {}
-    prev_labels, prev_pos = np.zeros(0, int), np.zeros((0, 3))
-    points_at: dict[int, dict[int, _Segment]] = {}  # t -> label -> segment holding it
-    max_sq = float(max_distance_um) ** 2
-    for t in range(imageset.time_point_count):
-        labels, pos = _centroids(imageset, label_channel, t, 3, voxel)
-        d2 = _sq_dist(prev_pos, pos)
-        links = link(np.where(d2 <= max_sq, d2, np.inf), no_link=max_sq)
-        linked = {j: i for i, j in links}
-        now: dict[int, _Segment] = {}
-        for j, (lab, p) in enumerate(zip(labels, pos)):
-            seg = open_segments.get(int(prev_labels[linked[j]])) if j in linked else None
-            if seg is None:
-                seg = _Segment()
-                segments.append(seg)
-            seg.points.append((t, int(lab), p))
-            now[int(lab)] = seg
-        open_segments, prev_labels, prev_pos = now, labels, pos
-        points_at[t] = now
-
-    # 2. gap closing: ends to later starts
-    if max_gap > 0:
-        ends = [s for s in segments if s.end < imageset.time_point_count - 1]
-        starts = [s for s in segments if s.start > 0]
-        cost = np.full((len(ends), len(starts)), np.inf)
-        for i, e in enumerate(ends):
-            for j, s in enumerate(starts):
-                dt = s.start - e.end
-                if 2 <= dt <= max_gap + 1:
-                    d2 = float(((e.points[-1][2] - s.points[0][2]) ** 2).sum())
-                    if d2 <= max_sq * dt * dt:
-                        cost[i, j] = d2 / dt
-        for i, j in link(cost, no_link=max_sq):
-            ends[i].after = starts[j]
-    continued = {id(s.after) for s in segments if s.after is not None}
-
-    # 3. divisions: unexplained starts next to an object of the frame before
-    if divisions:
-        starts = [s for s in segments if s.start > 0 and id(s) not in continued]
-        mothers = [(t, lab, seg) for t in range(imageset.time_point_count - 1) for lab, seg in points_at[t].items()]
-        index = {(t, lab): k for k, (t, lab, _) in enumerate(mothers)}
-        cost = np.full((len(starts), len(mothers)), np.inf)
-        for i, s in enumerate(starts):
-            for lab, seg in points_at[s.start - 1].items():
-                point = next(p for p in seg.points if p[0] == s.start - 1)
-                d2 = float(((point[2] - s.points[0][2]) ** 2).sum())
-                if d2 <= max_sq:
-                    cost[i, index[(s.start - 1, lab)]] = d2
-        for i, k in link(cost, no_link=max_sq):
-            t, lab, _ = mothers[k]
-            mother = points_at[t][lab]  # current owner: an earlier split may have moved the point
-            daughter = starts[i]
-            cut = next(n for n, p in enumerate(mother.points) if p[0] == t) + 1
-            if cut < len(mother.points):  # the mother's own continuation becomes a daughter
-                sister = _Segment(mother.points[cut:], parent=mother, after=mother.after)
-                mother.points, mother.after = mother.points[:cut], None
-                segments.append(sister)
-                for p in sister.points:
-                    points_at[p[0]][p[1]] = sister
-            elif mother.after is not None:
-                mother.after.parent, mother.after = mother, None
-            daughter.parent = mother
-
-    return _tables(imageset, label_channel, segments, continued, output_name)
-
-
-def _tables(imageset, label_channel, segments, continued, output_name) -> TrackResult:
-    # a track is a chain of segments joined by gap closing
-    track_id: dict[int, int] = {}
-    chains = []
-    for seg in segments:
-        if id(seg) in continued and seg.parent is None:
-            continue
-        chain, s = [], seg
-        while s is not None:
-            chain.append(s)
-            s = s.after
-        chains.append(chain)
-        for s in chain:
-            track_id[id(s)] = len(chains)
-    rows = {c: [] for c in TRACK_COLUMNS}
-    props = {c: [] for c in PROPERTY_COLUMNS}
-    for number, chain in enumerate(chains, start=1):
-        parent = chain[0].parent
-        parent_id = track_id.get(id(parent), 0) if parent is not None else 0
-        points = [p for s in chain for p in s.points]
-        for t, lab, p in points:
-            for c, v in zip(TRACK_COLUMNS, (number, parent_id, t, lab, *p)):
-                rows[c].append(v)
-        pos = np.array([p for _, _, p in points])
-        steps = np.linalg.norm(np.diff(pos, axis=0), axis=1) if len(pos) > 1 else np.zeros(0)
-        total, net = float(steps.sum()), float(np.linalg.norm(pos[-1] - pos[0]))
-        frames = points[-1][0] - points[0][0]
-        for c, v in zip(PROPERTY_COLUMNS, (number, parent_id, points[0][0], points[-1][0], len(points), total, net,
-                                           total / frames if frames else math.nan, net / total if total else math.nan)):
-            props[c].append(v)
-    result = TrackResult({c: np.asarray(v) for c, v in rows.items()}, {c: np.asarray(v) for c, v in props.items()})
+    label_channel, max_distance_um, voxel = _check(imageset, label_channel, max_distance_um, max_gap, ndim, voxel_size)
+    frames = [_centroids(imageset, label_channel, t, voxel) for t in range(imageset.time_point_count)]
+    tracks, properties = track_positions(frames, max_distance_um=max_distance_um, max_gap=int(max_gap),
+                                         divisions=divisions)
+    result = TrackResult(tracks, properties)
     if output_name:
-        result.channel = _paint(imageset, label_channel, result.tracks, output_name)
+        result.channel = _paint(imageset, label_channel, tracks, output_name)
     log.info("%s", result.summary())
     return result
 
 
-def _paint(imageset, label_channel: int, tracks: Table, name: str) -> int:
+def _paint(imageset: ImageSet, label_channel: int, tracks: Table, name: str) -> int:
     """A new channel where each nucleus carries its track id."""
     n = int(tracks["track_id"].max()) if len(tracks["track_id"]) else 0
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     channel = imageset.add_channel(name, dtype)
     for t in range(imageset.time_point_count):
-        labels = read_stack(imageset, label_channel, t)
+        labels = check_labels(read_stack(imageset, label_channel, t), channel_label(imageset, label_channel, "LABEL_CHANNEL"))
         here = tracks["t"] == t
-        lut = np.zeros(int(labels.max()) + 1, dtype)
+        lut = np.zeros(int(labels.max(initial=0)) + 1, dtype)
         lut[tracks["label"][here]] = tracks["track_id"][here]
         write_stack(imageset, channel, t, lut[labels])
     return channel
