@@ -90,3 +90,31 @@ def test_foreign_object_is_refused_with_missing_members():
 
     with pytest.raises(TypeError, match="Half is not an image set: it lacks plane_count, time_point_count"):
         set_active_imageset(Half())
+
+
+def test_remove_added_channel(imageset):
+    first = imageset.add_channel("a", np.uint16)
+    second = imageset.add_channel("b", np.uint32)
+    imageset.set_channeldata(second, 0, 0, np.full((32, 32), 3, np.uint32))
+    imageset.remove_channel(first)
+    assert imageset.channel_count == 3 and imageset.channel_names == ["DAPI", "Other", "b"]
+    assert imageset.get_channeldata(2, 0, 0)[0, 0] == 3  # the later channel moved down by one
+    imageset.remove_channel(2)
+    assert imageset.channel_count == 2 and imageset.channel_names == ["DAPI", "Other"]
+    with pytest.raises(IndexError, match="channel=2 is out of range: the image set has channels 0..1"):
+        imageset.remove_channel(2)
+    with pytest.raises(PermissionError, match=r"channel 1 \('Other'\) .*only channels made with add_channel"):
+        imageset.remove_channel(1)
+
+
+def test_tiff_input_channel_cannot_be_removed_and_scratch_goes(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((2, 16, 16), np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    with TiffImageSet(path, scratch_dir=tmp_path) as ims:
+        with pytest.raises(PermissionError, match="channel 0 .* comes from the input file in.tif, which is never"):
+            ims.remove_channel(0)
+        new = ims.add_channel("labels", np.uint16)
+        scratch = [p for p in tmp_path.rglob("*.raw")]
+        assert len(scratch) == 1
+        ims.remove_channel(new)
+        assert not scratch[0].exists() and ims.channel_count == 1

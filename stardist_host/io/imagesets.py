@@ -51,6 +51,12 @@ class _Checks:
             if not (isinstance(value, (int, np.integer)) and 0 <= value < count):
                 raise IndexError(f"{name}={value!r} is out of range: the image set has {name}s 0..{count - 1}")
 
+    def _check_channel(self, channel: int) -> None:
+        if not (isinstance(channel, (int, np.integer)) and 0 <= channel < self.channel_count):
+            raise IndexError(
+                f"channel={channel!r} is out of range: the image set has channels 0..{self.channel_count - 1}"
+            )
+
     def _check_plane(self, data: NDArray) -> None:
         if tuple(np.shape(data)) != tuple(self.plane_shape):
             raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
@@ -88,6 +94,7 @@ class MemoryImageSet(_Checks):
         if len(names) != c:
             raise ValueError(f"{len(names)} channel names given for {c} channels")
         self._names = names
+        self._n_input = c
         self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
         if not 0 <= current_time_point < t:
             raise ValueError(f"current_time_point={current_time_point} is out of range 0..{t - 1}")
@@ -120,6 +127,25 @@ class MemoryImageSet(_Checks):
         self._names.append(name)
         return len(self._channels) - 1
 
+    def remove_channel(self, index: int) -> None:
+        """Remove a channel made with :meth:`add_channel`; the channels after it move down by one.
+
+        Raises
+        ------
+        IndexError
+            ``index`` is not a channel of the image set.
+        PermissionError
+            ``index`` is one of the channels the image set was made with.
+        """
+        self._check_channel(index)
+        if index < self._n_input:
+            raise PermissionError(
+                f"channel {index} ({self._names[index]!r}) is one of the image set's own channels "
+                f"(0..{self._n_input - 1}); only channels made with add_channel can be removed"
+            )
+        del self._channels[index]
+        del self._names[index]
+
     def channel(self, channel: int) -> NDArray:
         """The whole channel as an array (T, Z, Y, X)."""
         return self._channels[channel]
@@ -134,7 +160,7 @@ class _DiskChannel:
     """
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int], dtype: DTypeLike) -> None:
-        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
         self._plane_bytes = shape[2] * shape[3] * self.dtype.itemsize
         self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close())
         self._file.truncate(shape[0] * shape[1] * self._plane_bytes)
@@ -205,6 +231,7 @@ class TiffImageSet(_Checks):
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
         self._added: list[_DiskChannel] = []
+        self._made = 0
         self._scratch_parent = scratch_dir
         self._scratch: tempfile.TemporaryDirectory | None = None
 
@@ -242,9 +269,31 @@ class TiffImageSet(_Checks):
             self._scratch = tempfile.TemporaryDirectory(prefix="stardist-host-", dir=self._scratch_parent)
         index = self.channel_count
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
-        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{index}.raw", shape, dtype))
+        self._made += 1  # scratch names never reused, even after remove_channel
+        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{self._made}.raw", shape, dtype))
         self._names.append(name)
         return index
+
+    def remove_channel(self, index: int) -> None:
+        """Remove a channel made with :meth:`add_channel` and its scratch file; later channels move down by one.
+
+        Raises
+        ------
+        IndexError
+            ``index`` is not a channel of the image set.
+        PermissionError
+            ``index`` is a channel of the input file, which is never modified.
+        """
+        self._check_channel(index)
+        if index < self._n_input:
+            raise PermissionError(
+                f"channel {index} ({self._names[index]!r}) comes from the input file {self.path.name}, which is "
+                f"never modified; only channels made with add_channel can be removed"
+            )
+        channel = self._added.pop(index - self._n_input)
+        channel.close()
+        channel.path.unlink(missing_ok=True)
+        del self._names[index]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write all channels, input and added, to a new OME-TIFF at ``path``.
