@@ -11,7 +11,9 @@ from scipy import ndimage
 from ..host import ImageSet
 from .common import (
     AnalysisError,
+    channel_label,
     check_channel,
+    check_labels,
     check_positive,
     objects_ndim,
     read_stack,
@@ -129,40 +131,54 @@ def grow_cells(
     max_distance_um
         MAX_DISTANCE_UM: how far a cell may reach from its nucleus.
     threshold
-            THRESHOLD on the smoothed membrane intensity that separates cells from
+        THRESHOLD on the smoothed membrane intensity that separates cells from
         background; None computes it (Otsu) per time point.
     smooth_um
         SMOOTH_UM: Gaussian smoothing of the membrane channel, in µm.
     voxel_size
-        VOXEL_SIZE in µm; None uses the image set's.
+        VOXEL_SIZE in µm; None uses the image set's.  z may be None (unknown)
+        where ``ndim`` is 2.
     ndim
         NDIM: 3 grows in 3D through the stack, 2 in each plane alone.
+    current_time_point
+        Only the image set's current time point.
     output_name
         Name of the new channel.
 
     Returns
     -------
     int
-        Index of the new channel; its labels equal the nuclei's.
+        Index of the new channel; its labels equal the nuclei's (all zero
+        where there are no nuclei).
+
+    Raises
+    ------
+    AnalysisError
+        A bad setting or channel, or a label channel that holds no labels;
+        raised before the channel is added.
     """
     nuclei_channel = check_channel(imageset, nuclei_channel, "LABEL_CHANNEL")
     membrane_channel = check_channel(imageset, membrane_channel, "MEMBRANE_CHANNEL")
     max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
-    if threshold is not None and not isinstance(threshold, (int, float)):
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number))
+                                  or not np.isfinite(threshold)):
         raise AnalysisError(f"THRESHOLD={threshold!r}: must be an intensity, or None to compute it")
-    voxel = resolve_voxel_size(imageset, voxel_size)
     ndim = objects_ndim(imageset, ndim)
-    dtype = np.result_type(np.uint16, np.asarray(imageset.get_channeldata(nuclei_channel, 0, 0)).dtype)
+    voxel = resolve_voxel_size(imageset, voxel_size, need_z=ndim == 3)
+    what = channel_label(imageset, nuclei_channel, "LABEL_CHANNEL")
+    first = check_labels(read_stack(imageset, nuclei_channel, time_points(imageset, current_time_point)[0]), what)
+    dtype = np.result_type(np.uint16, first.dtype)
     out = imageset.add_channel(output_name, dtype if dtype.kind == "u" else np.uint32)
+    options = dict(max_distance_um=max_distance_um, threshold=threshold, smooth_um=smooth_um)
     for t in time_points(imageset, current_time_point):
-        nuclei = read_stack(imageset, nuclei_channel, t)
+        nuclei = check_labels(read_stack(imageset, nuclei_channel, t), what)
         membrane = read_stack(imageset, membrane_channel, t)
         if ndim == 3:
-            cells, used = grow(nuclei, membrane, voxel=voxel, max_distance_um=max_distance_um, threshold=threshold,
-                               smooth_um=smooth_um)
+            cells, used = grow(nuclei, membrane, voxel=voxel, **options)
         else:
-            planes = [grow(n[None], m[None], voxel=(1.0, voxel[1], voxel[2]), max_distance_um=max_distance_um,
-                           threshold=threshold, smooth_um=smooth_um) for n, m in zip(nuclei, membrane)]
+            # one plane at a time: the Z spacing (1.0 here) never enters, no filter or distance crosses planes
+            planes = [grow(n[None], m[None], voxel=(1.0, voxel[1], voxel[2]), **options)
+                      for n, m in zip(nuclei, membrane)]
             cells, used = np.concatenate([p[0] for p in planes]), planes[0][1]
         write_stack(imageset, out, t, cells)
         log.info("time point %d: %d cells grown (threshold %.1f)", t, len(np.unique(cells)) - 1, used)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..host import ImageSet
-from .common import AnalysisError, check_channel
+from ..io.files import atomic_write
+from .common import AnalysisError, channel_label, check_channel, check_labels
 
 __all__ = ["overlay"]
 
@@ -47,15 +48,17 @@ def overlay(
     track_channel
         TRACK_CHANNEL: a track-id channel; each nucleus is annotated with its id.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from skimage.measure import regionprops
-    from skimage.segmentation import find_boundaries
 
     image_channel = check_channel(imageset, image_channel, "IMAGE_CHANNEL")
     label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
+    layers = [(label_channel, "LABEL_CHANNEL", (1.0, 0.9, 0.0))]
+    if cell_channel is not None:
+        layers.append((check_channel(imageset, cell_channel, "CELL_CHANNEL"), "CELL_CHANNEL", (0.0, 0.9, 1.0)))
+    if track_channel is not None:
+        track_channel = check_channel(imageset, track_channel, "TRACK_CHANNEL")
     for name, value, count in (("TIME_POINT", time_point, imageset.time_point_count), ("PLANE", plane, imageset.plane_count)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
             raise AnalysisError(f"{name}={value!r}: the image set has {name.lower().replace('_', ' ')}s 0..{count - 1}")
@@ -63,28 +66,39 @@ def overlay(
     if path.suffix.lower() != ".png":
         raise AnalysisError(f"output {str(path)!r} must end in .png")
 
-    image = np.asarray(imageset.get_channeldata(image_channel, plane, time_point), dtype=np.float32)
-    lo, hi = np.percentile(image, percentiles)
-    grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    layers = [(label_channel, (1.0, 0.9, 0.0))]
-    if cell_channel is not None:
-        layers.append((check_channel(imageset, cell_channel, "CELL_CHANNEL"), (0.0, 0.9, 1.0)))
-    for channel, colour in layers:
-        labels = np.asarray(imageset.get_channeldata(channel, plane, time_point))
-        rgb[find_boundaries(labels, mode="inner")] = colour
-    height, width = grey.shape
-    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    def labels_of(channel: int, setting: str):
+        data = imageset.get_channeldata(channel, plane, time_point)
+        return check_labels(data, channel_label(imageset, channel, setting))
+
+    rgb = _grey(np.asarray(imageset.get_channeldata(image_channel, plane, time_point)), percentiles)
+    outlines = [(labels_of(channel, setting), colour) for channel, setting, colour in layers]
+    tracks = labels_of(track_channel, "TRACK_CHANNEL") if track_channel is not None else None
+    for labels, colour in outlines:
+        rgb[_outline(labels)] = colour
+    height, width = rgb.shape[:2]
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(fig)  # a canvas of this figure only: the host's pyplot backend stays as it is
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    if track_channel is not None:
-        tracks = np.asarray(imageset.get_channeldata(check_channel(imageset, track_channel, "TRACK_CHANNEL"), plane, time_point))
+    if tracks is not None:
         for r in regionprops(tracks):
             ax.text(r.centroid[1], r.centroid[0], str(r.label), color="magenta", fontsize=7, ha="center", va="center")
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_write(path) as tmp, tmp.open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     log.info("wrote %s", path)
     return path
+
+
+def _grey(image, percentiles) -> np.ndarray:
+    """The image as RGB grey, contrast-stretched between two percentiles."""
+    image = image.astype(np.float32)
+    lo, hi = np.percentile(image, percentiles)
+    grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _outline(labels) -> np.ndarray:
+    from skimage.segmentation import find_boundaries
+
+    return find_boundaries(labels, mode="inner")
