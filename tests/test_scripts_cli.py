@@ -4,6 +4,7 @@ import os
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,12 +96,171 @@ def test_script_in_a_host_uses_the_active_imageset(monkeypatch):
     assert labels[2, 0].max() >= 20 and not labels[:2].any()
 
 
-def test_cli_segment_time_point_and_planes(tmp_path, sample_2d, capsys):
+def test_cli_segment_time_point(tmp_path, sample_2d, capsys):
     out = tmp_path / "cli.tif"
-    assert main(["segment", str(sample_2d), str(out), "--time-point", "1", "--cpu", "--unique-labels"]) == 0
+    assert main(["segment", str(sample_2d), str(out), "--time-point", "1", "--cpu"]) == 0
     labels = tifffile.imread(out)[:, 2]
     assert not labels[0].any() and not labels[2].any() and labels[1].max() >= 20
     assert "nuclei in 1 plane(s)" in capsys.readouterr().out
+
+
+def test_cli_unique_labels_across_time_points(tmp_path, sample_2d):
+    out = tmp_path / "cli.tif"
+    assert main(["segment", str(sample_2d), str(out), "--all-time-points", "--cpu", "--unique-labels"]) == 0
+    labels = tifffile.imread(out)[:, 2]
+    per_t = [set(np.unique(labels[t])) - {0} for t in range(3)]
+    assert all(len(ids) >= 20 for ids in per_t)
+    assert not (per_t[0] & per_t[1]) and not (per_t[0] & per_t[2]) and not (per_t[1] & per_t[2])
+    # and within each time point, each label is one object: the ids are the consecutive run after the previous ones
+    assert sorted(per_t[0] | per_t[1] | per_t[2]) == list(range(1, sum(map(len, per_t)) + 1))
+
+
+@pytest.mark.parametrize("t", ["5", "-1"])
+def test_cli_time_point_outside_the_file(tmp_path, sample_2d, caplog, t):
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(sample_2d), str(out), "--time-point", t]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"--time-point={t}: nuclei_2d_t.tif has time points 0..2"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- output policy --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails loudly: a test with this fixture proves the run stopped before it."""
+    from stardist_host.segmentation import models
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, sample_2d, caplog, no_model):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"an older result")
+    assert main(["segment", str(sample_2d), str(out)]) == 2
+    assert _errors(caplog) == [f"output {str(out)!r} exists already; choose another name, or replace it with "
+                               "--overwrite (scripts: OVERWRITE = True)"]
+    assert out.read_bytes() == b"an older result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]  # no lock, no partial file left
+
+
+def test_overwrite_replaces_the_output(tmp_path, sample_2d):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"an older result")
+    assert main(["segment", str(sample_2d), str(out), "--overwrite", "--cpu"]) == 0
+    assert tifffile.imread(out).shape == (3, 3, 256, 256)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_output_folder_and_read_only_folder_refused_before_the_model_loads(tmp_path, sample_2d, caplog, no_model,
+                                                                             monkeypatch):
+    folder = tmp_path / "out.tif"
+    folder.mkdir()
+    assert main(["segment", str(sample_2d), str(folder)]) == 2
+    assert "is a folder; give a file name inside it" in _errors(caplog)[-1]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    from stardist_host.io import files
+
+    # a read-only folder, also where the tests run as root (who may write anywhere)
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != locked)
+    assert main(["segment", str(sample_2d), str(locked / "out.tif")]) == 2
+    assert _errors(caplog)[-1] == (f"output {str(locked / 'out.tif')!r}: the folder {str(locked)!r} cannot be "
+                                   "written (read-only?)")
+    assert list(locked.iterdir()) == [] and list(folder.iterdir()) == []
+
+
+def test_output_in_use_by_another_run(tmp_path, sample_2d, caplog, no_model):
+    from stardist_host.io.files import OutputLock
+
+    out = tmp_path / "out.tif"
+    with OutputLock(out):
+        assert main(["segment", str(sample_2d), str(out)]) == 2
+    assert f"output {str(out)!r} is in use by another run (process {os.getpid()})" in _errors(caplog)[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_lock_and_partial_are_removed_and_logged(tmp_path, sample_2d, caplog, monkeypatch):
+    from stardist_host.segmentation import models
+
+    pid = _dead_pid()
+    out = tmp_path / "out.tif"
+    lock, partial = tmp_path / ".out.tif.lock", tmp_path / f".out.tif.{pid}-0123abcd.partial"
+    lock.write_text(str(pid))
+    partial.write_bytes(b"x" * 1000)
+    other = tmp_path / f".other.tif.{pid}-0123abcd.partial"  # another output's: left alone
+    other.write_bytes(b"y")
+    seen = []
+
+    def load_model(*args, **kwargs):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise models.ModelError("stop here")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    assert main(["segment", str(sample_2d), str(out), "--cpu"]) == 2
+    # when the model loads, the stale files are gone and the lock is this run's
+    assert seen == [sorted([".out.tif.lock", other.name])]
+    text = caplog.text
+    assert f"removing {lock}, left by a run (process {pid}) that no longer runs" in text
+    assert f"removing {partial} (0.0 MB) left by an interrupted run" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "Cancelled"])
+def test_ctrl_c_and_cancel_exit_130_in_one_line(tmp_path, sample_2d, caplog, monkeypatch, stop):
+    from stardist_host.errors import Cancelled
+    from stardist_host.segmentation import models
+
+    error = Cancelled("stopped") if stop == "Cancelled" else stop()
+
+    def load_model(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    assert main(["segment", str(sample_2d), str(tmp_path / "out.tif"), "--cpu"]) == 130
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30] == [("ERROR", "cancelled")]
+    assert "Traceback" not in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_leaves_only_the_summary_on_stdout(tmp_path, sample_2d):
+    out = tmp_path / "q.tif"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "stardist_host.cli", "-q", "segment", str(sample_2d), str(out), "--cpu"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{out}: " + proc.stdout.split(": ", 1)[1].strip()]
+    assert "nuclei in 1 plane(s)" in proc.stdout
+    assert " INFO " not in proc.stderr and "segmenting" not in proc.stderr  # no log lines, no progress bar
+    assert "I tensorflow" not in proc.stderr and "Loading network weights" not in proc.stderr + proc.stdout
+
+
+def test_analysis_output_exists_refused_without_overwrite(tmp_path, caplog):
+    src = tmp_path / "seg.tif"
+    tifffile.imwrite(src, np.ones((1, 16, 16), np.uint16), photometric="minisblack", metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    out.mkdir()
+    table = out / "seg_measurements.csv"
+    table.write_text("older")
+    args = ["measure", str(src), str(out), "--label-channel", "0", "--voxel-size", "1,1,1"]
+    assert main(args) == 2
+    assert f"output {str(table)!r} exists already" in caplog.text and table.read_text() == "older"
+    assert main([*args, "--overwrite"]) == 0
+    assert table.read_text().startswith("label,time_point")
+    assert sorted(p.name for p in out.iterdir()) == ["seg_measurements.csv"]
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, sample_2d, caplog):
