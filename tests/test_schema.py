@@ -151,3 +151,29 @@ def test_analysis_settings_all_reported_before_anything_is_written(tmp_path):
     with pytest.raises(SettingsError, match=r"MAX_DISTANCE_UM=None: this setting is needed; it must be a number in µm > 0"):
         run_job("track", ims, tmp_path, "x", {"label_channel": 0})
     assert list(tmp_path.iterdir()) == [] and ims.channel_count == 1
+
+
+def test_operator_main_validates_and_segments_the_active_imageset(monkeypatch, memory_imageset):
+    from conftest import FakeModel
+
+    from stardist_host import set_active_imageset
+    from stardist_host.operator import main
+    from stardist_host.segmentation import models, segment
+
+    calls = []
+    monkeypatch.setattr(models, "load_model", lambda name, *, ndim, path=None: FakeModel(ndim))
+    monkeypatch.setattr(segment, "segment", lambda imageset, model, plan, **kw: calls.append((imageset, model, plan, kw))
+                        or "result")
+    set_active_imageset(memory_imageset)
+    try:
+        with pytest.raises(SettingsErrors, match=r"INPUT_CHANNEL=-1: .* \| PROB_THRESH=2: "):
+            main(INPUT_CHANNEL=-1, PROB_THRESH=2)
+        assert calls == []
+        progress = print
+        assert main(ndim=3, INPUT_CHANNEL=1, PROB_THRESH=0.6, USE_GPU=False, progress=progress) == "result"
+    finally:
+        set_active_imageset(None)
+    (imageset, model, plan, kw), = calls
+    assert imageset is memory_imageset and model.config.n_dim == 3
+    assert (plan.channel, plan.time_points, len(plan.units)) == (1, (1,), 1)
+    assert (kw["output_name"], kw["prob_thresh"], kw["progress"]) == ("Stardist_Other", 0.6, progress)

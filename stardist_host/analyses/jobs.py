@@ -86,8 +86,7 @@ def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channe
         atlas_voxel_size = atlas_voxel_size or file_voxel
     names = read_region_names(region_names) if region_names else None
     table = atlas_counts(imageset, label_channel, atlas, region_names=names, voxel_size=voxel_size,
-                         atlas_voxel_size=atlas_voxel_size, current_time_point=current_time_point,
-                         **({} if ndim is None else {"ndim": ndim}))
+                         atlas_voxel_size=atlas_voxel_size, ndim=ndim, current_time_point=current_time_point)
     return [write_csv(table, f"{out}_regions.csv")]
 
 
