@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from ..io.files import atomic_write
+
 __all__ = ["IOU_THRESHOLDS", "COLUMNS", "score", "predict_all", "evaluate", "write_scores", "format_table"]
 
 log = logging.getLogger(__name__)
@@ -42,19 +44,60 @@ def score(
     return rows
 
 
-def predict_all(model, images: Sequence[NDArray], *, percentiles=(1.0, 99.8), prob_thresh=None, nms_thresh=None) -> list[NDArray]:
-    """Normalise and segment each sample as :mod:`stardist_host.segmentation.segment` does."""
-    from csbdeep.utils import normalize
+def predict_all(
+    model,
+    images: Sequence[NDArray],
+    *,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+    prob_thresh: float | None = None,
+    nms_thresh: float | None = None,
+    voxel_size: tuple[float | None, float, float] | None = None,
+) -> list[NDArray]:
+    """Segment each sample whole with the production path, :func:`stardist_host.segmentation.segment.segment`.
 
-    from ..segmentation.pipeline import auto_n_tiles
+    Samples of one shape go into one in-memory image set (2D: as its planes,
+    3D: as its time points), so that scores are measured with the batched
+    pipeline, normalisation and 3D anisotropy rescaling a user's run gets.
 
-    out = []
-    for x in images:
-        xn = normalize(x, *percentiles, axis=None)
-        labels, _ = model.predict_instances(
-            xn, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=auto_n_tiles(xn.shape), show_tile_progress=False
-        )
-        out.append(labels)
+    Parameters
+    ----------
+    model
+        A StarDist2D or StarDist3D model.
+    images
+        2D planes or 3D stacks.
+    percentiles
+        Normalisation percentiles, as ``PERCENTILE_LOW/HIGH``.
+    prob_thresh, nms_thresh
+        None: the model's own thresholds.
+    voxel_size
+        (z, y, x) µm of 3D samples, for the anisotropy rescale; None: none.
+
+    Returns
+    -------
+    list of ndarray
+        One label image per sample, in the order given.
+    """
+    from ..io.imagesets import MemoryImageSet
+    from ..segmentation.plan import Plan
+    from ..segmentation.segment import segment
+
+    ndim = int(model.config.n_dim)
+    out: list[NDArray | None] = [None] * len(images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(images):
+        groups.setdefault(tuple(x.shape), []).append(i)
+    for shape, members in groups.items():
+        stack = np.stack([np.asarray(images[i]) for i in members])
+        # 2D: samples are planes of one time point; 3D: stacks are time points
+        data = stack[None, None] if ndim == 2 else stack[:, None]
+        imageset = MemoryImageSet(data, voxel_size=voxel_size if ndim == 3 else None)
+        n = len(members)
+        plan = Plan(ndim, 0, (0,), 0, n - 1) if ndim == 2 else Plan(ndim, 0, tuple(range(n)), 0, shape[0] - 1)
+        result = segment(imageset, model, plan, output_name="labels", prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+                         percentiles=percentiles)
+        labels = imageset.channel(result.channel)  # (T, Z, Y, X)
+        for k, i in enumerate(members):
+            out[i] = np.asarray(labels[0, k] if ndim == 2 else labels[k], dtype=np.int32)
     return out
 
 
@@ -66,7 +109,8 @@ def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_t
     """
     from .pairs import count_objects, crop
 
-    predicted = predict_all(model, pairs.images, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
+    predicted = predict_all(model, pairs.images, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+                            voxel_size=pairs.voxel_size)
     masks = [crop(m, region) for m in pairs.masks]
     return score(masks, [crop(p, region) for p in predicted]), count_objects(masks)
 
@@ -82,15 +126,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_scores(rows: list[dict], path: str | os.PathLike, **extra) -> Path:
-    """Write scores as CSV (``.csv``) or JSON (anything else, with ``extra`` fields)."""
+    """Write scores as CSV (``.csv``) or JSON (anything else, with ``extra`` fields), atomically in UTF-8."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        path.write_text(json.dumps({**extra, "scores": rows}, indent=2) + "\n")
+    with atomic_write(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            with tmp.open("w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            tmp.write_text(json.dumps({**extra, "scores": rows}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -8,11 +8,23 @@ A run writes into the model folder, as it goes:
 - ``losses.csv`` (one row per epoch) and ``losses.png`` (the curves);
 - at the end ``thresholds.json`` (optimised on the validation data) and
   ``model_card.json`` / ``README.md`` (data, command, seed, epochs, scores).
+
+Every file this module writes goes through :func:`stardist_host.io.files.atomic_write`
+in UTF-8; the weights are written by Keras.  Keras's per-step progress bars and
+stardist's prints go to the DEBUG log; each epoch is one INFO line.
+
+Without ``--patch-size`` the patch is, along each axis, the largest multiple of
+what the network needs (2^depth x grid) up to 256 x 256 (2D) or 48 x 96 x 96
+(3D) that fits every training and validation sample.  Without validation files
+several samples are split by whole samples, a single sample along its longest
+axis (its last ``val_fraction`` of rows, columns or planes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -20,15 +32,19 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import TrainError
+from ..io.files import atomic_write
 from .pairs import Pairs
 
-__all__ = ["TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "train", "card_text", "record_test_scores", "LOSS_COLUMNS"]
+__all__ = [
+    "TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "fit_patch", "train",
+    "card_text", "read_card", "write_card", "record_test_scores", "LOSS_COLUMNS", "LARGEST_PATCH",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +52,12 @@ LOSS_COLUMNS = ("epoch", "loss", "val_loss", "prob_loss", "val_prob_loss", "dist
                 "seconds", "overfitting")
 MIN_TRAIN_OBJECTS = 10
 MIN_VAL_OBJECTS = 3
-_UNET_DEPTH = {2: 3, 3: 2}
+#: The largest patch chosen when none is given (stardist's examples use these).
+LARGEST_PATCH = {2: (256, 256), 3: (48, 96, 96)}
+_UNET_DEPTH_3D = 2  # a shallower U-Net than stardist's 3D default suits the small Z extent of most stacks
+_AXES = {2: "YX", 3: "ZYX"}
+_STALE = ("losses.csv", "losses.png", "thresholds.json", "weights_best.h5", "weights_now.h5", "weights_last.h5",
+          "model_card.json", "README.md")
 
 
 def seed_everything(seed: int) -> None:
@@ -58,11 +79,11 @@ def make_augmenter(
 ) -> Callable[[NDArray, NDArray], tuple[NDArray, NDArray]]:
     """Return an augmenter for ``StarDist*.train(augmenter=...)``.
 
-    It applies a random 90-degree rotation and flips in the image plane (the
-    last two axes, so it suits 2D patches and anisotropic 3D ones), a flip
-    along Z when ``flip_z`` is set, a random intensity scale (0.6 to 2) and
-    shift (-0.2 to 0.2) of the normalised image, and Gaussian noise of standard
-    deviation up to ``noise``.
+    It applies a random 90-degree rotation (square patches only) and flips in
+    the image plane (the last two axes, so it suits 2D patches and anisotropic
+    3D ones) to image and mask alike, a flip along Z of both when ``flip_z``
+    is set, and to the image only a random intensity scale (0.6 to 2) and
+    shift (-0.2 to 0.2) and Gaussian noise of standard deviation up to ``noise``.
 
     Parameters
     ----------
@@ -76,6 +97,11 @@ def make_augmenter(
         Largest standard deviation of the additive noise; 0 switches it off.
     seed
         Seed of the augmenter's own random generator.
+
+    Returns
+    -------
+    callable
+        ``augment(x, y) -> (x, y)``: float32 image, mask of the input's type.
     """
     rng = np.random.default_rng(seed)
 
@@ -83,7 +109,7 @@ def make_augmenter(
         plane = (y.ndim - 2, y.ndim - 1)
         if rotate_flip:
             k = int(rng.integers(4))
-            if x.shape[plane[0]] == x.shape[plane[1]]:  # rotations by 90 degrees only for square patches
+            if x.shape[plane[0]] == x.shape[plane[1]]:  # a rotated non-square patch no longer fits the batch
                 x, y = np.rot90(x, k, axes=plane), np.rot90(y, k, axes=plane)
             for ax in plane:
                 if rng.random() < 0.5:
@@ -117,7 +143,7 @@ class TrainSettings:
     flip_z: bool = True
     intensity: bool = True
     noise: float = 0.0
-    voxel_size: tuple[float, float, float] | None = None
+    voxel_size: tuple[float | None, float, float] | None = None
     percentiles: tuple[float, float] = (1.0, 99.8)
     overwrite: bool = False
     resume: bool = False
@@ -130,8 +156,53 @@ class TrainSettings:
         return Path(self.basedir) / self.name
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# validation split and patch size
+
+
+@dataclass(frozen=True)
+class _Validation:
+    """Where the validation samples came from, for advice when they are too small."""
+
+    origin: str  # "files" (--val-images), "samples" (whole samples held out) or "part" (a part of one sample)
+    fraction: float = 0.0
+    length: int = 0  # the split sample's length along the split axis
+    axis: str = ""
+
+    def advice(self, needed: int | None = None) -> str:
+        if self.origin == "part":
+            wanted = "" if needed is None else f" to at least {math.ceil(100 * needed / self.length) / 100:g}"
+            return (f"raise --val-fraction (now {self.fraction:g}: the last {round(self.length * self.fraction)} of "
+                    f"{self.length} along {self.axis} validate){wanted}, or give --val-images/--val-masks")
+        if self.origin == "files":
+            return "give larger --val-images/--val-masks"
+        return "give larger images, or --val-images/--val-masks"
+
+
 def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
-    """Hold out about ``fraction`` of the samples (or of a single sample's width) for validation."""
+    """Hold out about ``fraction`` of the samples, or of a single sample along its longest axis, for validation.
+
+    Parameters
+    ----------
+    pairs
+        The annotated samples.
+    fraction
+        Between 0 and 1: the part that validates.
+    seed
+        Seed of the random choice of whole samples.
+
+    Returns
+    -------
+    (Pairs, Pairs)
+        Training and validation samples.  A single sample gives its last
+        ``fraction`` along its longest axis (the last of equally long ones:
+        columns in a square plane), its source named with the slice taken.
+
+    Raises
+    ------
+    TrainError
+        ``fraction`` is not between 0 and 1.
+    """
     if not 0 < fraction < 1:
         raise TrainError(f"val_fraction={fraction}: must be between 0 and 1 (e.g. 0.15), or give validation files")
     n = len(pairs.images)
@@ -139,89 +210,164 @@ def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, P
         order = np.random.default_rng(seed).permutation(n)
         n_val = min(n - 1, max(1, round(n * fraction)))
         return pairs.select(sorted(order[n_val:])), pairs.select(sorted(order[:n_val]))
-    # a single sample: its last columns validate
-    width = pairs.images[0].shape[-1]
-    cut = width - max(1, round(width * fraction))
+    shape = pairs.images[0].shape
+    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+    length = shape[axis]
+    cut = length - max(1, round(length * fraction))
 
-    def columns(s: slice) -> Pairs:
-        return Pairs(pairs.ndim, [pairs.images[0][..., s]], [pairs.masks[0][..., s]], pairs.voxel_size,
-                     [f"{pairs.sources[0]}[..., {s.start or 0}:{s.stop or width}]"])
+    def part(start: int, stop: int) -> Pairs:
+        index = (slice(None),) * axis + (slice(start, stop),)
+        text = ", ".join(f"{start}:{stop}" if a == axis else ":" for a in range(len(shape)))
+        return Pairs(pairs.ndim, [pairs.images[0][index]], [pairs.masks[0][index]], pairs.voxel_size,
+                     [f"{pairs.sources[0]}[{text}]"])
 
-    return columns(slice(None, cut)), columns(slice(cut, None))
+    log.info("validation: %s %d..%d of %d of the single sample (val_fraction=%g)",
+             _AXES[pairs.ndim][axis], cut, length - 1, length, fraction)
+    return part(0, cut), part(cut, length)
 
 
-def _check(train_pairs: Pairs, val_pairs: Pairs, patch: tuple[int, ...], grid: tuple[int, ...]) -> None:
+def fit_patch(
+    train_pairs: Pairs,
+    val_pairs: Pairs,
+    divisor: tuple[int, ...],
+    *,
+    largest: tuple[int, ...],
+    validation: _Validation | None = None,
+) -> tuple[int, ...]:
+    """The largest patch, side by side a multiple of ``divisor`` up to ``largest``, that fits every sample.
+
+    Stardist cuts training and validation patches alike, so both limit it.
+
+    Raises
+    ------
+    TrainError
+        A sample is smaller than ``divisor`` along some axis; the message names
+        the sample and the option that fixes it.
+    """
+    validation = validation or _Validation("files")
+    axes = _AXES[train_pairs.ndim]
+    patch, limits = [], []
+    for a, (d, cap) in enumerate(zip(divisor, largest)):
+        t_size, t_src = min((im.shape[a], s) for im, s in zip(train_pairs.images, train_pairs.sources))
+        v_size, v_src = min((im.shape[a], s) for im, s in zip(val_pairs.images, val_pairs.sources))
+        if t_size < d:
+            raise TrainError(
+                f"training sample {t_src} has {t_size} pixels along {axes[a]}, but the network needs patches of at "
+                f"least {d} there (a multiple of 2^depth x grid); give larger images, or a smaller --grid"
+            )
+        if v_size < d:
+            raise TrainError(
+                f"validation sample {v_src} has {v_size} pixels along {axes[a]}, but the network needs patches of at "
+                f"least {d} there (a multiple of 2^depth x grid); {validation.advice(d)}"
+            )
+        patch.append(min(cap, t_size, v_size) // d * d)
+        if v_size < min(cap, t_size) and v_size // d < min(cap, t_size) // d:
+            limits.append(f"{axes[a]} is limited by validation sample {v_src} ({v_size} pixels)")
+    log.info("patch size %s: the largest multiple of %s up to %s that fits the training and validation samples%s",
+             tuple(patch), tuple(divisor), tuple(largest), "; " + ", ".join(limits) if limits else "")
+    if limits and validation.origin == "part":
+        log.info("for larger patches %s", validation.advice())
+    return tuple(patch)
+
+
+def _divisor(config) -> tuple[int, ...]:
+    """What each patch side must be a multiple of (stardist's ``_axes_div_by`` for a U-Net)."""
+    return tuple(int(p**config.unet_n_depth * g) for p, g in zip(config.unet_pool, config.grid))
+
+
+def _check_patch(patch: tuple[int, ...], divisor: tuple[int, ...], train_pairs: Pairs, val_pairs: Pairs,
+                 validation: _Validation) -> None:
+    """A given patch size: a multiple of the divisor and no larger than any sample."""
+    if any(p % d for p, d in zip(patch, divisor)):
+        raise TrainError(
+            f"patch_size={patch}: each side must be a multiple of {divisor} (2^depth x grid), "
+            f"e.g. {tuple(max(d, p // d * d) for p, d in zip(patch, divisor))}; give another --patch-size"
+        )
+    for what, pairs in (("training", train_pairs), ("validation", val_pairs)):
+        for image, source in zip(pairs.images, pairs.sources):
+            if any(p > s for p, s in zip(patch, image.shape)):
+                fix = "give a smaller --patch-size (or larger images)" if what == "training" else \
+                    f"give a smaller --patch-size, or {validation.advice()}"
+                raise TrainError(f"patch_size={patch} is larger than {what} sample {source} of shape {image.shape}; {fix}")
+
+
+def _check_objects(train_pairs: Pairs, val_pairs: Pairs, validation: _Validation) -> None:
     n_train, n_val = train_pairs.n_objects, val_pairs.n_objects
     if n_train < MIN_TRAIN_OBJECTS:
         raise TrainError(f"the training data hold {n_train} objects; at least {MIN_TRAIN_OBJECTS} are needed: annotate more")
     if n_val < MIN_VAL_OBJECTS:
-        raise TrainError(
-            f"the validation part holds {n_val} object(s); at least {MIN_VAL_OBJECTS} are needed: "
-            "annotate more, raise --val-fraction, or give --val-images/--val-masks"
-        )
-    depth = _UNET_DEPTH[len(patch)]
-    for p, g in zip(patch, grid):
-        if p % (g * 2**depth):
-            raise TrainError(
-                f"patch_size={patch}: each side must be a multiple of grid x {2**depth} (grid={grid}), "
-                f"e.g. {tuple(max(g * 2**depth, q // (g * 2**depth) * g * 2**depth) for q, g in zip(patch, grid))}"
-            )
-    for what, pairs in (("training", train_pairs), ("validation", val_pairs)):
-        for image, source in zip(pairs.images, pairs.sources):
-            if any(p > s for p, s in zip(patch, image.shape)):
-                raise TrainError(
-                    f"patch_size={patch} is larger than {what} sample {source} of shape {image.shape}; "
-                    "give a smaller --patch-size (or larger images)"
-                )
+        fix = ("annotate more validation objects" if validation.origin == "files"
+               else "annotate more, raise --val-fraction, or give --val-images/--val-masks")
+        raise TrainError(f"the validation part holds {n_val} object(s); at least {MIN_VAL_OBJECTS} are needed: {fix}")
 
 
-def _default_patch(pairs: Pairs, grid: tuple[int, ...]) -> tuple[int, ...]:
-    """The largest patch up to 256 (2D) or (48, 96, 96) (3D) that fits every sample."""
-    depth = _UNET_DEPTH[pairs.ndim]
-    smallest = np.min([im.shape for im in pairs.images], axis=0)
-    wanted = (256, 256) if pairs.ndim == 2 else (48, 96, 96)
-    return tuple(int(max(g * 2**depth, min(w, s) // (g * 2**depth) * g * 2**depth)) for w, s, g in zip(wanted, smallest, grid))
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration
 
 
 def _anisotropy(pairs: Pairs, voxel_size) -> tuple[float, float, float]:
-    if voxel_size is not None:
+    if voxel_size is not None and voxel_size[0] is not None:
         smallest = min(voxel_size)
         return tuple(float(v / smallest) for v in voxel_size)
     from stardist import calculate_extents
 
+    log.info("Z spacing unknown (give --voxel-size z,y,x): the anisotropy is estimated from the masks' object extents")
     extents = calculate_extents(pairs.masks)
     return tuple(float(a) for a in np.max(extents) / extents)
 
 
-def _config(settings: TrainSettings, pairs: Pairs, patch: tuple[int, ...] | None):
+def _config(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, validation: _Validation):
+    """Stardist's Config for the data, its patch fitted or checked; and the 3D anisotropy (None in 2D)."""
     common = dict(
         n_channel_in=1, train_batch_size=settings.batch_size, train_epochs=settings.epochs,
         train_steps_per_epoch=settings.steps_per_epoch, train_tensorboard=False,
     )
-    if pairs.ndim == 2:
+    if train_pairs.ndim == 2:
         from stardist.models import Config2D
 
-        grid = settings.grid or (2, 2)
-        patch = patch or _default_patch(pairs, grid)
-        return Config2D(n_rays=settings.n_rays or 32, grid=grid, train_patch_size=patch, **common), None
-    from stardist import Rays_GoldenSpiral
-    from stardist.models import Config3D
+        anisotropy = None
+        config = Config2D(n_rays=settings.n_rays or 32, grid=settings.grid or (2, 2), **common)
+    else:
+        from stardist import Rays_GoldenSpiral
+        from stardist.models import Config3D
 
-    anisotropy = _anisotropy(pairs, settings.voxel_size or pairs.voxel_size)
-    grid = settings.grid or tuple(1 if a > 1.5 else 2 for a in anisotropy)
-    patch = patch or _default_patch(pairs, grid)
-    rays = Rays_GoldenSpiral(settings.n_rays or 96, anisotropy=anisotropy)
-    conf = Config3D(rays=rays, grid=grid, anisotropy=anisotropy, backbone="unet", unet_n_depth=_UNET_DEPTH[3],
-                    train_patch_size=patch, **common)
-    return conf, anisotropy
+        anisotropy = _anisotropy(train_pairs, settings.voxel_size or train_pairs.voxel_size)
+        grid = settings.grid or tuple(1 if a > 1.5 else 2 for a in anisotropy)  # stardist's recommendation
+        rays = Rays_GoldenSpiral(settings.n_rays or 96, anisotropy=anisotropy)
+        config = Config3D(rays=rays, grid=grid, anisotropy=anisotropy, backbone="unet", unet_n_depth=_UNET_DEPTH_3D,
+                          **common)
+        log.info("3D: anisotropy %s, grid %s, %d rays", tuple(round(a, 3) for a in anisotropy), grid, rays.n_rays)
+    divisor = _divisor(config)
+    if settings.patch_size is None:
+        patch = fit_patch(train_pairs, val_pairs, divisor, largest=LARGEST_PATCH[train_pairs.ndim],
+                          validation=validation)
+    else:
+        patch = tuple(settings.patch_size)
+        if len(patch) != train_pairs.ndim:
+            raise TrainError(f"patch_size={patch}: give {train_pairs.ndim} sides for {train_pairs.ndim}D data")
+        _check_patch(patch, divisor, train_pairs, val_pairs, validation)
+    config.train_patch_size = patch
+    return config, anisotropy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# losses, plot, console
 
 
 def _read_losses(folder: Path) -> list[dict]:
     path = folder / "losses.csv"
     if not path.is_file():
         return []
-    with path.open() as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{k: (int(float(v)) if k in ("epoch", "overfitting") else float(v)) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)]
+
+
+def _write_losses(history: list[dict], path: Path) -> None:
+    with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in LOSS_COLUMNS} for row in history)
 
 
 def _rising_while_falling(history: list[dict], patience: int) -> bool:
@@ -232,14 +378,13 @@ def _rising_while_falling(history: list[dict], patience: int) -> bool:
     return all(b["val_loss"] > a["val_loss"] and b["loss"] < a["loss"] for a, b in zip(recent, recent[1:]))
 
 
-def _loss_logger(folder: Path, start_epoch: int, patience: int):
+def _loss_logger(folder: Path, start_epoch: int, patience: int, *, epochs: int | None = None):
+    """A Keras callback that logs each epoch, rewrites losses.csv and losses.png, and warns of overfitting."""
     from csbdeep.utils.tf import keras_import
 
     Callback = keras_import("callbacks", "Callback")
 
     class LossLogger(Callback):
-        """Append each epoch's losses to losses.csv, redraw losses.png, warn of overfitting."""
-
         def __init__(self):
             super().__init__()
             self.history = _read_losses(folder)
@@ -252,9 +397,9 @@ def _loss_logger(folder: Path, start_epoch: int, patience: int):
                 lr = np.asarray(self.model.optimizer.learning_rate)
             row = {"epoch": start_epoch + epoch + 1, "learning_rate": float(lr),
                    "seconds": round(time.perf_counter() - self.started, 2)}
-            for key in ("loss", "val_loss", "prob_loss", "val_prob_loss", "dist_loss", "val_dist_loss"):
-                if key in logs:
-                    row[key] = float(logs[key])
+            row.update({k: float(logs[k]) for k in LOSS_COLUMNS[1:7] if k in logs})
+            if self.history and not math.isclose(row["learning_rate"], self.history[-1]["learning_rate"]):
+                log.info("learning rate lowered to %.3g (validation loss on a plateau)", row["learning_rate"])
             self.history.append(row)
             row["overfitting"] = int(_rising_while_falling(self.history, patience))
             if row["overfitting"]:
@@ -262,26 +407,23 @@ def _loss_logger(folder: Path, start_epoch: int, patience: int):
                     "epoch %d: validation loss has risen for %d epochs while training loss fell: the model may be "
                     "overfitting (weights_best.h5 keeps the best epoch so far)", row["epoch"], patience,
                 )
-            new = not (folder / "losses.csv").exists()
-            with (folder / "losses.csv").open("a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
-                if new:
-                    writer.writeheader()
-                writer.writerow({k: row.get(k, "") for k in LOSS_COLUMNS})
+            _write_losses(self.history, folder / "losses.csv")
             _plot(self.history, folder / "losses.png")
-            log.info("epoch %d: loss %.4f, val_loss %.4f", row["epoch"], row.get("loss", math.nan), row.get("val_loss", math.nan))
+            log.info("epoch %d%s: loss %.4f, val_loss %.4f (%.1f s)", row["epoch"], f"/{epochs}" if epochs else "",
+                     row.get("loss", math.nan), row.get("val_loss", math.nan), row["seconds"])
             self.started = time.perf_counter()
 
     return LossLogger()
 
 
 def _plot(history: list[dict], path: Path) -> None:
-    import matplotlib
+    # a Figure of its own, not pyplot: switching the global backend would close a host's open figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     epochs = [h["epoch"] for h in history]
     for key, label in (("loss", "training"), ("val_loss", "validation")):
         ax.plot(epochs, [h.get(key, math.nan) for h in history], marker=".", label=label)
@@ -291,16 +433,119 @@ def _plot(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title(f"{path.parent.name}: loss per epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose lines go to the DEBUG log: stardist's and Keras's prints during training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1].strip()  # a progress bar redraws its line with \r
+            if line:
+                log.debug("%s", line)
+        return len(text)
+
+
+@contextlib.contextmanager
+def _console_to_log() -> Iterator[None]:
+    stream = _LogLines()
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        stream.write("\n")
+
+
+def _quiet_fit(model) -> None:
+    """Keras's per-step progress bar off: stardist calls ``fit(verbose=1)``; :func:`_loss_logger` reports each epoch."""
+    keras_model = model.keras_model
+    fit = keras_model.fit
+
+    def fit_quietly(*args, **kwargs):
+        kwargs["verbose"] = 0
+        return fit(*args, **kwargs)
+
+    keras_model.fit = fit_quietly
 
 
 def _normalized(images, percentiles) -> list[NDArray]:
     from csbdeep.utils import normalize
 
     return [normalize(x, *percentiles, axis=None).astype(np.float32) for x in images]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+
+
+def _validation_split(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None):
+    if val_pairs is not None:
+        if val_pairs.ndim != train_pairs.ndim:
+            raise TrainError(f"the validation data are {val_pairs.ndim}D but the training data {train_pairs.ndim}D")
+        return train_pairs, val_pairs, _Validation("files")
+    if len(train_pairs.images) >= 2:
+        return (*split_validation(train_pairs, settings.val_fraction, settings.seed), _Validation("samples"))
+    shape = train_pairs.images[0].shape
+    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+    validation = _Validation("part", settings.val_fraction, shape[axis], _AXES[train_pairs.ndim][axis])
+    return (*split_validation(train_pairs, settings.val_fraction, settings.seed), validation)
+
+
+def _resumed_model(cls, settings: TrainSettings, history: list[dict]):
+    """The stopped (or finished) model with its last epoch's weights and learning rate."""
+    folder = settings.folder
+    model = cls(None, name=settings.name, basedir=str(settings.basedir))
+    # the last epoch's weights: weights_now.h5 of a stopped run, weights_last.h5 of a finished one
+    last = next((w for w in ("weights_now.h5", "weights_last.h5") if (folder / w).is_file()), None)
+    if last is None:
+        raise TrainError(f"--resume: {folder} holds neither weights_now.h5 nor weights_last.h5; start without --resume")
+    model.load_weights(last)
+    log.info("resuming %s at epoch %d of %d from %s", folder.name, len(history) + 1, settings.epochs, last)
+    if history:
+        model.config.train_learning_rate = history[-1]["learning_rate"]
+    return model
+
+
+def _prepare(model, history: list[dict], folder: Path, patience: int, epochs: int) -> None:
+    model.prepare_for_training()
+    _quiet_fit(model)
+    best = min((h["val_loss"] for h in history if "val_loss" in h), default=None)
+    for cb in model.callbacks:
+        if best is not None and str(getattr(cb, "filepath", "")).endswith("weights_best.h5"):
+            cb.best = best  # a resumed run keeps the earlier best weights unless it beats them
+    model.callbacks.append(_loss_logger(folder, len(history), patience, epochs=epochs))
+
+
+def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, done: int, device: str) -> None:
+    X, Y = _normalized(train_pairs.images, settings.percentiles), train_pairs.masks
+    X_val, Y_val = _normalized(val_pairs.images, settings.percentiles), val_pairs.masks
+    augmenter = None
+    if settings.rotate_flip or settings.intensity or settings.noise or (settings.flip_z and train_pairs.ndim == 3):
+        augmenter = make_augmenter(flip_z=settings.flip_z, rotate_flip=settings.rotate_flip,
+                                   intensity=settings.intensity, noise=settings.noise, seed=settings.seed)
+    patch = tuple(model.config.train_patch_size)
+    if settings.rotate_flip and patch[-1] != patch[-2]:
+        log.info("patch %s is not square in the image plane: 90-degree rotations are skipped, flips kept", patch)
+    log.info("training %s (%dD) on %d samples (%d objects), validating on %d (%d objects), on %s",
+             settings.name, train_pairs.ndim, len(X), train_pairs.n_objects, len(X_val), val_pairs.n_objects, device)
+    model.train(X, Y, validation_data=(X_val, Y_val), augmenter=augmenter, seed=settings.seed,
+                epochs=settings.epochs - done, steps_per_epoch=settings.steps_per_epoch)
+    # stardist has reloaded weights_best.h5: thresholds and scores are those of the best epoch
+    thresholds = model.optimize_thresholds(X_val, Y_val, optimize_kwargs={"verbose": 0}, save_to_json=False)
+    with atomic_write(settings.folder / "thresholds.json") as tmp:
+        tmp.write_text(json.dumps({"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}, indent=2) + "\n",
+                       encoding="utf-8")
+    log.info("thresholds optimised on the validation data: prob %.3f, nms %.3f", thresholds["prob"], thresholds["nms"])
 
 
 def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None = None, *, patience: int = 3) -> dict:
@@ -311,12 +556,18 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     settings
         Where the model goes and how it is trained.
     train_pairs
-        Training samples; without ``val_pairs`` a part of them validates.
+        Training samples; without ``val_pairs`` a part of them validates
+        (:func:`split_validation`).
     val_pairs
         Explicit validation samples.
     patience
         Epochs of rising validation loss under falling training loss before
         the overfitting warning.
+
+    Returns
+    -------
+    dict
+        The model card, as written to ``model_card.json``.
 
     Raises
     ------
@@ -332,66 +583,39 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
         raise TrainError(f"{folder} already holds a model; use --overwrite to replace it or --resume to continue its training")
     if settings.resume and not exists:
         raise TrainError(f"--resume: {folder} holds no model to continue; start without --resume")
-    if val_pairs is None:
-        train_pairs, val_pairs = split_validation(train_pairs, settings.val_fraction, settings.seed)
-    if val_pairs.ndim != train_pairs.ndim:
-        raise TrainError(f"the validation data are {val_pairs.ndim}D but the training data {train_pairs.ndim}D")
+    train_pairs, val_pairs, validation = _validation_split(settings, train_pairs, val_pairs)
+    history = _read_losses(folder) if settings.resume else []
+    if len(history) >= settings.epochs:
+        raise TrainError(f"--resume: {folder.name} has already trained {len(history)} of {settings.epochs} epochs; "
+                         "raise --epochs")
+    config, anisotropy = (None, None) if settings.resume else _config(settings, train_pairs, val_pairs, validation)
+    _check_objects(train_pairs, val_pairs, validation)
 
     device = configure_device(settings.use_gpu)
     seed_everything(settings.seed)
     from stardist.models import StarDist2D, StarDist3D
 
     cls = StarDist2D if train_pairs.ndim == 2 else StarDist3D
-    history: list[dict] = []
-    if settings.resume:
-        history = _read_losses(folder)
-        done = len(history)
-        if done >= settings.epochs:
-            raise TrainError(f"--resume: {folder.name} has already trained {done} of {settings.epochs} epochs; raise --epochs")
-        model = cls(None, name=settings.name, basedir=str(settings.basedir))
-        # the last epoch's weights: weights_now.h5 of a stopped run, weights_last.h5 of a finished one
-        last = next((w for w in ("weights_now.h5", "weights_last.h5") if (folder / w).is_file()), None)
-        if last:
-            model.load_weights(last)
-        _check(train_pairs, val_pairs, tuple(model.config.train_patch_size), tuple(model.config.grid))
-        if history:
-            model.config.train_learning_rate = history[-1]["learning_rate"]
-        anisotropy = getattr(model.config, "anisotropy", None)
-        log.info("resuming %s at epoch %d of %d", folder.name, done + 1, settings.epochs)
-    else:
-        config, anisotropy = _config(settings, train_pairs, settings.patch_size)
-        _check(train_pairs, val_pairs, tuple(config.train_patch_size), tuple(config.grid))
-        if exists:
-            for stale in ("losses.csv", "losses.png", "thresholds.json", "weights_best.h5", "weights_now.h5", "weights_last.h5"):
+    with _console_to_log():
+        if settings.resume:
+            model = _resumed_model(cls, settings, history)
+            _check_patch(tuple(model.config.train_patch_size), _divisor(model.config), train_pairs, val_pairs, validation)
+            anisotropy = getattr(model.config, "anisotropy", None)
+        else:
+            for stale in _STALE if exists else ():
                 (folder / stale).unlink(missing_ok=True)
-        done = 0
-        model = cls(config, name=settings.name, basedir=str(settings.basedir))
-
-    model.prepare_for_training()
-    best = min((h["val_loss"] for h in history if "val_loss" in h), default=None)
-    for cb in model.callbacks:
-        if best is not None and str(getattr(cb, "filepath", "")).endswith("weights_best.h5"):
-            cb.best = best  # a resumed run keeps the earlier best weights unless it beats them
-    model.callbacks.append(_loss_logger(folder, done, patience))
-
-    X, Y = _normalized(train_pairs.images, settings.percentiles), train_pairs.masks
-    X_val, Y_val = _normalized(val_pairs.images, settings.percentiles), val_pairs.masks
-    augmenter = None
-    if settings.rotate_flip or settings.intensity or settings.noise or (settings.flip_z and train_pairs.ndim == 3):
-        augmenter = make_augmenter(flip_z=settings.flip_z, rotate_flip=settings.rotate_flip,
-                                   intensity=settings.intensity, noise=settings.noise, seed=settings.seed)
-    log.info("training %s (%dD) on %d samples (%d objects), validating on %d (%d objects), on %s",
-             folder.name, train_pairs.ndim, len(X), train_pairs.n_objects, len(X_val), val_pairs.n_objects, device)
-    model.train(X, Y, validation_data=(X_val, Y_val), augmenter=augmenter, seed=settings.seed,
-                epochs=settings.epochs - done, steps_per_epoch=settings.steps_per_epoch)
-    # stardist has reloaded weights_best.h5; thresholds and scores are those of the best epoch
-    model.optimize_thresholds(X_val, Y_val)
-    rows = score(Y_val, predict_all(model, val_pairs.images, percentiles=settings.percentiles))
-    history = _read_losses(folder)
-    card = _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotropy, device)
-    (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "README.md").write_text(card_text(card))
+            model = cls(config, name=settings.name, basedir=str(settings.basedir))
+        _prepare(model, history, folder, patience, settings.epochs)
+        _fit(model, settings, train_pairs, val_pairs, len(history), device)
+        rows = score(val_pairs.masks, predict_all(model, val_pairs.images, percentiles=settings.percentiles,
+                                                  voxel_size=val_pairs.voxel_size))
+    card = _model_card(settings, model, train_pairs, val_pairs, _read_losses(folder), rows, anisotropy, device)
+    write_card(folder, card)
     return card
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model card: written by train, extended by evaluate --save-to-card and models/train_demo.py, all through write_card
 
 
 def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotropy, device) -> dict:
@@ -416,9 +640,9 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
             "training_objects": train_pairs.n_objects,
             "validation_objects": val_pairs.n_objects,
         },
-        "patch_size": list(model.config.train_patch_size),
+        "patch_size": [int(p) for p in model.config.train_patch_size],
         "n_rays": int(model.config.n_rays),
-        "grid": list(model.config.grid),
+        "grid": [int(g) for g in model.config.grid],
         "anisotropy": list(anisotropy) if anisotropy is not None else None,
         "augmentation": {"rotate_flip": settings.rotate_flip, "flip_z": settings.flip_z,
                          "intensity": settings.intensity, "noise": settings.noise},
@@ -430,26 +654,64 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
     }
 
 
-def record_test_scores(folder: Path, rows: list[dict], test_data: dict) -> None:
-    """Add scores on held-out data to a model folder's model_card.json (and its README.md)."""
-    card_path = folder / "model_card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+def read_card(folder: str | Path) -> dict:
+    """A model folder's ``model_card.json``, or an empty dict where it has none."""
+    path = Path(folder) / "model_card.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_card(folder: str | Path, card: dict) -> None:
+    """Write ``model_card.json`` and, for a card of a model trained here, ``README.md`` (:func:`card_text`).
+
+    A model trained elsewhere keeps its own README.md.  Both files are
+    written atomically in UTF-8.
+    """
+    folder = Path(folder)
+    with atomic_write(folder / "model_card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if "validation_scores" in card:
+        with atomic_write(folder / "README.md") as tmp:
+            tmp.write_text(card_text(card), encoding="utf-8")
+
+
+def record_test_scores(folder: str | Path, rows: list[dict], test_data: dict) -> dict:
+    """Add scores on held-out data to a model folder's card (``evaluate --save-to-card``).
+
+    Parameters
+    ----------
+    folder
+        The model folder (``model.logdir``).
+    rows
+        Scores from :func:`stardist_host.training.evaluation.score`.
+    test_data
+        What was scored (model, images, masks, region, number of objects).
+
+    Returns
+    -------
+    dict
+        The card as written.
+    """
+    card = read_card(folder)
     card.setdefault("data", {})["test_scores"] = rows
     card["data"]["test_data"] = test_data
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    if "validation_scores" in card:
-        (folder / "README.md").write_text(card_text(card))
+    write_card(folder, card)
+    return card
 
 
 def card_text(card: dict) -> str:
     """The model card as Markdown, for the model folder's README.md."""
     from .evaluation import format_table
 
-    lines = [
+    lines = []
+    if card.get("recipe"):
+        note = f"; {card['recipe_note']}" if card.get("recipe_note") else ""
+        lines += [f"Made by `{card['recipe']}`{note}.", ""]
+    best = f"{card['best_val_loss']:.4f}" if card.get("best_val_loss") is not None else "none"
+    lines += [
         f"# {card['name']} ({card['ndim']}D StarDist model)", "",
         f"Trained with: `{card['command']}`", "",
         f"Seed {card['seed']}, {card['epochs']} epochs x {card['steps_per_epoch']} steps, best epoch {card['best_epoch']} "
-        f"(validation loss {card['best_val_loss']:.4f}); patch {card['patch_size']}, {card['n_rays']} rays, grid {card['grid']}, "
+        f"(validation loss {best}); patch {card['patch_size']}, {card['n_rays']} rays, grid {card['grid']}, "
         f"thresholds prob {card['thresholds']['prob']:.3f}, nms {card['thresholds']['nms']:.3f}.", "",
         f"Training data: {card['data']['training_objects']} objects; validation: {card['data']['validation_objects']} objects.", "",
         "Scores on the validation data:", "", "```", format_table(card["validation_scores"]), "```", "",
@@ -457,4 +719,3 @@ def card_text(card: dict) -> str:
     if card["data"].get("test_scores"):
         lines += ["Scores on held-out data never used in training:", "", "```", format_table(card["data"]["test_scores"]), "```", ""]
     return "\n".join(lines)
-
