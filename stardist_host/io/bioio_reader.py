@@ -1,0 +1,250 @@
+"""Microscope files (CZI, LIF, ND2, OME-TIFF ...) as read-only image sets, through bioio and its plugins.
+
+:class:`BioioImageSet` opens one scene (series) of a file with
+``bioio.BioImage`` and reads it one (Y, X) plane at a time from bioio's lazy
+dask array: the file is never loaded whole.  Which formats open depends on the
+bioio plugins installed (``bioio-czi``, ``bioio-lif``, ``bioio-nd2``,
+``bioio-ome-tiff`` ...).  Channels added with :meth:`BioioImageSet.add_channel`
+live in scratch files (the input file is never written); there is no
+``save``: read the results with ``get_channeldata`` (or run headless on an
+OME-TIFF) to keep them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from ..errors import InputFileError, check_index
+from .files import scratch_dir as make_scratch_dir
+from .imagesets import _DiskChannel, _fit
+from .omezarr import UNITS_UM, require
+
+__all__ = ["BioioImageSet", "PLUGINS"]
+
+log = logging.getLogger(__name__)
+
+#: bioio plugin that reads each file ending (for the message when none is installed).
+PLUGINS = {
+    ".czi": "bioio-czi", ".lif": "bioio-lif", ".nd2": "bioio-nd2", ".ome.tif": "bioio-ome-tiff",
+    ".ome.tiff": "bioio-ome-tiff", ".tif": "bioio-tifffile", ".tiff": "bioio-tifffile", ".zarr": "bioio-ome-zarr",
+}
+
+
+def _plugin_hint(path: Path) -> str:
+    name = path.name.lower()
+    for ending in sorted(PLUGINS, key=len, reverse=True):
+        if name.endswith(ending):
+            return f"install the bioio plugin for {ending} files: pip install {PLUGINS[ending]}"
+    return "install the bioio plugin for this format (see https://github.com/bioio-devs/bioio)"
+
+
+def _open(path: Path, reader: Any):
+    bioio = require("bioio", "bioio", purpose="reading microscope files (CZI, LIF, ND2 ...)")
+    if not path.exists():
+        raise InputFileError(f"{str(path)!r} does not exist")
+    try:
+        return bioio.BioImage(str(path), **({"reader": reader} if reader is not None else {}))
+    except Exception as err:  # bioio raises UnsupportedFileFormatError, plugins their own errors
+        kind = type(err).__name__
+        hint = _plugin_hint(path) if "Unsupported" in kind else "is it complete and of the format its name says?"
+        raise InputFileError(f"{str(path)!r} cannot be read through bioio ({kind}: {err}); {hint}") from err
+
+
+def _choose_scene(img, scene: int | str | None, where: str) -> int:
+    scenes = [str(s) for s in img.scenes]
+    listed = ", ".join(f"{i} ({s!r})" for i, s in enumerate(scenes))
+    if scene is None:
+        if len(scenes) > 1:
+            raise InputFileError(f"{where} holds {len(scenes)} scenes (series): {listed}; choose one with scene= "
+                                 "(its number or name)")
+        return 0
+    if isinstance(scene, str) and scene in scenes:
+        return scenes.index(scene)
+    if isinstance(scene, (int, np.integer)) and not isinstance(scene, bool) and 0 <= scene < len(scenes):
+        return int(scene)
+    raise InputFileError(f"scene={scene!r}: {where} holds the scenes {listed}")
+
+
+def _voxel_size(img, where: str) -> tuple | None:
+    """(z, y, x) in µm; bioio gives physical sizes in µm unless a dimension names another unit."""
+    pps = img.physical_pixel_sizes
+    props = getattr(img, "dimension_properties", None)  # bioio >= 3 only
+    sizes = []
+    for dim, value in zip("ZYX", (pps.Z, pps.Y, pps.X)):
+        unit = getattr(getattr(props, dim, None), "unit", None)
+        factor = 1.0 if unit is None else UNITS_UM.get(str(unit).lower())
+        if value is not None and (factor is None or not value > 0):
+            log.warning("%s: %s size %r %s is not a length known here; taken as unknown", where, dim, value, unit)
+            value = None
+        sizes.append(None if value is None else float(value) * factor)
+    if sizes[1] is None or sizes[2] is None:
+        return None
+    return tuple(sizes)
+
+
+class BioioImageSet:
+    """A read-only image set over one scene of a file that bioio reads; new channels kept in scratch files.
+
+    Parameters
+    ----------
+    path
+        The file (CZI, LIF, ND2, OME-TIFF ... whatever the installed bioio
+        plugins read).
+    scene
+        The scene (series) to read: its number or its name.  Needed when the
+        file holds more than one.
+    reader
+        A bioio reader class to use instead of bioio's choice by file name
+        (e.g. ``bioio_ome_tiff.Reader``).
+    current_time_point
+        The time point that "current time point only" means (default 0).
+    scratch_dir
+        Folder for the new channels' scratch files (default: the system's
+        temporary folder).
+
+    Raises
+    ------
+    InputFileError
+        The file is missing or unreadable (the message names the plugin to
+        install), or it holds several scenes and ``scene`` does not choose one
+        of them (the message lists them).
+    MissingExtraError
+        ``bioio`` is not installed.
+
+    Notes
+    -----
+    RGB files (bioio's ``S`` dimension) give one channel per sample, named
+    ``"<channel> (R)"`` and so on.  There is no ``save``: added channels
+    are read back with :meth:`get_channeldata` and deleted by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        scene: int | str | None = None,
+        reader: Any = None,
+        current_time_point: int = 0,
+        scratch_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.path = Path(path)
+        where = repr(str(self.path))
+        self._image = img = _open(self.path, reader)
+        self.scene = _choose_scene(img, scene, where)
+        img.set_scene(self.scene)
+        dims = img.dims
+        samples = int(dims.S) if "S" in dims.order else 1
+        self._samples = samples
+        self._data = img.get_image_dask_data("TCZYXS" if samples > 1 else "TCZYX")  # lazy: nothing read yet
+        self.time_point_count, self.plane_count = int(dims.T), int(dims.Z)
+        self.plane_shape = (int(dims.Y), int(dims.X))
+        self._n_input = int(dims.C) * samples
+        self._names = self._input_names(img, int(dims.C))
+        self.voxel_size = _voxel_size(img, where)
+        self.current_time_point = check_index(
+            "current_time_point", current_time_point, self.time_point_count, what=where, noun="time points"
+        )
+        self._added: list[_DiskChannel] = []
+        self._added_names: list[str] = []
+        self._scratch_parent = scratch_dir
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def _input_names(self, img, count: int) -> list[str]:
+        names = [str(n) for n in (img.channel_names or [])]
+        if len(names) != count:
+            names = [f"Channel {i}" for i in range(count)]
+        if self._samples == 1:
+            return names
+        sample = "RGB" if self._samples == 3 else [str(s) for s in range(self._samples)]
+        return [f"{n} ({sample[s]})" for n in names for s in range(self._samples)]
+
+    @property
+    def scenes(self) -> list[str]:
+        """Names of every scene in the file."""
+        return [str(s) for s in self._image.scenes]
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._data.dtype)
+
+    @property
+    def channel_count(self) -> int:
+        return self._n_input + len(self._added)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return self._names + self._added_names
+
+    def _check(self, channel: int, plane: int, time_point: int) -> None:
+        check_index("channel", channel, self.channel_count, noun="channels", names=self.channel_names)
+        check_index("plane", plane, self.plane_count, noun="planes")
+        check_index("time_point", time_point, self.time_point_count, noun="time points")
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
+        """Return the (Y, X) plane; an input plane is read from the file now, and only that plane."""
+        self._check(channel, plane, time_point)
+        if channel >= self._n_input:
+            return self._added[channel - self._n_input].read(time_point, plane)
+        c, s = divmod(channel, self._samples)
+        block = self._data[time_point, c, plane] if self._samples == 1 else self._data[time_point, c, plane, :, :, s]
+        # synchronous: one plane is one or a few chunks, and the caller may itself be a worker thread
+        return np.asarray(block.compute(scheduler="synchronous"))
+
+    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
+        """Store a (Y, X) plane in an added channel; the input's channels are refused."""
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            raise PermissionError(
+                f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
+                "write results to a channel made with add_channel"
+            )
+        if tuple(np.shape(data)) != tuple(self.plane_shape):
+            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
+        target = self._added[channel - self._n_input]
+        target.write(time_point, plane, _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
+
+    def add_channel(self, name: str, dtype: DTypeLike) -> int:
+        """Append a zero channel, kept in a scratch file, and return its index."""
+        if self._scratch is None:
+            self._scratch = make_scratch_dir(self._scratch_parent)
+        index = self.channel_count
+        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
+        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{index}.raw", shape, dtype))
+        self._added_names.append(str(name))
+        return index
+
+    def remove_channel(self, index: int) -> None:
+        """Remove the channel added last, and its scratch file."""
+        if not self._added or index != self.channel_count - 1:
+            raise ValueError(f"index={index!r}: only the channel added last can be removed"
+                             + (f" (channel {self.channel_count - 1})" if self._added else "; none was added"))
+        channel = self._added.pop()
+        self._added_names.pop()
+        channel.close()
+        (Path(self._scratch.name) / f"channel{index}.raw").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Delete the scratch files and close the file."""
+        for channel in self._added:
+            channel.close()
+        self._added.clear()
+        self._added_names.clear()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+        close = getattr(self._image.reader, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> "BioioImageSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
