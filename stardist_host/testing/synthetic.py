@@ -231,7 +231,7 @@ def atlas_scene(
 
 
 def cell_scene(
-    shape: tuple[int, int, int] = (24, 96, 96),
+    shape: tuple[int, ...] = (24, 96, 96),
     n: int = 12,
     *,
     nucleus_radius: float = 4.0,
@@ -245,9 +245,10 @@ def cell_scene(
     their nucleus centre and nearer to it than to any other (a bounded Voronoi
     partition).  The membrane channel is bright on every cell boundary, dim
     inside cells (cytoplasmic background) and dark outside, blurred and noisy.
+    ``shape`` is (Z, Y, X), or (Y, X) for a 2D scene (``anisotropy`` unused).
     """
     rng = np.random.default_rng(seed)
-    scale = np.array([anisotropy, 1.0, 1.0])
+    scale = np.array([anisotropy, 1.0, 1.0])[-len(shape):]
     size = np.asarray(shape, float)
     centres: list[NDArray] = []
     while len(centres) < n:
