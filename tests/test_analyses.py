@@ -231,16 +231,41 @@ def test_cell_measurements_and_bad_channel():
 # ----- overlay, scripts and commands ------------------------------------------------------------------------
 
 def test_overlay_png(tmp_path, memory_imageset):
-    labels = memory_imageset.add_channel("labels", np.uint16)
-    memory_imageset.set_channeldata(labels, 0, 0, (memory_imageset.get_channeldata(0, 0, 0) > 0).astype(np.uint16))
-    path = overlay(memory_imageset, tmp_path / "qc.png", image_channel=0, label_channel=labels, time_point=0, plane=0)
+    from skimage.segmentation import find_boundaries
     import matplotlib.image
 
-    picture = matplotlib.image.imread(path)
+    labels = memory_imageset.add_channel("labels", np.uint16)
+    plane = (memory_imageset.get_channeldata(0, 0, 0) > 0).astype(np.uint16) * 5
+    memory_imageset.set_channeldata(labels, 0, 0, plane)
+    path = overlay(memory_imageset, tmp_path / "qc.png", image_channel=0, label_channel=labels, time_point=0, plane=0)
+    picture = matplotlib.image.imread(path)[..., :3]
     assert picture.shape[:2] == (32, 32)
-    assert tuple(picture[4, 4, :3]) == pytest.approx((1.0, 0.9, 0.0), abs=0.01)  # outline pixel is yellow
+    outline = find_boundaries(plane, mode="inner")
+    assert np.allclose(picture[outline], (1.0, 0.9, 0.0), atol=0.01)  # every outline pixel is yellow
+    assert np.allclose(picture[~outline], picture[~outline][:, :1], atol=0.01)  # the rest is grey
+    tracks = memory_imageset.add_channel("tracks", np.uint16)
+    memory_imageset.set_channeldata(tracks, 0, 0, (plane > 0).astype(np.uint16) * 7)
+    with_ids = matplotlib.image.imread(overlay(memory_imageset, tmp_path / "ids.png", image_channel=0,
+                                               label_channel=labels, track_channel=tracks))[..., :3]
+    changed = np.abs(with_ids - picture).max(axis=-1) > 0.1
+    assert changed.sum() >= 5  # the track id is drawn, near the object's centroid (16, 7)
+    ys, xs = np.nonzero(changed)
+    assert abs(ys.mean() - 16) < 6 and abs(xs.mean() - 7) < 6
     with pytest.raises(AnalysisError, match="PLANE=9: the image set has planes 0..3"):
         overlay(memory_imageset, tmp_path / "x.png", image_channel=0, label_channel=labels, plane=9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.png", "qc.png"]
+
+
+def test_overlay_leaves_the_pyplot_backend_alone(tmp_path, memory_imageset):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.rcParams["backend"] = "svg"
+    try:
+        overlay(memory_imageset, tmp_path / "qc.png", image_channel=0, label_channel=0)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.rcParams["backend"] = before
 
 
 def test_track_script_headless(tmp_path):
