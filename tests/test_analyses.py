@@ -11,7 +11,12 @@ import tifffile
 from conftest import ROOT
 
 from stardist_host import MemoryImageSet
-from stardist_host.analyses.atlas import ATLAS_COLUMNS, ATLAS_COLUMNS_2D, atlas_counts, read_region_names
+from stardist_host.analyses.atlas import (
+    ATLAS_COLUMNS,
+    ATLAS_COLUMNS_2D,
+    atlas_counts,
+    read_region_names,
+)
 from stardist_host.analyses.cells import grow, grow_cells
 from stardist_host.analyses.common import AnalysisError, write_csv
 from stardist_host.analyses.measure import base_columns, cell_columns, measure
@@ -231,8 +236,8 @@ def test_cell_measurements_and_bad_channel():
 # ----- overlay, scripts and commands ------------------------------------------------------------------------
 
 def test_overlay_png(tmp_path, memory_imageset):
-    from skimage.segmentation import find_boundaries
     import matplotlib.image
+    from skimage.segmentation import find_boundaries
 
     labels = memory_imageset.add_channel("labels", np.uint16)
     plane = (memory_imageset.get_channeldata(0, 0, 0) > 0).astype(np.uint16) * 5
@@ -343,8 +348,8 @@ def test_float_label_channel_with_whole_numbers_is_accepted(memory_imageset):
 
 
 @pytest.mark.parametrize("value, dtype, message", [
-    (0.5, np.float32, r"LABEL_CHANNEL=1 \('labels'\) has dtype float32 with values that are not whole numbers \(e.g. "
-                      r"(np.float32\()?0.5\)?\): labels are whole numbers 0 \(background\) and up"),
+    (0.5, np.float32, (r"LABEL_CHANNEL=1 \('labels'\) has dtype float32 with values that are not whole numbers \(e.g. "
+                       r"(np.float32\()?0.5\)?\): labels are whole numbers 0 \(background\) and up")),
     (np.nan, np.float64, r"LABEL_CHANNEL=1 \('labels'\) has dtype float64 with values that are not whole numbers"),
     (-3, np.int16, r"LABEL_CHANNEL=1 \('labels'\) holds negative values \(down to (np.int16\()?-3\)?\)"),
     (1 + 1j, np.complex64, r"LABEL_CHANNEL=1 \('labels'\) has dtype complex64: labels are whole numbers"),
@@ -440,9 +445,7 @@ def test_read_region_names_bad_file(tmp_path):
 
 
 def test_atlas_single_plane_areas_per_mm2():
-    nuclei, atlas, truth = synthetic.atlas_scene(shape=(1, 80, 120))
-    # a 1-plane scene has no inner voxels in Z: use the middle plane of the default scene instead
-    nuclei, atlas, truth = synthetic.atlas_scene()
+    nuclei, atlas, _ = synthetic.atlas_scene()  # its middle plane: a 1-plane scene has no inner voxels in Z
     z = 10
     plane_labels, plane_atlas = nuclei[z], atlas[z]
     ims = MemoryImageSet(np.stack([plane_labels, plane_atlas])[None, :, None].astype(np.uint16), voxel_size=(2.0, 0.5, 0.5))

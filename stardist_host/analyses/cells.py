@@ -169,7 +169,7 @@ def grow_cells(
     first = check_labels(read_stack(imageset, nuclei_channel, time_points(imageset, current_time_point)[0]), what)
     dtype = np.result_type(np.uint16, first.dtype)
     out = imageset.add_channel(output_name, dtype if dtype.kind == "u" else np.uint32)
-    options = dict(max_distance_um=max_distance_um, threshold=threshold, smooth_um=smooth_um)
+    options = {"max_distance_um": max_distance_um, "threshold": threshold, "smooth_um": smooth_um}
     for t in time_points(imageset, current_time_point):
         nuclei = check_labels(read_stack(imageset, nuclei_channel, t), what)
         membrane = read_stack(imageset, membrane_channel, t)
