@@ -30,6 +30,9 @@ __all__ = ["BioioImageSet", "PLUGINS"]
 
 log = logging.getLogger(__name__)
 
+#: Dimensions of one chunk of bioio's dask array: one (Y, X) plane, so that a plane read reads one plane.
+PLANE_CHUNKS = "YX"
+
 #: bioio plugin that reads each file ending (for the message when none is installed).
 PLUGINS = {
     ".czi": "bioio-czi", ".lif": "bioio-lif", ".nd2": "bioio-nd2", ".ome.tif": "bioio-ome-tiff",
@@ -49,12 +52,23 @@ def _open(path: Path, reader: Any):
     bioio = require("bioio", "bioio", purpose="reading microscope files (CZI, LIF, ND2 ...)")
     if not path.exists():
         raise InputFileError(f"{str(path)!r} does not exist")
+    kwargs = {"reader": reader} if reader is not None else {}
     try:
-        return bioio.BioImage(str(path), **({"reader": reader} if reader is not None else {}))
+        try:
+            # bioio's readers chunk by whole Z stacks by default: reading one plane would read its stack
+            return bioio.BioImage(str(path), chunk_dims=list(PLANE_CHUNKS), **kwargs)
+        except TypeError as err:
+            if "chunk_dims" not in str(err):
+                raise
+            log.warning("the bioio reader for %s cannot read single planes (%s); each plane read may read more "
+                        "of the file", path.name, err)
+            return bioio.BioImage(str(path), **kwargs)
     except Exception as err:  # bioio raises UnsupportedFileFormatError, plugins their own errors
         kind = type(err).__name__
-        hint = _plugin_hint(path) if "Unsupported" in kind else "is it complete and of the format its name says?"
-        raise InputFileError(f"{str(path)!r} cannot be read through bioio ({kind}: {err}); {hint}") from err
+        if "Unsupported" in kind:
+            raise InputFileError(f"{str(path)!r}: no installed bioio plugin reads this file; {_plugin_hint(path)}") from err
+        raise InputFileError(f"{str(path)!r} cannot be read through bioio ({kind}: {err}); is it complete and of "
+                             "the format its name says?") from err
 
 
 def _choose_scene(img, scene: int | str | None, where: str) -> int:
