@@ -325,3 +325,17 @@ def test_remove_channel_deletes_the_label_image(timelapse, version):
     assert not (timelapse / "labels" / "drop").exists() and (timelapse / "labels" / "keep").is_dir()
     attrs = dict(zarr.open_group(str(timelapse), mode="r")["labels"].attrs)
     assert (attrs["labels"] if version == "0.4" else attrs["ome"]["labels"]) == ["keep"]
+
+
+def test_v3_store_metadata_without_its_array(tmp_path):
+    """A hand-written NGFF 0.5 group whose array is missing: zarr 2 cannot read v3, zarr 3 names the array."""
+    path = tmp_path / "v5.zarr"
+    path.mkdir()
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    ome = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}]}
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}))
+    message = (r"level 0 names the array '0', which is not in the store" if ZARR3
+               else r"is a Zarr v3 store \(OME-Zarr 0.5\), which needs zarr 3 \(Python 3.11 or newer\)")
+    with pytest.raises(InputFileError, match=message):
+        OmeZarrImageSet(path)

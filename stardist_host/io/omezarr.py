@@ -252,7 +252,7 @@ def _create_plane_array(group, name: str, *, shape, chunks, dtype, dim_names, za
         extra = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2
                  else {"dimension_names": list(dim_names)})
         return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **extra)
-    return group.zeros(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_separator="/")
+    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_separator="/")
 
 
 def _check_label_name(name: Any) -> str:
