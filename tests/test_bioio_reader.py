@@ -126,8 +126,15 @@ def test_added_channels_in_scratch_input_untouched(two_scenes, tmp_path):
     (folder,) = scratch_parent.iterdir()
     assert folder.name.startswith(f".stardist-host-{os.getpid()}-")  # what remove_stale recognises
     second = ims.add_channel("cells", np.uint16)
-    ims.remove_channel(second)
-    assert ims.channel_count == 4 and sorted(p.name for p in folder.iterdir()) == ["channel3.raw"]
+    ims.set_channeldata(second, 0, 0, np.full((10, 12), 5, np.uint16))
+    assert sorted(p.name for p in folder.iterdir()) == ["channel1.raw", "channel2.raw"]
+    ims.remove_channel(new)  # the channels after it move down
+    assert ims.channel_names[3:] == ["cells"] and ims.get_channeldata(3, 0, 0)[0, 0] == 5
+    assert sorted(p.name for p in folder.iterdir()) == ["channel2.raw"]
+    third = ims.add_channel("again", np.uint8)
+    assert third == 4 and not ims.get_channeldata(third, 0, 0).any()
+    ims.remove_channel(third)
+    assert ims.channel_count == 4 and sorted(p.name for p in folder.iterdir()) == ["channel2.raw"]
     with pytest.raises(PermissionError, match="never modified"):
         ims.set_channeldata(0, 0, 0, np.zeros((10, 12), np.uint16))
     ims.close()
@@ -141,8 +148,11 @@ def test_index_and_shape_errors(two_scenes):
         new = ims.add_channel("nuclei", np.uint16)
         with pytest.raises(ValueError, match=r"plane of shape \(8, 8\) given, but the image set's planes are"):
             ims.set_channeldata(new, 0, 0, np.zeros((8, 8), np.uint16))
-        with pytest.raises(ValueError, match=r"index=0: only the channel added last can be removed \(channel 3\)"):
+        with pytest.raises(PermissionError, match=r"channel 0 comes from the input file two.ome.tif, which is never "
+                                                  r"modified; only channels made with add_channel can be removed"):
             ims.remove_channel(0)
+        with pytest.raises(IndexRangeError, match=r"index=4: the image set has channels 0..3"):
+            ims.remove_channel(4)
 
 
 def test_unreadable_files(tmp_path):

@@ -315,14 +315,17 @@ def test_bad_label_channel_refused_before_writing(stack, name, dtype, message):
 
 def test_remove_channel_deletes_the_label_image(timelapse, version):
     ims = OmeZarrImageSet(timelapse)
+    first = ims.add_channel("first", np.uint16)
     keep = ims.add_channel("keep", np.uint16)
-    drop = ims.add_channel("drop", np.uint16)
-    ims.set_channeldata(drop, 0, 0, np.ones((20, 28), np.uint16))
-    with pytest.raises(ValueError, match=r"index=2: only the channel added last can be removed \(channel 3\)"):
-        ims.remove_channel(keep)
-    ims.remove_channel(drop)
-    assert ims.channel_names == ["DAPI", "GFP", "keep"]
-    assert not (timelapse / "labels" / "drop").exists() and (timelapse / "labels" / "keep").is_dir()
+    ims.set_channeldata(keep, 0, 1, np.full((20, 28), 3, np.uint16))
+    with pytest.raises(PermissionError, match=r"channel 1 comes from the input tl.zarr, which is never modified; "
+                                              r"only channels made with add_channel can be removed"):
+        ims.remove_channel(1)
+    with pytest.raises(IndexRangeError, match=r"index=4: the image set has channels 0..3"):
+        ims.remove_channel(4)
+    ims.remove_channel(first)  # the channels after it move down
+    assert ims.channel_names == ["DAPI", "GFP", "keep"] and ims.get_channeldata(2, 0, 1)[0, 0] == 3
+    assert not (timelapse / "labels" / "first").exists() and (timelapse / "labels" / "keep").is_dir()
     attrs = dict(zarr.open_group(str(timelapse), mode="r")["labels"].attrs)
     assert (attrs["labels"] if version == "0.4" else attrs["ome"]["labels"]) == ["keep"]
 

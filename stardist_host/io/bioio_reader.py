@@ -167,6 +167,8 @@ class BioioImageSet:
         )
         self._added: list[_DiskChannel] = []
         self._added_names: list[str] = []
+        self._added_files: list[Path] = []
+        self._made = 0
         self._scratch_parent = scratch_dir
         self._scratch: tempfile.TemporaryDirectory | None = None
 
@@ -230,19 +232,32 @@ class BioioImageSet:
             self._scratch = make_scratch_dir(self._scratch_parent)
         index = self.channel_count
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
-        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{index}.raw", shape, dtype))
+        self._made += 1  # a fresh file name even after a removal
+        path = Path(self._scratch.name) / f"channel{self._made}.raw"
+        self._added.append(_DiskChannel(path, shape, dtype))
+        self._added_files.append(path)
         self._added_names.append(str(name))
         return index
 
     def remove_channel(self, index: int) -> None:
-        """Remove the channel added last, and its scratch file."""
-        if not self._added or index != self.channel_count - 1:
-            raise ValueError(f"index={index!r}: only the channel added last can be removed"
-                             + (f" (channel {self.channel_count - 1})" if self._added else "; none was added"))
-        channel = self._added.pop()
-        self._added_names.pop()
+        """Remove a channel made by :meth:`add_channel`, and its scratch file; later channels move down by one.
+
+        Raises
+        ------
+        IndexRangeError
+            ``index`` is not a channel of the image set (an ``IndexError``).
+        PermissionError
+            ``index`` is a channel of the input file, which is never modified.
+        """
+        check_index("index", index, self.channel_count, noun="channels", names=self.channel_names)
+        if index < self._n_input:
+            raise PermissionError(f"channel {index} comes from the input file {self.path.name}, which is never "
+                                  "modified; only channels made with add_channel can be removed")
+        at = index - self._n_input
+        channel, path = self._added.pop(at), self._added_files.pop(at)
+        self._added_names.pop(at)
         channel.close()
-        (Path(self._scratch.name) / f"channel{index}.raw").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Delete the scratch files and close the file."""
@@ -250,6 +265,7 @@ class BioioImageSet:
             channel.close()
         self._added.clear()
         self._added_names.clear()
+        self._added_files.clear()
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None

@@ -494,11 +494,22 @@ class OmeZarrImageSet:
         return self.channel_count - 1
 
     def remove_channel(self, index: int) -> None:
-        """Delete the label channel added last (its ``labels/<name>`` and its entry in the labels list)."""
-        if not self._added or index != self.channel_count - 1:
-            raise ValueError(f"index={index!r}: only the channel added last can be removed"
-                             + (f" (channel {self.channel_count - 1})" if self._added else "; none was added"))
-        name, _ = self._added.pop()
+        """Delete a label channel made by :meth:`add_channel`: its ``labels/<name>`` and its labels list entry.
+
+        Later channels move down by one.
+
+        Raises
+        ------
+        IndexRangeError
+            ``index`` is not a channel of the image set (an ``IndexError``).
+        PermissionError
+            ``index`` is a channel of the input, which is never modified.
+        """
+        check_index("index", index, self.channel_count, noun="channels", names=self.channel_names)
+        if index < self._n_input:
+            raise PermissionError(f"channel {index} comes from the input {self.path.name}, which is never modified; "
+                                  "only channels made with add_channel can be removed")
+        name, _ = self._added.pop(index - self._n_input)
         labels = self._labels_group()
         del labels[name]
         _set_labels_list(labels, self._meta.version, [n for n in _labels_list(labels, self._meta.version) if n != name])
