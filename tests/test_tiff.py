@@ -61,13 +61,16 @@ def test_plain_multipage_needs_axes(tmp_path):
         TiffReader(path, axes="ZYXC")
 
 
-def test_compressed_file_is_read_page_by_page(tmp_path):
+def test_compressed_file_planes_are_new_arrays(tmp_path):
     data = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
     path = tmp_path / "zip.tif"
     tifffile.imwrite(path, data, compression="zlib", photometric="minisblack", metadata={"axes": "ZYX"})
     reader = TiffReader(path)
-    assert reader._offset is None and reader._in_memory is None  # read page by page
+    plane = reader.plane(0, 0, 3)
+    np.testing.assert_array_equal(plane, data[3])
+    plane[:] = 0  # the caller owns the array: the next read is unchanged
     np.testing.assert_array_equal(reader.plane(0, 0, 3), data[3])
+    reader.close()
 
 
 def test_pages_that_are_not_planes_are_read_whole(tmp_path):
@@ -111,16 +114,16 @@ def test_save_round_trip_keeps_channels_sizes_and_input(tmp_path):
         assert again.channel_names == names and again.voxel_size == pytest.approx((2.0, 0.25, 0.25))
 
 
-def test_save_promotes_dtype_without_loss(tmp_path):
+def test_save_keeps_each_type_in_its_own_image(tmp_path):
     path = tmp_path / "in.tif"
     tifffile.imwrite(path, np.full((1, 8, 8), 200, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
     with TiffImageSet(path) as ims:
         new = ims.add_channel("labels", np.uint32)
         ims.set_channeldata(new, 0, 0, np.full((8, 8), 100_000, np.uint32))
         ims.save(tmp_path / "out.tif")
-    back = tifffile.imread(tmp_path / "out.tif")
-    assert back.shape == (2, 8, 8)  # T, Z of 1 squeezed
-    assert back.dtype == np.uint32 and back[0, 0, 0] == 200 and back[1, 0, 0] == 100_000
+    with tifffile.TiffFile(tmp_path / "out.tif") as tf:
+        assert [(s.dtype, s.shape) for s in tf.series] == [(np.uint8, (8, 8)), (np.uint32, (8, 8))]
+        assert tf.series[0].asarray()[0, 0] == 200 and tf.series[1].asarray()[0, 0] == 100_000
 
 
 def test_interrupted_write_leaves_no_file(tmp_path):

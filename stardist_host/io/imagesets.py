@@ -7,12 +7,13 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .tiff import TiffReader, write_ome_tiff
+from .files import scratch_dir as make_scratch_dir
+from .tiff import OmeImage, TiffReader, write_ome_images
 
 __all__ = ["MemoryImageSet", "TiffImageSet"]
 
@@ -20,11 +21,30 @@ log = logging.getLogger(__name__)
 
 
 def _fit(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
-    """Cast ``data`` to ``dtype``, refusing values that the type cannot hold."""
+    """Cast ``data`` to ``dtype``, refusing values that the type cannot hold.
+
+    Raises
+    ------
+    ValueError
+        Floats with NaN, infinite or fractional values for an integer channel
+        (they would be truncated silently).
+    OverflowError
+        Values outside the range of an integer channel's type.
+    """
     data = np.asarray(data)
+    dtype = np.dtype(dtype)
     if data.dtype == dtype or data.size == 0:
         return data.astype(dtype, copy=False)
     if np.issubdtype(dtype, np.integer):
+        if data.dtype.kind in "fc":
+            if not np.isfinite(data).all():
+                raise ValueError(f"{what}: NaN or infinite values cannot be stored in the channel's type {dtype}")
+            fractional = data[data != np.round(data)]
+            if fractional.size:
+                raise ValueError(
+                    f"{what}: value {fractional.flat[0]!r} is not a whole number, but the channel's type {dtype} "
+                    "holds whole numbers only; round the data first"
+                )
         info = np.iinfo(dtype)
         lo, hi = data.min(), data.max()
         if lo < info.min or hi > info.max:
@@ -188,10 +208,13 @@ class _DiskChannel:
 class TiffImageSet(_Checks):
     """An image set read lazily from a TIFF file, with new channels kept on disk.
 
-    The input file is opened read-only and read one plane at a time.  Channels
-    added with :meth:`add_channel` live in scratch files on disk, so that
-    memory use does not grow with the data; :meth:`save` writes the input
-    channels and the new ones to a new OME-TIFF.
+    The input file is opened read-only and read one plane at a time; each
+    input channel keeps the file's type (a file whose series share T, Z, Y, X
+    offers the channels of all its series; colour samples are channels).
+    Channels added with :meth:`add_channel` live in scratch files on disk, so
+    that memory use does not grow with the data; :meth:`save` writes the input
+    channels and the new ones to a new OME-TIFF, each channel in its own type.
+    ``get_channeldata`` returns a new array on every call, never a view.
 
     Parameters
     ----------
@@ -199,11 +222,14 @@ class TiffImageSet(_Checks):
         The input TIFF file.
     axes
         Axes of the file's data where the file does not say (e.g. ``"ZYX"``).
+    series
+        The file's series (image) to read, where it holds several that differ
+        in T, Z, Y or X.
     current_time_point
         The time point that "current time point only" means (default 0).
     scratch_dir
-        Folder for the new channels' scratch files (default: the system's
-        temporary folder).
+        Folder in which the new channels' scratch folder is made (default: the
+        system's temporary folder).
     """
 
     def __init__(
@@ -211,12 +237,21 @@ class TiffImageSet(_Checks):
         path: str | os.PathLike,
         *,
         axes: str | None = None,
+        series: int | None = None,
         current_time_point: int = 0,
         scratch_dir: str | os.PathLike | None = None,
     ) -> None:
-        self._reader = TiffReader(path, axes=axes)
+        self._reader = TiffReader(path, axes=axes, series=series)
+        try:
+            self._setup(self._reader.layout, current_time_point)
+        except BaseException:
+            self._reader.close()
+            raise
+        self._scratch_parent = scratch_dir
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def _setup(self, layout, current_time_point: int) -> None:
         self.path = self._reader.path
-        layout = self._reader.layout
         sizes = layout.sizes
         self.time_point_count = sizes["T"]
         self.plane_count = sizes["Z"]
@@ -230,10 +265,9 @@ class TiffImageSet(_Checks):
         self.current_time_point = current_time_point
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
+        self._input_dtypes = list(layout.dtypes)
         self._added: list[_DiskChannel] = []
         self._made = 0
-        self._scratch_parent = scratch_dir
-        self._scratch: tempfile.TemporaryDirectory | None = None
 
     @property
     def channel_count(self) -> int:
@@ -245,7 +279,15 @@ class TiffImageSet(_Checks):
 
     @property
     def input_dtype(self) -> np.dtype:
+        """The type of the first input channel (see :meth:`channel_dtype` for each)."""
         return self._reader.layout.dtype
+
+    def channel_dtype(self, channel: int) -> np.dtype:
+        """The type of ``channel``'s values: the file's for input channels, ``add_channel``'s for added ones."""
+        self._check_channel(channel)
+        if channel < self._n_input:
+            return self._input_dtypes[channel]
+        return self._added[channel - self._n_input].dtype
 
     def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
         self._check(channel, plane, time_point)
@@ -266,7 +308,7 @@ class TiffImageSet(_Checks):
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         if self._scratch is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix="stardist-host-", dir=self._scratch_parent)
+            self._scratch = make_scratch_dir(self._scratch_parent)
         index = self.channel_count
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
         self._made += 1  # scratch names never reused, even after remove_channel
@@ -295,27 +337,58 @@ class TiffImageSet(_Checks):
         channel.path.unlink(missing_ok=True)
         del self._names[index]
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write all channels, input and added, to a new OME-TIFF at ``path``.
+    def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
+        """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
 
-        The file's type is the smallest that holds every channel exactly
-        (e.g. uint16 input with uint16 labels stays uint16).
+        Channels are never converted: the file holds one image (series) per run
+        of consecutive channels of the same type.  Input and added channels of
+        one type (uint16 input, uint16 labels) give one TCZYX image as before;
+        float32 input with uint16 labels gives image 0 with the input channels
+        and image 1 with the labels, both of the same T, Z, Y, X, channel names
+        and voxel size.  :class:`TiffImageSet` reads such a file back as one
+        image set with all channels in the same order.
+
+        Parameters
+        ----------
+        path
+            The output file; it may not be the input file.
+        labels_only
+            Write only the channels made with :meth:`add_channel`.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        ValueError
+            ``path`` is the input file, or ``labels_only`` with no added channel.
         """
         path = Path(path)
-        if path.resolve() == self.path.resolve():
+        if path.exists() and path.resolve() == self.path.resolve():
             raise ValueError(f"the output {str(path)!r} is the input file; the input file is never overwritten")
-        dtype = np.result_type(self.input_dtype, *(a.dtype for a in self._added))
+        channels = list(range(self._n_input if labels_only else 0, self.channel_count))
+        if not channels:
+            raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
+        runs: list[list[int]] = []
+        for c in channels:
+            if runs and self.channel_dtype(runs[-1][-1]) == self.channel_dtype(c):
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        images = [
+            OmeImage(self._planes(run), (self.time_point_count, len(run), self.plane_count, *self.plane_shape),
+                     self.channel_dtype(run[0]), [self._names[c] for c in run])
+            for run in runs
+        ]
+        return write_ome_images(path, images, voxel_size=self.voxel_size)
 
-        def planes():
-            for t in range(self.time_point_count):
-                for c in range(self.channel_count):
-                    for z in range(self.plane_count):
-                        yield self.get_channeldata(c, z, t)
-
-        shape = (self.time_point_count, self.channel_count, self.plane_count, *self.plane_shape)
-        return write_ome_tiff(
-            path, planes(), shape=shape, dtype=dtype, channel_names=self._names, voxel_size=self.voxel_size
-        )
+    def _planes(self, channels: list[int]) -> Iterator[NDArray]:
+        for t in range(self.time_point_count):
+            for c in channels:
+                for z in range(self.plane_count):
+                    yield self.get_channeldata(c, z, t)
 
     def close(self) -> None:
         """Close the input file and delete the scratch files."""

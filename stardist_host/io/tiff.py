@@ -2,10 +2,16 @@
 
 Nothing outside this module imports tifffile.  Reading maps any series
 (ImageJ hyperstack, OME-TIFF, plain multi-page) onto the host contract's
-T, C, Z, Y, X axes and hands out single planes, read at their offset where the
-file is uncompressed and contiguous, page by page otherwise.  Writing produces
-an OME-TIFF (axes TCZYX, channel names, physical sizes) through a temporary
-file that is renamed into place only once complete.
+T, C, Z, Y, X axes and hands out single planes in the file's own type: read at
+their offset (in the file's byte order) where the file is uncompressed and
+contiguous, page by page otherwise.  Colour samples (RGB, RGBA) become
+channels.  Series that share T, Z, Y and X are read as one image with their
+channels one after the other.  A damaged, truncated or empty file is refused
+when it is opened, before any work.
+
+Writing produces an OME-TIFF (axes TCZYX, channel names, physical sizes) with
+one image (series) per run of channels of the same type, so that no channel is
+converted, through :func:`~stardist_host.io.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import tifffile
 from numpy.typing import NDArray
 
 from ..errors import TiffError
+from .files import atomic_write
 
-__all__ = ["TiffError", "TiffLayout", "TiffReader", "write_ome_tiff", "BIGTIFF_LIMIT"]
+__all__ = ["TiffError", "TiffLayout", "TiffReader", "OmeImage", "write_ome_tiff", "write_ome_images", "BIGTIFF_LIMIT"]
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +45,15 @@ _UNKNOWN_AXES = set("IQ")  # pages or samples of unknown meaning
 
 @dataclass(frozen=True)
 class TiffLayout:
-    """What a TIFF series holds, in the host contract's terms."""
+    """What a TIFF file holds, in the host contract's terms."""
 
-    axes: str  # of the series as stored, e.g. "TZCYX", with S/I/Q resolved
+    axes: str  # of the series as stored, e.g. "TZCYX", with S/I/Q resolved; "TCZYX" for series combined
     shape: tuple[int, ...]
-    dtype: np.dtype
+    dtype: np.dtype  # of the first channel
     channel_names: tuple[str, ...]
-    voxel_size: tuple[float, float, float] | None  # (z, y, x) in micrometres
+    voxel_size: tuple[float | None, float, float] | None  # (z, y, x) in micrometres, z None where unknown
+    dtypes: tuple[np.dtype, ...] = ()  # one per channel
+    series: tuple[int, ...] = (0,)  # the file's series read, in channel order
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -81,40 +90,189 @@ def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str 
     return resolved
 
 
-def _ome_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float, float] | None]:
-    pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-    if isinstance(pixels, list):
-        pixels = pixels[0]
-    pixels = pixels["Pixels"]
+#: Micrometres per unit, for the length units that OME-XML and ImageJ write (ASCII, micro sign U+00B5,
+#: Greek mu U+03BC, Angstrom as letter U+00C5 and as sign U+212B).
+_UM_PER_UNIT = {
+    "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "\u00c5": 1e-4, "\u212b": 1e-4, "pm": 1e-6, "mm": 1e3, "cm": 1e4, "m": 1e6,
+}
+# ImageJ's names for "not calibrated": no size, and no warning either
+_NO_UNIT = {"", "pixel", "pixels", "none"}
+
+
+def _micrometres(value, unit: str, *, where: str) -> float | None:
+    """``value`` in ``unit`` as micrometres; None (with a warning) for a unit that is not a known length."""
+    unit = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    factor = _UM_PER_UNIT.get(unit, _UM_PER_UNIT.get(unit.lower()))
+    if factor is None:
+        if unit.lower() not in _NO_UNIT:
+            log.warning("%s: unit %r is not a length unit known here (%s); that size is taken as unknown",
+                        where, unit, ", ".join(sorted(_UM_PER_UNIT)))
+        return None
+    size = float(value) * factor
+    if not (np.isfinite(size) and size > 0):
+        log.warning("%s: size %r %s is not a positive length; it is taken as unknown", where, value, unit)
+        return None
+    return size
+
+
+def _voxel(z: float | None, y: float | None, x: float | None) -> tuple | None:
+    """(z, y, x) where the pixel size is known, z left None when only it is unknown."""
+    return None if y is None or x is None else (z, y, x)
+
+
+def _ome_metadata(tif: tifffile.TiffFile, index: int, n_series: int) -> tuple[list[str], tuple | None]:
+    """Channel names and (z, y, x) in µm of OME image ``index``, the file's ``index``-th series."""
+    images = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    if not isinstance(images, list):
+        images = [images]
+    # tifffile makes one series per OME image that has data; pick by position only when the counts agree
+    pixels = images[index if len(images) == n_series else 0]["Pixels"]
     channels = pixels.get("Channel", [])
     if isinstance(channels, dict):
         channels = [channels]
     names = [str(ch.get("Name", "")) for ch in channels]
-    size = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
-    units = [pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "ZYX"]
-    factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
-    if size[1] is None or size[2] is None or any(u not in factor for u in units):
-        return names, None
-    z = float(size[0]) * factor[units[0]] if size[0] is not None else 1.0
-    return names, (z, float(size[1]) * factor[units[1]], float(size[2]) * factor[units[2]])
+    where = f"{Path(tif.filename).name} (OME PhysicalSize)"
+    # OME's default unit is the micrometre
+    z, y, x = (
+        None if pixels.get(f"PhysicalSize{a}") is None
+        else _micrometres(pixels[f"PhysicalSize{a}"], pixels.get(f"PhysicalSize{a}Unit", "µm"), where=where)
+        for a in "ZYX"
+    )
+    return names, _voxel(z, y, x)
 
 
-def _imagej_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float, float] | None]:
+def _imagej_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple | None]:
+    """(z, y, x) in µm from ImageJ's unit, the pixel resolution and ``spacing`` (z None where absent)."""
     meta = tif.imagej_metadata or {}
     page = tif.pages[0]
-    unit = str(meta.get("unit", "")).lower().replace("\\u00b5", "µ")
-    factor = {"micron": 1.0, "um": 1.0, "µm": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-    if factor is None or xres is None or yres is None:
+    if xres is None or yres is None or "unit" not in meta:
         return [], None
-    x = xres.value[1] / xres.value[0] * factor
-    y = yres.value[1] / yres.value[0] * factor
-    z = float(meta.get("spacing", 1.0)) * factor
-    return [], (z, y, x)
+    where = f"{Path(tif.filename).name} (ImageJ calibration)"
+    x = _micrometres(xres.value[1] / xres.value[0], meta["unit"], where=where)
+    y = _micrometres(yres.value[1] / yres.value[0], meta["unit"], where=where)
+    z = _micrometres(meta["spacing"], meta["unit"], where=where) if "spacing" in meta else None
+    return [], _voxel(z, y, x)
+
+
+class _CaughtErrors(logging.Handler):
+    """Collects the errors tifffile logs (not raises) while it parses a damaged file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+class _Part:
+    """One series of the file, mapped onto T, C, Z, Y, X and read a plane at a time."""
+
+    def __init__(self, tif: tifffile.TiffFile, index: int, path: Path, axes: str | None) -> None:
+        series = tif.series[index]
+        self.index, self.series, self.path = index, series, path
+        self.shape = tuple(series.shape)
+        self.file_axes = series.axes
+        self.axes = _resolve_axes(path, series.axes, self.shape, axes)
+        if not ("Y" in self.axes and "X" in self.axes and self.axes.index("Y") < self.axes.index("X")):
+            raise TiffError(f"{path.name}: axes {self.axes!r} must contain Y then X")
+        self.dtype = np.dtype(series.dtype)  # tifffile's dtype is native, whatever the file's byte order
+        if self.dtype.kind not in "uif":
+            raise TiffError(f"{path.name} holds {series.dtype} data; only integer or float grey values are supported")
+        self.sizes = dict.fromkeys(_HOST_AXES, 1)
+        self.sizes.update(zip(self.axes, self.shape))
+        # colour samples (RGB, RGBA) are the last axis inside each page; they become channels
+        self.samples = axes is None and series.axes.endswith("S")
+        self.page_axes = [a for a in self.axes[: len(self.axes) - (1 if self.samples else 0)] if a not in "YX"]
+        yx_last = self.axes[: len(self.axes) - (1 if self.samples else 0)].endswith("YX")
+        # uncompressed contiguous data are read at their offset, in the file's byte order
+        self.offset = int(series.dataoffset) if series.dataoffset is not None and yx_last else None
+        self.file_dtype = np.dtype(tif.byteorder + self.dtype.char)
+        plane = (self.sizes["Y"], self.sizes["X"]) + ((self.shape[-1],) if self.samples else ())
+        self.plane_shape = plane
+        self.whole = self.offset is None and tuple(series.keyframe.shape) != plane
+        self.in_memory: NDArray | None = None
+        self.names: list[str] = []
+        self.voxel: tuple | None = None
+
+    @property
+    def geometry(self) -> tuple[int, int, int, int]:
+        return self.sizes["T"], self.sizes["Z"], self.sizes["Y"], self.sizes["X"]
+
+    def describe(self) -> str:
+        return f"{self.index}: {self.file_axes} {'x'.join(map(str, self.shape))} {self.dtype}"
+
+    def page_of(self, t: int, c: int, z: int) -> int:
+        index = {"T": t, "C": c, "Z": z}
+        if not self.page_axes:
+            return 0
+        return int(np.ravel_multi_index([index[a] for a in self.page_axes], [self.sizes[a] for a in self.page_axes]))
+
+    def where(self, page: int) -> str:
+        """Page ``page`` as t=, c=, z= (the axes that index pages)."""
+        if not self.page_axes:
+            return "the first plane"
+        at = np.unravel_index(page, [self.sizes[a] for a in self.page_axes])
+        return ", ".join(f"{a.lower()}={int(i)}" for a, i in zip(self.page_axes, at))
+
+    def n_pages(self) -> int:
+        return int(np.prod([self.sizes[a] for a in self.page_axes])) if self.page_axes else 1
+
+    def check_within(self, size: int, tif: tifffile.TiffFile) -> None:
+        """Raise TiffError if some of the series' data lie beyond the file's ``size`` bytes."""
+        if self.offset is not None:
+            page_bytes = int(np.prod(self.plane_shape)) * self.dtype.itemsize
+            if self.offset + self.n_pages() * page_bytes <= size:
+                return
+            self._truncated(size, max(0, (size - self.offset) // page_bytes))
+        for k, page in enumerate(self.series.pages):
+            if page is None:
+                raise TiffError(f"{self.path.name} is damaged: plane {self.where(k)} of image {self.index} is missing")
+            if page.parent is not tif:  # a page in another file of a multi-file OME-TIFF
+                continue
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                self._truncated(size, k)
+
+    def _truncated(self, size: int, whole: int) -> None:
+        last = f"the last plane that can be read whole is {self.where(whole - 1)}" if whole else "no plane can be read"
+        raise TiffError(
+            f"{self.path.name} is truncated ({size} bytes, its data need more): {last} of "
+            f"{self.n_pages()} (an interrupted copy or download? copy the file again)"
+        )
+
+    def read(self, t: int, c: int, z: int, raw, lock: threading.Lock) -> NDArray:
+        if self.whole:
+            if self.in_memory is None:
+                log.warning("%s: its pages are not single planes; reading the whole image into memory", self.path.name)
+                with lock:
+                    self.in_memory = self.series.asarray().reshape(self.shape)
+            index = {"T": t, "C": c, "Z": z}
+            return self.in_memory[tuple(index.get(a, slice(None)) for a in self.axes)].copy()
+        page = self.page_of(t, c, z)
+        if self.offset is not None:
+            out = np.empty(self.plane_shape, self.file_dtype)
+            with lock:  # one file position, shared by reading threads
+                raw.seek(self.offset + page * out.nbytes)
+                if raw.readinto(memoryview(out).cast("B")) != out.nbytes:
+                    raise TiffError(f"{self.path.name} is truncated: plane t={t}, c={c}, z={z} lies beyond its end")
+            data = out.astype(self.dtype, copy=False)  # to native byte order
+        else:
+            with lock:  # tifffile's own file handle is not shared safely between threads
+                data = self.series.pages[page].asarray()
+        return data[..., c] if self.samples else data
 
 
 class TiffReader:
     """Read single planes of a TIFF file lazily, as (t, c, z) -> (Y, X).
+
+    Every series (image) of the file that has the same T, Z, Y and X is read
+    as one image with the channels of all series one after the other (an
+    OME-TIFF written by :meth:`TiffImageSet.save` with input and label
+    channels of different types is such a file).  Colour samples (RGB, RGBA)
+    are channels.  Planes come in the file's own type, in native byte order.
 
     Parameters
     ----------
@@ -123,63 +281,95 @@ class TiffReader:
     axes
         The axes of the file's data, e.g. ``"TZCYX"``; needed only where the
         file does not say (plain multi-page TIFF), and then overrides the file.
+    series
+        Read only this series (0-based) of a file with several; needed where
+        the series differ in T, Z, Y or X.
+
+    Raises
+    ------
+    TiffError
+        The file is missing, a folder, empty, not a TIFF, truncated or damaged,
+        or its axes or series are ambiguous; the message names the file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, axes: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, axes: str | None = None, series: int | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TiffError(f"input file {str(self.path)!r} does not exist")
+        self._tif = _open(self.path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
-        except (tifffile.TiffFileError, ValueError, OSError) as err:
-            raise TiffError(f"{self.path.name} is not a TIFF file that can be read: {err}") from err
-        series = self._tif.series[0]
-        self._series = series
-        shape = tuple(series.shape)
-        file_axes = series.axes
-        resolved = _resolve_axes(self.path, file_axes, shape, axes)
-        if not ("Y" in resolved and "X" in resolved and resolved.index("Y") < resolved.index("X")):
-            raise TiffError(f"{self.path.name}: axes {resolved!r} must contain Y then X")
-        if np.dtype(series.dtype).kind not in "uif":
-            raise TiffError(f"{self.path.name} holds {series.dtype} data; only integer or float grey values are supported")
-        # pages hold the trailing Y, X (and S for colour samples); the rest index pages
-        self._samples_axis = None
-        if file_axes.endswith("S") and axes is None:
-            self._samples_axis = len(shape) - 1
-        names: list[str] = []
-        voxel = None
+            self._parts = self._choose(axes, series)
+            size = os.path.getsize(self.path)
+            for part in self._parts:
+                part.check_within(size, self._tif)
+            self.layout = self._layout()
+        except BaseException:
+            self._tif.close()
+            raise
+        self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._lock = threading.Lock()
+        self._channels = [(part, c) for part in self._parts for c in range(part.sizes["C"])]
+        log.info(
+            "opened %s: axes %s, shape %s, %s, voxel size %s", self.path.name, self.layout.axes,
+            self.layout.shape, "/".join(sorted({str(d) for d in self.layout.dtypes})), self.layout.voxel_size or "unknown",
+        )
+
+    def _choose(self, axes: str | None, series: int | None) -> list[_Part]:
+        """The series to read: the one asked for, the only one, or all where they share T, Z, Y, X."""
+        count = len(self._tif.series)
+        if series is not None:
+            if isinstance(series, bool) or not isinstance(series, (int, np.integer)) or not 0 <= series < count:
+                raise TiffError(
+                    f"series={series!r}: {self.path.name} holds images (series) 0..{count - 1}: {self._listing()}"
+                )
+            return [self._part(int(series), axes)]
+        if count == 1:
+            return [self._part(0, axes)]
+        try:
+            parts = [self._part(i, axes) for i in range(count)]
+        except TiffError:
+            parts = []
+        if not parts or len({p.geometry for p in parts}) != 1:
+            raise TiffError(
+                f"{self.path.name} holds {count} images (series) that differ in size or axes ({self._listing()}); "
+                f"choose one with series=0..{count - 1}"
+            )
+        return parts
+
+    def _listing(self) -> str:
+        return "; ".join(
+            f"{i}: {s.axes} {'x'.join(map(str, s.shape))} {s.dtype}" for i, s in enumerate(self._tif.series)
+        )
+
+    def _part(self, index: int, axes: str | None) -> _Part:
+        part = _Part(self._tif, index, self.path, axes)
         try:
             if self._tif.is_ome:
-                names, voxel = _ome_metadata(self._tif)
+                part.names, part.voxel = _ome_metadata(self._tif, index, len(self._tif.series))
             elif self._tif.is_imagej:
-                names, voxel = _imagej_metadata(self._tif)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:  # damaged metadata: keep going
+                part.names, part.voxel = _imagej_metadata(self._tif)
+                part.names = self._imagej_channel_names(part.axes, part.shape)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError) as err:  # damaged metadata: go on
             log.warning("%s: could not read its physical sizes or channel names (%s)", self.path.name, err)
-        sizes = dict(zip(resolved, shape))
-        n_channels = sizes.get("C", 1)
-        if not names and self._tif.is_imagej:
-            names = self._imagej_channel_names(resolved, shape)
-        if len(names) != n_channels or not all(names):
-            names = [f"Channel {c}" for c in range(n_channels)]
-        self.layout = TiffLayout(resolved, shape, np.dtype(series.dtype), tuple(names), voxel)
-        # Uncompressed contiguous data are read plane by plane at their offset in the file: as lazy as a
-        # memory map, but the pages read do not stay resident, so memory does not grow with the stack.
-        self._offset = None
-        self._in_memory = None
-        yx_last = resolved.endswith("YX")
-        if series.dataoffset is not None and self._samples_axis is None and yx_last:
-            self._offset = int(series.dataoffset)
-            self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
-            self._lock = threading.Lock()
-        plane_shape = (sizes["Y"], sizes["X"]) + ((shape[-1],) if self._samples_axis is not None else ())
-        if self._offset is None and tuple(series.keyframe.shape) != plane_shape:
-            # pages that are not single planes (planar samples, volumes in one page): read the series once
-            log.warning("%s: its pages are not single planes; reading the whole series into memory", self.path.name)
-            self._in_memory = series.asarray().reshape(shape)
-        log.info(
-            "opened %s: axes %s, shape %s, %s, voxel size %s",
-            self.path.name, resolved, shape, series.dtype, voxel or "unknown",
-        )
+        if len(part.names) != part.sizes["C"] or not all(part.names):
+            part.names = []
+        return part
+
+    def _layout(self) -> TiffLayout:
+        first = self._parts[0]
+        names: list[str] = []
+        for part in self._parts:  # a series without names gets "Channel <index>" for its channels
+            names += part.names or [f"Channel {len(names) + c}" for c in range(part.sizes["C"])]
+        for part in self._parts[1:]:
+            if part.voxel != first.voxel:
+                log.warning("%s: image %d states voxel size %s, image 0 %s; using image 0's",
+                            self.path.name, part.index, part.voxel, first.voxel)
+        dtypes = tuple(part.dtype for part in self._parts for _ in range(part.sizes["C"]))
+        if len(self._parts) == 1:
+            axes, shape = first.axes, first.shape
+        else:
+            t, z, y, x = first.geometry
+            axes, shape = _HOST_AXES, (t, len(names), z, y, x)
+        return TiffLayout(axes, shape, first.dtype, tuple(names), first.voxel, dtypes,
+                          tuple(part.index for part in self._parts))
 
     def _imagej_channel_names(self, axes: str, shape: tuple[int, ...]) -> list[str]:
         """ImageJ keeps channel names as slice labels: take those of the first time point and plane."""
@@ -194,35 +384,76 @@ class TiffReader:
         ]
 
     def plane(self, t: int, c: int, z: int) -> NDArray:
-        """Return the (Y, X) plane of time point ``t``, channel ``c``, plane ``z``."""
-        index = {"T": t, "C": c, "Z": z}
-        axes = self.layout.axes
-        if self._in_memory is not None:
-            key = tuple(index[a] if a in index else slice(None) for a in axes)
-            return np.asarray(self._in_memory[key])
-        page_axes = [a for a in axes if a not in "YX"]
-        if self._samples_axis is not None:
-            page_axes = page_axes[:-1]  # the last is the samples axis, inside each page
-        sizes = self.layout.sizes
-        page = int(np.ravel_multi_index([index[a] for a in page_axes], [sizes[a] for a in page_axes])) if page_axes else 0
-        if self._offset is not None:
-            out = np.empty((sizes["Y"], sizes["X"]), np.dtype(self._series.dtype))
-            with self._lock:  # one file position, shared by reading threads
-                self._raw.seek(self._offset + page * out.nbytes)
-                if self._raw.readinto(memoryview(out).cast("B")) != out.nbytes:
-                    raise TiffError(f"{self.path.name} is truncated: plane t={t}, c={c}, z={z} lies beyond its end")
-            return out
-        data = self._series.pages[page].asarray()
-        if self._samples_axis is not None:
-            data = data[..., c]
-        return data
+        """Return a new (Y, X) array: the plane of time point ``t``, channel ``c``, plane ``z``."""
+        part, channel = self._channels[c]
+        return part.read(t, channel, z, self._raw, self._lock)
 
     def close(self) -> None:
-        self._in_memory = None
-        if self._offset is not None:
-            self._raw.close()
-            self._offset = None
+        """Close the file."""
+        for part in self._parts:
+            part.in_memory = None
+        self._raw.close()
         self._tif.close()
+
+
+def _open(path: Path) -> tifffile.TiffFile:
+    """Open ``path`` with tifffile, turning every way it can fail into one TiffError line naming the file."""
+    if path.is_dir():
+        raise TiffError(f"input {str(path)!r} is a folder, not a file; give a TIFF file inside it")
+    if not path.is_file():
+        raise TiffError(f"input file {str(path)!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise TiffError(f"{path.name} is empty (0 bytes); it is not a TIFF file (an interrupted copy?)")
+    caught = _CaughtErrors()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(caught)
+    tif = None
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series  # parsing the series is where tifffile meets most damage
+        if not series:
+            raise TiffError(f"{path.name} holds no image data")
+    except TiffError:
+        if tif is not None:
+            tif.close()
+        raise
+    except Exception as err:  # tifffile raises many types (struct.error, IndexError ...) on damaged files
+        if tif is not None:
+            tif.close()
+        raise TiffError(f"{path.name} is not a TIFF file that can be read: {err}") from err
+    finally:
+        logger.removeHandler(caught)
+    if caught.messages:
+        pages = len(tif.pages)
+        tif.close()
+        raise TiffError(
+            f"{path.name} is truncated or damaged ({caught.messages[0]}); only {pages} of its pages can be found, "
+            f"the last readable plane is page {pages - 1} (an interrupted copy or download? copy the file again)"
+        )
+    return tif
+
+
+@dataclass(frozen=True)
+class OmeImage:
+    """One image (series) of an OME-TIFF to write, axes TCZYX.
+
+    Attributes
+    ----------
+    planes
+        (Y, X) arrays, T-major then C then Z, so that the data never have to be
+        in memory at once.
+    shape
+        (T, C, Z, Y, X).
+    dtype
+        The image's data type; planes must fit it exactly (they are cast).
+    channel_names
+        One name per channel.
+    """
+
+    planes: Iterable[NDArray]
+    shape: tuple[int, int, int, int, int]
+    dtype: np.dtype
+    channel_names: Sequence[str]
 
 
 def write_ome_tiff(
@@ -232,65 +463,67 @@ def write_ome_tiff(
     shape: tuple[int, int, int, int, int],
     dtype: np.dtype,
     channel_names: Sequence[str],
-    voxel_size: tuple[float, float, float] | None,
+    voxel_size: tuple[float | None, float, float] | None,
 ) -> Path:
-    """Write a TCZYX OME-TIFF from planes given in T, C, Z order, atomically.
+    """Write a TCZYX OME-TIFF of one image from planes given in T, C, Z order, atomically.
 
-    The data go to a hidden temporary file beside ``path`` that is renamed to
-    ``path`` only when complete, so an interrupted run leaves no file that looks
-    finished.  Data over 4 GiB are written as BigTIFF.
+    See :func:`write_ome_images`; the parameters are those of :class:`OmeImage`.
+    """
+    return write_ome_images(path, [OmeImage(planes, shape, np.dtype(dtype), channel_names)], voxel_size=voxel_size)
+
+
+def write_ome_images(
+    path: str | os.PathLike, images: Sequence[OmeImage], *, voxel_size: tuple[float | None, float, float] | None,
+) -> Path:
+    """Write one OME-TIFF holding ``images`` as its series, each in its own type, atomically.
+
+    The data go to a hidden temporary file beside ``path`` that replaces
+    ``path`` only when complete (:func:`~stardist_host.io.files.atomic_write`),
+    so an interrupted run leaves no file that looks finished.  Data over 4 GiB
+    are written as BigTIFF.
 
     Parameters
     ----------
     path
-        The file to create (overwritten if it exists).
-    planes
-        An iterable of (Y, X) arrays, T-major then C then Z, so that the data
-        never have to be in memory at once.
-    shape
-        (T, C, Z, Y, X).
-    dtype
-        The file's data type; each plane is cast to it.
-    channel_names
-        One name per channel.
+        The file to create (replaced if it exists).
+    images
+        The images; all share T, Z, Y, X and the voxel size.
     voxel_size
-        (z, y, x) in micrometres, or None where unknown.
+        (z, y, x) in micrometres, z None where unknown (then no PhysicalSizeZ
+        is written), or None where unknown.
 
     Returns
     -------
     Path
         ``path``.
+
+    Raises
+    ------
+    OutputBusyError
+        The finished file could not replace ``path``; it was kept beside it.
     """
     path = Path(path)
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    metadata: dict = {"axes": _HOST_AXES, "Channel": {"Name": list(channel_names)}}
+    nbytes = sum(int(np.prod(image.shape)) * np.dtype(image.dtype).itemsize for image in images)
+    bigtiff = nbytes > BIGTIFF_LIMIT
+    sizes: dict = {}
     resolution = None
     if voxel_size is not None:
         z, y, x = voxel_size
-        metadata.update(
-            PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x,
-            PhysicalSizeZUnit="µm", PhysicalSizeYUnit="µm", PhysicalSizeXUnit="µm",
-        )
+        sizes.update(PhysicalSizeY=y, PhysicalSizeX=x, PhysicalSizeYUnit="µm", PhysicalSizeXUnit="µm")
+        if z is not None:
+            sizes.update(PhysicalSizeZ=z, PhysicalSizeZUnit="µm")
         resolution = (1e4 / x, 1e4 / y)  # pixels per centimetre, for readers that ignore OME
-    tmp = path.with_name(f".{path.name}.partial")
-    planes_cast = (np.asarray(p).astype(dtype, copy=False) for p in planes)
-    try:
-        tifffile.imwrite(
-            tmp,
-            data=planes_cast,
-            shape=shape,
-            dtype=dtype,
-            ome=True,
-            bigtiff=nbytes > BIGTIFF_LIMIT,
-            photometric="minisblack",
-            metadata=metadata,
-            resolution=resolution,
-            resolutionunit="CENTIMETER" if resolution else None,
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("wrote %s (%s, %.1f MB%s)", path, "x".join(map(str, shape)), nbytes / 1e6, ", BigTIFF" if nbytes > BIGTIFF_LIMIT else "")
+    with atomic_write(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as writer:
+        for image in images:
+            dtype = np.dtype(image.dtype)
+            writer.write(
+                data=(np.asarray(p).astype(dtype, copy=False) for p in image.planes),
+                shape=tuple(image.shape), dtype=dtype, photometric="minisblack",
+                metadata={"axes": _HOST_AXES, "Channel": {"Name": list(image.channel_names)}, **sizes},
+                resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
+            )
+    log.info(
+        "wrote %s (%s, %.1f MB%s)", path, " + ".join(f"{'x'.join(map(str, i.shape))} {np.dtype(i.dtype)}" for i in images),
+        nbytes / 1e6, ", BigTIFF" if bigtiff else "",
+    )
     return path
