@@ -1,10 +1,14 @@
-"""Choosing where TensorFlow runs: a GPU with memory growth, or the CPU."""
+"""Choosing where TensorFlow runs (a GPU with memory growth, or the CPU) and how much memory it may use."""
 
 from __future__ import annotations
 
 import logging
+import os
 
-__all__ = ["configure_device", "visible_gpus"]
+from ..errors import SettingsError
+
+__all__ = ["configure_device", "visible_gpus", "memory_budget", "host_memory_budget", "host_memory_available",
+           "gpu_memory_total", "DEFAULT_GPU_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +61,115 @@ def configure_device(use_gpu: bool = True) -> str:
         device = "CPU" + (" (USE_GPU=False)" if gpus and not use_gpu else "")
     log.info("TensorFlow %s runs on %s", tf.__version__, device)
     return device
+
+
+#: GPU memory assumed where TensorFlow does not say how much the card has: small
+#: enough for any card that runs TensorFlow, so that a run never over-commits.
+DEFAULT_GPU_BYTES = 2 * 2**30
+# Smallest budget: below it even one small plane's activations do not fit.
+_MIN_BUDGET = 2**28
+
+
+def _env_bytes(name: str) -> int | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        raise SettingsError(name, text, "must be a number of bytes, e.g. 4e9") from None
+
+
+def host_memory_available() -> int:
+    """Main memory available to this process: what the machine has free, or the cgroup limit where lower."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    limit = _cgroup_limit()
+    if limit is not None:  # a container or a cluster job may allow far less than the machine has
+        available = min(available, limit)
+    return available
+
+
+def host_memory_budget() -> int:
+    """Bytes of main memory the planes (volumes) in flight may hold: a quarter of what is available.
+
+    ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
+    """
+    env = _env_bytes("STARDIST_HOST_MEMORY")
+    return env if env is not None else max(_MIN_BUDGET, host_memory_available() // 4)
+
+
+def gpu_memory_total() -> int | None:
+    """Bytes TensorFlow may use on the first visible GPU, or None without a GPU.
+
+    TensorFlow's public API reports only the memory in use
+    (``tf.config.experimental.get_memory_info``), so the card's total comes
+    from the local device list (its ``memory_limit``); where that is not
+    available, ``STARDIST_HOST_GPU_BYTES`` or :data:`DEFAULT_GPU_BYTES`.
+    """
+    import tensorflow as tf
+
+    if not tf.config.get_visible_devices("GPU"):
+        return None
+    env = _env_bytes("STARDIST_HOST_GPU_BYTES")
+    if env is not None:
+        return env
+    try:
+        from tensorflow.python.client import device_lib
+
+        limits = [d.memory_limit for d in device_lib.list_local_devices() if d.device_type == "GPU"]
+    except (ImportError, AttributeError, RuntimeError) as err:
+        log.info("GPU memory unknown (%s): assuming %d MiB", err, DEFAULT_GPU_BYTES // 2**20)
+        return DEFAULT_GPU_BYTES
+    if not limits or not limits[0]:
+        log.info("GPU memory unknown: assuming %d MiB", DEFAULT_GPU_BYTES // 2**20)
+        return DEFAULT_GPU_BYTES
+    return int(limits[0])
+
+
+def memory_budget(use_gpu: bool | None = None) -> int:
+    """Bytes the network may use for one call: half the GPU memory not in use, else a quarter of main memory.
+
+    ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
+
+    Parameters
+    ----------
+    use_gpu
+        False: main memory even where a GPU is visible.
+    """
+    env = _env_bytes("STARDIST_HOST_MEMORY")
+    if env is not None:
+        return env
+    total = gpu_memory_total() if use_gpu is not False else None
+    if total is not None:
+        import tensorflow as tf
+
+        used = tf.config.experimental.get_memory_info("GPU:0")["current"]
+        return max(_MIN_BUDGET, (total - used) // 2)
+    return host_memory_budget()
+
+
+def _cgroup_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The memory limit of this process's control group (Linux, cgroup v1 or v2), if any."""
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidate = os.path.join(root, path.lstrip("/"), "memory.max")
+        elif "memory" in controllers.split(","):
+            candidate = os.path.join(root, "memory", path.lstrip("/"), "memory.limit_in_bytes")
+        else:
+            continue
+        try:
+            with open(candidate) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    return None

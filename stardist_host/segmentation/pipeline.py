@@ -4,108 +4,66 @@ stardist's ``predict_instances`` calls Keras' ``predict`` once per plane; for
 small planes its per-call overhead costs more than the network itself, and
 non-maximum suppression (NMS) then runs while the network waits.  Here:
 
-- a reader thread reads and normalises the next planes (or volumes);
-- the main thread pads them exactly as stardist does, stacks those of one
-  shape into a batch and calls the network directly (a compiled function,
+- the calling thread reads and normalises each plane (volume) through the
+  ``read`` callable, pads it exactly as stardist does and stacks those of one
+  shape into a batch; it is the only thread that calls ``read`` and the only
+  one that sees the results, so a host's image set is used from the thread
+  that owns it;
+- one network thread calls the network on each batch (a compiled function,
   not ``predict``);
 - worker threads turn each plane's probabilities and distances into labels
-  with stardist's own thresholding, NMS and rendering.
+  with stardist's own thresholding, NMS and rendering
+  (:mod:`stardist_host.segmentation.stardist_compat`).
 
-So the labels are those of ``predict_instances`` on the same input.  Units
-that need tiling, Z rescaling, or that are too big for one prediction go
-through stardist's own ``predict_instances`` (or ``predict_instances_big``)
-on the same threads, with automatic tile counts and a retry with more tiles
-when TensorFlow runs out of memory.
+So the labels are those of ``predict_instances`` on the same input, up to the
+last bits of float32 arithmetic in a batched call.  Units that need tiling, Z
+rescaling, or that are too big for one prediction go through stardist's own
+``predict_instances`` (or ``predict_instances_big``) on the network thread,
+with automatic tile counts and a retry with more tiles when TensorFlow runs
+out of memory.  Units read but not yet handed back are bounded in bytes
+(:func:`~stardist_host.segmentation.device.host_memory_budget`), not counted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import queue
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BatchedPredictor", "predict_units", "auto_n_tiles", "batch_limit", "memory_budget", "is_out_of_memory", "BIG_PIXELS"]
+from ..errors import Cancelled
+from . import stardist_compat as compat
+from .device import host_memory_budget, memory_budget
+
+__all__ = ["BatchedPredictor", "UnitPredictor", "predict_units", "auto_n_tiles", "batch_limit", "memory_budget",
+           "is_out_of_memory", "plan_blocks", "BlockPlan", "BIG_PIXELS"]
 
 log = logging.getLogger(__name__)
 
 #: Planes (volumes) above this many pixels (voxels) go through predict_instances_big.
 BIG_PIXELS = 8192 * 8192
+# Block edge asked of predict_instances_big (before the planner fits it to the shape):
+# 4096^2 pixels or 256^3 voxels, a quarter of BIG_PIXELS, each then tiled to fit the budget.
+_BIG_BLOCK = {2: 4096, 3: 256}
+# Overlap of neighbouring blocks: objects up to this size (pixels) are never cut.
+_BIG_OVERLAP = 96
 # Largest automatic batch: beyond 8 to 16 planes a CPU gains nothing, and memory stays small.
 _MAX_BATCH = 16
 # Bytes of network activations per input pixel (voxel), measured for stardist's default
 # U-Nets in float32 and rounded up; it sets how many pixels go through the network at once.
 _BYTES_PER_PIXEL = {2: 1200, 3: 2400}
 
+Read = Callable[[object], "NDArray | None"]
+
 
 def batch_limit(pixels: int, ndim: int, budget: int) -> int:
     """Inputs of ``pixels`` pixels (voxels) per network call that fit ``budget`` bytes (1 to 16)."""
     return max(1, min(_MAX_BATCH, budget // (_BYTES_PER_PIXEL[min(max(ndim, 2), 3)] * pixels)))
-
-
-def memory_budget(use_gpu: bool | None = None) -> int:
-    """Bytes the network may use for one call: a share of the free GPU or main memory.
-
-    Main memory is what the machine has available, or the process's cgroup
-    limit where that is lower.
-
-    ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
-    """
-    env = os.environ.get("STARDIST_HOST_MEMORY")
-    if env:
-        return int(float(env))
-    if use_gpu is not False:
-        try:
-            import tensorflow as tf
-
-            if tf.config.get_visible_devices("GPU"):
-                info = tf.config.experimental.get_memory_info("GPU:0")
-                total = int(os.environ.get("STARDIST_HOST_GPU_BYTES", 8 * 2**30))
-                return max(2**28, (total - info["current"]) // 2)
-        except (ImportError, ValueError, RuntimeError):
-            pass
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
-    except (OSError, StopIteration):
-        available = 4 * 2**30
-    limit = _cgroup_limit()
-    if limit is not None:  # a container or a cluster job may allow far less than the machine has
-        available = min(available, limit)
-    return max(2**28, available // 4)
-
-
-def _cgroup_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
-    """The memory limit of this process's control group (Linux, cgroup v1 or v2), if any."""
-    try:
-        with open(proc) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            candidate = os.path.join(root, path.lstrip("/"), "memory.max")
-        elif "memory" in controllers.split(","):
-            candidate = os.path.join(root, "memory", path.lstrip("/"), "memory.limit_in_bytes")
-        else:
-            continue
-        try:
-            with open(candidate) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:
-            return int(text)
-    return None
 
 
 def auto_n_tiles(shape: tuple[int, ...], budget: int | None = None, *, ndim: int | None = None) -> tuple[int, ...]:
@@ -134,86 +92,126 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or "out of memory" in str(err).lower() or "OOM" in str(err)
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """Arguments of ``predict_instances_big``, per axis."""
+
+    block_size: tuple[int, ...]
+    min_overlap: tuple[int, ...]
+    context: tuple[int, ...]
+
+
+def _up(value: int, grid: int) -> int:
+    return -(-value // grid) * grid
+
+
+def plan_blocks(
+    shape: tuple[int, ...], grid: tuple[int, ...], *, block: tuple[int, ...], min_overlap: tuple[int, ...],
+    context: tuple[int, ...],
+) -> BlockPlan | None:
+    """Block sizes that stardist's ``predict_instances_big`` accepts for ``shape``, or None where none exist.
+
+    stardist rounds every value up to a multiple of ``grid`` and then asserts
+    ``0 <= min_overlap + 2*context < block_size <= size`` on each axis.  An
+    axis too thin for the asked overlap and context (a 100-plane Z axis) is
+    one block over the whole axis with neither, when its size is a multiple of
+    the grid; else two blocks of the largest grid multiple that fits,
+    overlapping by all but one grid step (that axis is predicted twice).  None
+    only for an axis shorter than two grid steps that is not a grid multiple.
+
+    Parameters
+    ----------
+    shape
+        The plane's (volume's) shape.
+    grid
+        Multiples per axis that stardist requires (:func:`stardist_compat.block_grid`).
+    block, min_overlap, context
+        Wanted block size, overlap between blocks and context per axis.
+    """
+    sizes, overlaps, contexts = [], [], []
+    for s, g, b, o, c in zip(shape, grid, block, min_overlap, context):
+        o, c = _up(o, g), _up(c, g)
+        b = max(_up(b, g), o + 2 * c + g)
+        if b < s:
+            pass
+        elif s % g == 0:
+            b, o, c = s, 0, 0
+        elif s >= 2 * g:
+            b = s // g * g
+            if o + 2 * c >= b:
+                o, c = b - g, 0
+        else:
+            return None
+        sizes.append(b)
+        overlaps.append(o)
+        contexts.append(c)
+    return BlockPlan(tuple(sizes), tuple(overlaps), tuple(contexts))
+
+
 @dataclass
 class _Prepared:
     unit: object
     image: NDArray  # normalised, as read
     x: NDArray  # padded, axes of the network (…, C)
     resizer: object
+    future: Future = field(default_factory=Future)  # the labels, once NMS is done
 
 
 class BatchedPredictor:
     """A StarDist model's network called on batches, with stardist's own post-processing per plane."""
 
     def __init__(self, model, *, prob_thresh: float | None = None, nms_thresh: float | None = None) -> None:
-        import tensorflow as tf
-
         self.model = model
         self.prob_thresh = float(model.thresholds.prob if prob_thresh is None else prob_thresh)
         self.nms_thresh = float(model.thresholds.nms if nms_thresh is None else nms_thresh)
         self.ndim = model.config.n_dim
-        # one compiled call per model, kept on it, so that later runs reuse its traces
-        self._forward = getattr(model, "_stardist_host_forward", None)
-        if self._forward is None:
-            keras_model = model.keras_model
-
-            @tf.autograph.experimental.do_not_convert
-            def forward(x):
-                return keras_model([x], training=False)
-
-            self._forward = model._stardist_host_forward = tf.function(forward, reduce_retracing=True)
+        self._forward = compat.network_function(model)
 
     def prepare(self, unit, image: NDArray) -> _Prepared:
         """Pad a normalised plane (volume) as stardist's predict does."""
-        setup = self.model._predict_setup(image, None, None, None, False, {})
-        x, resizer = setup[0], setup[5]
+        x, resizer = compat.pad_for_network(self.model, image)
         return _Prepared(unit, image, x, resizer)
 
     def network(self, batch: list[_Prepared]) -> list[tuple[NDArray, NDArray]]:
         """Probabilities and distances for a batch of prepared inputs of one shape."""
-        outputs = self._forward(np.stack([p.x for p in batch]))
-        prob, dist = (np.asarray(o) for o in outputs[:2])
+        prob, dist = self._forward(np.stack([p.x for p in batch]))
         return [(prob[i], dist[i]) for i in range(len(batch))]
 
     def instances(self, prepared: _Prepared, prob: NDArray, dist: NDArray) -> NDArray:
         """Labels from one input's network output: stardist's sparse thresholding, NMS and rendering."""
-        from stardist.models.base import _ind_prob_thresh
-
-        model = self.model
-        prob = prob[..., 0]
-        dist = np.maximum(1e-3, dist)
-        inds = _ind_prob_thresh(prob, self.prob_thresh, b=2)
-        points = np.stack(np.where(inds), axis=1) * np.asarray(model.config.grid).reshape(1, -1)
-        probs, dists = prob[inds].copy(), dist[inds].copy()
-        keep = prepared.resizer.filter_points(prepared.x.ndim, points, model.config.axes)
-        labels, _ = model._instances_from_prediction(
-            prepared.image.shape, probs[keep], dists[keep], points=points[keep],
-            prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh, verbose=False,
-        )
-        return labels
+        points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
+        return compat.instances(self.model, prepared.image.shape, points, probs, dists,
+                                prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh)
 
 
-def predict_units(
-    model,
-    units: Iterable,
-    read: Callable[[object], NDArray],
-    *,
-    prob_thresh: float | None = None,
-    nms_thresh: float | None = None,
-    n_tiles: tuple[int, ...] | None = None,
-    scale: tuple[float, ...] | None = None,
-    batch_size: int | None = None,
-    workers: int = 2,
-    budget: int | None = None,
-) -> Iterator[tuple[object, NDArray]]:
-    """Yield (unit, labels) for each unit, in order, from the batched pipeline.
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _forward_result(source: Future, target: Future) -> None:
+    """Copy ``source``'s outcome to ``target`` when it is done."""
+    def copy(f: Future) -> None:
+        if f.cancelled():
+            target.cancel()
+            return
+        err = f.exception()
+        target.set_exception(err) if err is not None else target.set_result(f.result())
+
+    source.add_done_callback(copy)
+
+
+class UnitPredictor:
+    """Labels for a sequence of planes (volumes): reading on the calling thread, the network and NMS on others.
+
+    Use :meth:`predict` once, then :meth:`close` (or use it as a context
+    manager); :func:`predict_units` does both.
 
     Parameters
     ----------
     model
         A StarDist2D or StarDist3D model.
-    units
-        What to predict, in order; ``read(unit)`` returns its normalised image.
     prob_thresh, nms_thresh
         None: the model's own.
     n_tiles
@@ -221,134 +219,186 @@ def predict_units(
     scale
         Rescaling for prediction (3D anisotropy), passed to stardist.
     batch_size
-        Planes per network call; None fills the memory budget (at most 16).
+        Planes per network call; None fills the network's memory budget (at most 16).
     workers
         Threads for NMS and rendering.
     budget
-        Bytes the network may use; None: :func:`memory_budget`.
+        Bytes the network may use; None: :func:`~stardist_host.segmentation.device.memory_budget`.
+    memory
+        Bytes the units read but not yet handed back may hold (inputs, padded
+        inputs, network outputs, labels); None:
+        :func:`~stardist_host.segmentation.device.host_memory_budget`.  One unit
+        is always allowed, however big.
+    cancel
+        Called before each unit is read and before each batch goes to the
+        network; True stops with :class:`~stardist_host.errors.Cancelled`.
     """
-    budget = memory_budget() if budget is None else budget
-    predictor = BatchedPredictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
-    ndim = predictor.ndim
-    inbox: queue.Queue = queue.Queue(maxsize=2 * (batch_size or 8))
-    done = object()
-    stop = threading.Event()
 
-    def reader() -> None:
-        try:
-            for unit in units:
-                image = read(unit)
-                while not stop.is_set():
-                    try:
-                        inbox.put((unit, image), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as err:  # handed to the main thread
-            inbox.put(err)
+    def __init__(self, model, *, prob_thresh: float | None = None, nms_thresh: float | None = None,
+                 n_tiles: tuple[int, ...] | None = None, scale: tuple[float, ...] | None = None,
+                 batch_size: int | None = None, workers: int = 2, budget: int | None = None,
+                 memory: int | None = None, cancel: Callable[[], bool] | None = None) -> None:
+        self.model = model
+        self.prob_thresh, self.nms_thresh = prob_thresh, nms_thresh
+        self.n_tiles = tuple(n_tiles) if n_tiles else None
+        self.scale = scale
+        self.batch_size = batch_size
+        self.budget = memory_budget() if budget is None else budget
+        self.memory = host_memory_budget() if memory is None else memory
+        self.cancel = cancel
+        self.predictor = BatchedPredictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
+        self.ndim = self.predictor.ndim
+        # one network thread: Keras' predict is not documented as thread-safe, and one
+        # call at a time keeps the activations within the budget
+        self._net = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stardist-host-net")
+        self._nms = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="stardist-host-nms")
+        grid = np.asarray(model.config.grid)
+        n_rays = getattr(model.config, "n_rays", 32)
+        # float32 input, padded input and int32 labels per pixel, plus prob and distances on the grid
+        self._bytes_per_pixel = 12 + 4 * (1 + n_rays) / float(np.prod(grid))
+
+    def __enter__(self) -> "UnitPredictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads: queued work is dropped, a running network call is waited for."""
+        self._net.shutdown(wait=True, cancel_futures=True)  # first: it hands work to the NMS pool
+        self._nms.shutdown(wait=True, cancel_futures=True)
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("cancelled: segmentation stopped on request")
+
+    def unit_bytes(self, image: NDArray) -> int:
+        """Bytes one read unit holds until it is handed back."""
+        return int(image.size * self._bytes_per_pixel)
+
+    def needs_direct(self, image: NDArray) -> bool:
+        """Whether ``image`` goes through stardist's own prediction: tiled, rescaled, or too big for one call."""
+        tiled = bool(self.n_tiles and math.prod(self.n_tiles) > 1) or self.scale is not None
+        return tiled or math.prod(auto_n_tiles(image.shape, self.budget, ndim=self.ndim)) > 1
+
+    def predict(self, units: Iterable, read: Read) -> Iterator[tuple[object, NDArray | None]]:
+        """Yield (unit, labels) in order; ``read(unit)`` gives the normalised image, or None for "no signal".
+
+        ``read`` is called on the thread that iterates, and labels are handed
+        back on it; only the network and NMS run elsewhere.
+        """
+        pending: deque[tuple[object, Future, int]] = deque()
+        batch: list[_Prepared] = []
+        estimate = 0  # bytes of the last unit read: the next one is alike
+        for unit in units:
+            self._check_cancel()
+            if pending and sum(p[2] for p in pending) + estimate > self.memory:
+                self._flush(batch)
+                while pending and sum(p[2] for p in pending) + estimate > self.memory:
+                    yield self._pop(pending)
+            while pending and pending[0][1].done():
+                yield self._pop(pending)
+            image = read(unit)
+            if image is None:
+                pending.append((unit, _done(None), 0))
+                continue
+            estimate = self.unit_bytes(image)
+            if self.needs_direct(image):
+                self._flush(batch)
+                pending.append((unit, self._net.submit(self.direct, image), estimate))
+                continue
+            prepared = self.predictor.prepare(unit, image)
+            if batch and prepared.x.shape != batch[0].x.shape:
+                self._flush(batch)
+            batch.append(prepared)
+            pending.append((unit, prepared.future, estimate))
+            limit = self.batch_size or batch_limit(prepared.x.size, self.ndim, self.budget)
+            if len(batch) >= limit:
+                self._flush(batch)
+        self._flush(batch)
+        while pending:
+            yield self._pop(pending)
+
+    @staticmethod
+    def _pop(pending: deque) -> tuple[object, NDArray | None]:
+        unit, future, _ = pending.popleft()
+        return unit, future.result()
+
+    def _flush(self, batch: list[_Prepared]) -> None:
+        """Hand the batch to the network thread (between batches: a place to stop)."""
+        if not batch:
             return
-        inbox.put(done)
+        self._check_cancel()
+        self._net.submit(self._run_batch, list(batch))
+        batch.clear()
 
-    def direct(unit, image) -> NDArray:
-        """stardist's own prediction, for units that are tiled, rescaled or big; retried on OOM."""
-        tiles = tuple(n_tiles) if n_tiles else auto_n_tiles(image.shape, budget, ndim=ndim)
+    def _run_batch(self, batch: list[_Prepared]) -> None:
+        """On the network thread: the network on a batch (halved on out-of-memory), then NMS per input."""
+        try:
+            outputs = self.predictor.network(batch)
+        except Exception as err:
+            if not is_out_of_memory(err):
+                for prepared in batch:
+                    prepared.future.set_exception(err)
+            elif len(batch) > 1:
+                log.warning("out of memory with a batch of %d: retrying in halves", len(batch))
+                self._run_batch(batch[: len(batch) // 2])
+                self._run_batch(batch[len(batch) // 2:])
+            else:
+                log.warning("out of memory on one plane: predicting it in tiles")
+                try:
+                    batch[0].future.set_result(self.direct(batch[0].image))
+                except Exception as again:
+                    batch[0].future.set_exception(again)
+            return
+        for prepared, (prob, dist) in zip(batch, outputs):
+            _forward_result(self._nms.submit(self.predictor.instances, prepared, prob, dist), prepared.future)
+
+    def _scaled(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)
+
+    def blocks(self, shape: tuple[int, ...]) -> BlockPlan | None:
+        """How ``predict_instances_big`` splits a unit of ``shape`` (:func:`plan_blocks`)."""
+        axes = "YX" if self.ndim == 2 else "ZYX"
+        return plan_blocks(shape, compat.block_grid(self.model, axes), block=(_BIG_BLOCK[self.ndim],) * self.ndim,
+                           min_overlap=(_BIG_OVERLAP,) * self.ndim, context=compat.tile_overlap(self.model, axes))
+
+    def direct(self, image: NDArray) -> NDArray:
+        """stardist's own prediction, for units that are tiled, rescaled or big; retried with more tiles on OOM."""
+        plan = self.blocks(image.shape) if math.prod(image.shape) > BIG_PIXELS else None
+        shape = self._scaled(plan.block_size if plan else image.shape)
+        tiles = self.n_tiles or auto_n_tiles(shape, self.budget, ndim=self.ndim)
         while True:
             try:
-                if math.prod(image.shape) > BIG_PIXELS:
-                    block = tuple(min(s, 4096 if ndim == 2 else 512) for s in image.shape)
-                    labels, _ = model.predict_instances_big(
-                        image, axes="YX" if ndim == 2 else "ZYX", block_size=block, min_overlap=(96,) * ndim,
-                        context=(64,) * ndim, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=tiles,
-                        show_progress=False, show_tile_progress=False)
-                else:
-                    labels, _ = model.predict_instances(image, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                                                        n_tiles=tiles, scale=scale, show_tile_progress=False)
-                return labels
+                return self._predict(image, plan, tiles)
             except Exception as err:
-                if not is_out_of_memory(err) or all(t >= s for t, s in zip(tiles, image.shape)):
+                if not is_out_of_memory(err) or all(t >= s for t, s in zip(tiles, shape)):
                     raise
-                axis = int(np.argmax([s / t for s, t in zip(image.shape, tiles)]))
+                axis = int(np.argmax([s / t for s, t in zip(shape, tiles)]))
                 tiles = tuple(t * 2 if i == axis else t for i, t in enumerate(tiles))
                 log.warning("out of memory: retrying with n_tiles=%s", tiles)
 
-    def needs_direct(image: NDArray) -> bool:
-        tiled = bool(n_tiles and math.prod(n_tiles) > 1) or scale is not None
-        return tiled or math.prod(auto_n_tiles(image.shape, budget, ndim=ndim)) > 1
-
-    def submit(batch: list[_Prepared]) -> None:
-        """Run a batch through the network (halving it on out-of-memory) and queue its post-processing."""
-        try:
-            outputs = predictor.network(batch)
-        except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            if len(batch) == 1:
-                log.warning("out of memory on one plane: predicting it in tiles")
-                pending.append((batch[0].unit, pool.submit(direct, batch[0].unit, batch[0].image)))
-                return
-            log.warning("out of memory with a batch of %d: retrying in halves", len(batch))
-            submit(batch[: len(batch) // 2])
-            submit(batch[len(batch) // 2:])
-            return
-        for prepared, (prob, dist) in zip(batch, outputs):
-            pending.append((prepared.unit, pool.submit(predictor.instances, prepared, prob, dist)))
-
-    def take(block: bool):
-        item = inbox.get() if block else _get_nowait(inbox)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    thread = threading.Thread(target=reader, name="stardist-host-reader", daemon=True)
-    thread.start()
-    pending: deque[tuple[object, Future]] = deque()
-    max_pending = 2 * max(workers, 1) + (batch_size or 8)
-    carry = None  # an item read but not yet placed: it did not fit the last batch
-    finished = False
-    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="stardist-host-nms") as pool:
-        try:
-            while not finished or pending:
-                if not finished:
-                    batch: list[_Prepared] = []
-                    limit = batch_size or _MAX_BATCH
-                    while len(batch) < limit:
-                        item, carry = (carry, None) if carry is not None else (take(block=not batch), None)
-                        if item is None:
-                            break
-                        if item is done:
-                            finished = True
-                            break
-                        unit, image = item
-                        if needs_direct(image):
-                            if batch:
-                                carry = item
-                            else:
-                                pending.append((unit, pool.submit(direct, unit, image)))
-                            break
-                        prepared = predictor.prepare(unit, image)
-                        if batch and prepared.x.shape != batch[0].x.shape:
-                            carry = item
-                            break
-                        batch.append(prepared)
-                        if batch_size is None:
-                            limit = batch_limit(prepared.x.size, ndim, budget)
-                    if batch:
-                        submit(batch)
-                # hand back finished units in order; wait when too many are in flight, or at the end
-                while pending and (pending[0][1].done() or len(pending) > max_pending or finished):
-                    unit, future = pending.popleft()
-                    yield unit, future.result()
-        finally:
-            stop.set()
-            for _, future in pending:
-                future.cancel()
-            thread.join(timeout=5)
+    def _predict(self, image: NDArray, plan: BlockPlan | None, tiles: tuple[int, ...]) -> NDArray:
+        options = dict(prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh, n_tiles=tiles, scale=self.scale,
+                       show_tile_progress=False)
+        if plan is None:
+            return self.model.predict_instances(image, **options)[0]
+        log.info("%s of %s pixels: predicted in blocks of %s (overlap %s, context %s)", "plane" if self.ndim == 2
+                 else "volume", image.shape, plan.block_size, plan.min_overlap, plan.context)
+        with compat.prints_to_log(log):  # stardist prints the block geometry
+            labels, _ = self.model.predict_instances_big(
+                image, axes="YX" if self.ndim == 2 else "ZYX", block_size=plan.block_size,
+                min_overlap=plan.min_overlap, context=plan.context, show_progress=False, **options)
+        return labels
 
 
-def _get_nowait(inbox: queue.Queue):
-    try:
-        return inbox.get(timeout=0.005)
-    except queue.Empty:
-        return None
+def predict_units(model, units: Iterable, read: Read, **options) -> Iterator[tuple[object, NDArray | None]]:
+    """Yield (unit, labels) for each unit, in order, from the batched pipeline; threads end with the generator.
+
+    ``read(unit)`` returns the unit's normalised image, or None where it has no
+    signal (then labels is None).  Close the generator
+    (``contextlib.closing``) when not iterating to the end, so that its threads
+    stop at once.  ``options`` are those of :class:`UnitPredictor`.
+    """
+    with UnitPredictor(model, **options) as predictor:
+        yield from predictor.predict(units, read)

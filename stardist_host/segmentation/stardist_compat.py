@@ -1,0 +1,185 @@
+"""Every use of stardist's private API, and every Keras 2 / Keras 3 difference, in one place.
+
+The batched pipeline (:mod:`stardist_host.segmentation.pipeline`) reuses the
+steps of stardist's ``predict_instances`` one by one: the padding of
+``_predict_setup``, the sparse thresholding of ``_ind_prob_thresh``, the
+resizer's ``filter_points`` and the NMS and rendering of
+``_instances_from_prediction``.  None of them is public, so each is wrapped
+here in a small function, and :func:`check_private_api` compares their
+signatures with the ones these wrappers were written for.  The tests run it,
+so a stardist release that renames or changes one fails loudly instead of
+giving wrong labels.
+
+Checked against stardist 0.8.5, 0.8.6, 0.9.0, 0.9.1 and 0.9.2 (pyproject pins
+``stardist<0.10``), with TensorFlow 2.10 (Keras 2) and TensorFlow 2.21 (Keras 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+from typing import Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "CHECKED_VERSIONS",
+    "PRIVATE_API",
+    "check_private_api",
+    "pad_for_network",
+    "candidates",
+    "instances",
+    "tile_overlap",
+    "block_grid",
+    "network_function",
+    "prints_to_log",
+]
+
+log = logging.getLogger(__name__)
+
+#: stardist versions whose private API the functions below were checked against.
+CHECKED_VERSIONS = ("0.8.5", "0.8.6", "0.9.0", "0.9.1", "0.9.2")
+
+#: (module, attribute path) -> the leading parameter names the wrappers rely on.
+PRIVATE_API: dict[tuple[str, str], tuple[str, ...]] = {
+    ("stardist.models.base", "StarDistBase._predict_setup"):
+        ("self", "img", "axes", "normalizer", "n_tiles", "show_tile_progress", "predict_kwargs"),
+    ("stardist.models.base", "StarDistBase._axes_tile_overlap"): ("self", "query_axes"),
+    ("stardist.models.base", "StarDistBase._axes_div_by"): ("self", "query_axes"),
+    ("stardist.models.base", "StarDistPadAndCropResizer.filter_points"): ("self", "ndim", "points", "axes"),
+    ("stardist.nms", "_ind_prob_thresh"): ("prob", "prob_thresh", "b"),
+    ("stardist.models.model2d", "StarDist2D._instances_from_prediction"):
+        ("self", "img_shape", "prob", "dist", "points", "prob_class", "prob_thresh", "nms_thresh"),
+    ("stardist.models.model3d", "StarDist3D._instances_from_prediction"):
+        ("self", "img_shape", "prob", "dist", "points", "prob_class", "prob_thresh", "nms_thresh"),
+}
+
+# _predict_setup returns a tuple; these are the places of the padded input and the resizer.
+_SETUP_LENGTH, _SETUP_X, _SETUP_RESIZER = 12, 0, 5
+
+
+def check_private_api() -> list[str]:
+    """Differences between the installed stardist and :data:`PRIVATE_API`; empty when all is as expected.
+
+    Returns
+    -------
+    list of str
+        One line per private name that is missing or whose parameters changed.
+    """
+    import importlib
+
+    problems = []
+    for (module, path), expected in PRIVATE_API.items():
+        obj = importlib.import_module(module)
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            problems.append(f"{module}.{path} is missing")
+            continue
+        found = tuple(inspect.signature(obj).parameters)[: len(expected)]
+        if found != expected:
+            problems.append(f"{module}.{path} takes {found}, expected {expected}")
+    return problems
+
+
+def pad_for_network(model, image: NDArray) -> tuple[NDArray, object]:
+    """The input as stardist's ``predict`` pads it (network axes, channel last) and the resizer that did it.
+
+    Parameters
+    ----------
+    model
+        A StarDist2D or StarDist3D model.
+    image
+        A normalised plane (YX) or volume (ZYX).
+
+    Returns
+    -------
+    x, resizer
+        The padded input and the ``StarDistPadAndCropResizer`` that knows the padding.
+    """
+    setup = model._predict_setup(image, None, None, None, False, {})
+    if len(setup) != _SETUP_LENGTH:
+        raise RuntimeError(f"stardist's _predict_setup returned {len(setup)} values, expected {_SETUP_LENGTH}; "
+                           f"this stardist version is not supported (checked: {', '.join(CHECKED_VERSIONS)})")
+    return setup[_SETUP_X], setup[_SETUP_RESIZER]
+
+
+def candidates(model, x: NDArray, resizer, prob: NDArray, dist: NDArray, prob_thresh: float):
+    """Points, probabilities and distances above ``prob_thresh`` inside the unpadded image, as stardist picks them.
+
+    ``prob`` is the network's (…, 1) output and ``dist`` its (…, n_rays) one for the padded ``x``.
+    """
+    from stardist.nms import _ind_prob_thresh
+
+    prob = prob[..., 0]
+    dist = np.maximum(1e-3, dist)  # as predict_instances: no zero or negative ray lengths
+    inds = _ind_prob_thresh(prob, prob_thresh, b=2)
+    points = np.stack(np.where(inds), axis=1) * np.asarray(model.config.grid).reshape(1, -1)
+    probs, dists = prob[inds].copy(), dist[inds].copy()
+    keep = resizer.filter_points(x.ndim, points, model.config.axes)
+    return points[keep], probs[keep], dists[keep]
+
+
+def instances(model, shape: tuple[int, ...], points: NDArray, probs: NDArray, dists: NDArray, *,
+              prob_thresh: float, nms_thresh: float) -> NDArray:
+    """Labels from candidates: stardist's NMS and polygon (polyhedron) rendering."""
+    labels, _ = model._instances_from_prediction(
+        shape, probs, dists, points=points, prob_thresh=prob_thresh, nms_thresh=nms_thresh, verbose=False,
+    )
+    return labels
+
+
+def tile_overlap(model, axes: str) -> tuple[int, ...]:
+    """The network's receptive field per axis: the context a block needs in ``predict_instances_big``."""
+    return tuple(int(v) for v in model._axes_tile_overlap(axes))
+
+
+def block_grid(model, axes: str) -> tuple[int, ...]:
+    """What block sizes must be multiples of per axis in ``predict_instances_big`` (pooling times grid)."""
+    return tuple(int(v) for v in model._axes_div_by(axes))
+
+
+def network_function(model) -> Callable[[NDArray], tuple[NDArray, NDArray]]:
+    """A compiled call of the model's network on a batch: ``f(x) -> (prob, dist)`` as numpy arrays.
+
+    The input is passed as a tensor, not as ``[x]``: Keras 3 warns on every
+    trace when a single-input functional model gets a list, and Keras 2
+    accepts both.
+    """
+    import tensorflow as tf
+
+    keras_model = model.keras_model
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(x):
+        return keras_model(x, training=False)
+
+    # reduce_retracing: one trace serves every batch size (TensorFlow >= 2.9)
+    compiled = tf.function(forward, reduce_retracing=True)
+
+    def call(x: NDArray) -> tuple[NDArray, NDArray]:
+        outputs = compiled(tf.convert_to_tensor(x))
+        return np.asarray(outputs[0]), np.asarray(outputs[1])
+
+    return call
+
+
+@contextlib.contextmanager
+def prints_to_log(logger: logging.Logger) -> Iterator[None]:
+    """Send what stardist and csbdeep print ("Loading network weights ...") to ``logger`` at DEBUG.
+
+    ``sys.stdout`` is process-wide, so prints of other threads during the block
+    land in the log too.
+    """
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                logger.debug("%s", line)
