@@ -336,7 +336,7 @@ def _config(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, valid
         rays = Rays_GoldenSpiral(settings.n_rays or 96, anisotropy=anisotropy)
         config = Config3D(rays=rays, grid=grid, anisotropy=anisotropy, backbone="unet", unet_n_depth=_UNET_DEPTH_3D,
                           **common)
-        log.info("3D: anisotropy %s, grid %s, %d rays", tuple(round(a, 3) for a in anisotropy), grid, rays.n_rays)
+        log.info("3D: anisotropy %s, grid %s, %d rays", tuple(round(a, 3) for a in anisotropy), grid, len(rays))
     divisor = _divisor(config)
     if settings.patch_size is None:
         patch = fit_patch(train_pairs, val_pairs, divisor, largest=LARGEST_PATCH[train_pairs.ndim],
