@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from stardist_host import synthetic  # noqa: E402
+from stardist_host.testing import synthetic  # noqa: E402
 from stardist_host.cli import main as cli  # noqa: E402
 
 SEED = 42
@@ -53,20 +54,26 @@ def _save(folder: Path, name: str, image, mask, axes: str, voxel=None) -> tuple[
     return str(img_path), str(mask_path)
 
 
+def _replaced(value, old: str, new: str):
+    """``value`` (a card's JSON data) with ``old`` replaced by ``new`` in every string."""
+    if isinstance(value, dict):
+        return {k: _replaced(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replaced(v, old, new) for v in value]
+    return value.replace(old, new) if isinstance(value, str) else value
+
+
 def publish_card(folder: Path, tmp: Path, recipe: str) -> None:
-    """Record the recipe command in the model card, with this machine's temporary paths replaced."""
-    import json
+    """Record the recipe in the model card, with this machine's temporary paths replaced (README.md follows)."""
+    from stardist_host.training.train import read_card, write_card
 
-    from stardist_host.training.train import card_text
-
-    card_path = folder / "model_card.json"
-    text = card_path.read_text().replace(str(tmp), "<demo data>").replace(str(folder.parent), "models")
-    text = text.replace(str(ROOT) + "/", "")
-    card = json.loads(text)
+    card = read_card(folder)
+    for old, new in ((str(tmp), "<demo data>"), (str(folder.parent), "models"), (str(ROOT) + os.sep, "")):
+        card = _replaced(card, old, new)
     card["recipe"] = recipe
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "README.md").write_text(f"Made by `{recipe}`; the training data are written to <demo data>, a temporary "
-                                      "folder, from the images the stardist package ships.\n\n" + card_text(card))
+    card["recipe_note"] = ("the training data are written to <demo data>, a temporary folder, from the images the "
+                           "stardist package ships")
+    write_card(folder, card)
 
 
 def _run(args: list[str]) -> None:
