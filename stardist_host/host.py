@@ -4,6 +4,13 @@ A host application (or a test, or the headless scripts) hands its image set to
 the scripts with :func:`set_active_imageset`; segmentation and analyses use
 nothing but the members of :class:`ImageSet`, so any object that has them,
 a host's native image set included, plugs in unchanged.  All indices are 0-based.
+
+Threading: segmentation calls an image set only from the thread that
+started the run (the thread that called ``run``/``segment``); the network
+and NMS run on other threads but never touch the image set.  So
+an image set need not be thread-safe, and a host whose objects must be used
+from the thread that owns them (COM or .NET bridges, Qt) starts the run on
+that thread.
 """
 
 from __future__ import annotations
@@ -14,25 +21,19 @@ from numpy.typing import DTypeLike, NDArray
 
 from .errors import NoImageSetError
 
-__all__ = ["ImageSet", "set_active_imageset", "active_imageset", "check_imageset", "NoImageSetError"]
-
-_MEMBERS = (
-    "channel_count",
-    "plane_count",
-    "time_point_count",
-    "plane_shape",
-    "channel_names",
-    "voxel_size",
-    "current_time_point",
-    "get_channeldata",
-    "set_channeldata",
-    "add_channel",
-)
-
+__all__ = ["ImageSet", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset", "NoImageSetError"]
 
 @runtime_checkable
 class ImageSet(Protocol):
-    """A multi-channel 2D/3D/4D image, read and written one plane at a time."""
+    """A multi-channel 2D/3D/4D image, read and written one plane at a time.
+
+    Every member is called from one thread only: the one that started the run.
+
+    Optional member: ``remove_channel(index)`` removes the channel last made
+    by ``add_channel``.  Where an image set has it, a run that fails or is
+    cancelled removes its unfinished label channel; without it, the planes
+    written are set to 0 and the error names the incomplete channel.
+    """
 
     @property
     def channel_count(self) -> int: ...
@@ -59,7 +60,15 @@ class ImageSet(Protocol):
         """Store a (Y, X) plane."""
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
-        """Append an empty (zero) channel and return its index."""
+        """Append an empty (zero) channel and return its index.
+
+        Label channels are uint16 or uint32 (LABEL_DTYPE); an image set must
+        accept both, and store them without conversion.
+        """
+
+
+#: The members every image set must have, in the order :class:`ImageSet` declares them.
+MEMBERS: tuple[str, ...] = tuple(name for name in vars(ImageSet) if not name.startswith("_"))
 
 
 _active: ImageSet | None = None
@@ -67,11 +76,11 @@ _active: ImageSet | None = None
 
 def check_imageset(obj: object) -> ImageSet:
     """Return ``obj`` if it has every member of the contract, else raise TypeError naming the missing ones."""
-    missing = [m for m in _MEMBERS if not hasattr(obj, m)]
+    missing = [m for m in MEMBERS if not hasattr(obj, m)]
     if missing:
         raise TypeError(
             f"{type(obj).__name__} is not an image set: it lacks {', '.join(missing)} "
-            f"(an image set needs {', '.join(_MEMBERS)})"
+            f"(an image set needs {', '.join(MEMBERS)})"
         )
     return obj  # type: ignore[return-value]
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import urllib.error
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
 from ..resources import bundled_folder
+from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "read_config"]
 
@@ -138,17 +141,32 @@ def _load_folder(cls, folder: Path, ndim: int, path_setting: str):
     _check_folder(folder, ndim, path_setting)
     log.info("loading %dD model %s from %s", ndim, folder.name, folder.parent)
     try:
-        return cls(None, name=folder.name, basedir=str(folder.parent))
+        with prints_to_log(log):  # stardist prints "Loading network weights from ..." and the thresholds
+            return cls(None, name=folder.name, basedir=str(folder.parent))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"the model in {folder} could not be loaded: {err}") from err
 
 
+def _is_offline(err: BaseException) -> bool:
+    """Whether ``err`` is a failed download: no network, no name resolution, a refused or timed-out connection."""
+    if isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror, socket.timeout)):
+        return True
+    # keras' get_file turns URLError and HTTPError into a bare Exception with this text
+    return type(err) is Exception and "URL fetch failure" in str(err)
+
+
 def _load_pretrained(cls, name: str, ndim: int):
     log.info("loading registered pretrained %dD model %s (downloaded once, then cached)", ndim, name)
+    cache = Path.home() / ".keras" / "models" / cls.__name__ / name
     try:
-        return cls.from_pretrained(name)
-    except Exception as err:  # keras' get_file raises a bare Exception when offline
-        cache = Path.home() / ".keras" / "models" / cls.__name__ / name
+        with prints_to_log(log):
+            return cls.from_pretrained(name)
+    except Exception as err:
+        if not _is_offline(err):
+            raise ModelError(
+                f"the pretrained model {name!r} could not be loaded ({type(err).__name__}: {err}); if its cached "
+                f"copy is damaged, delete {cache} and run again"
+            ) from err
         raise ModelError(
             f"the pretrained model {name!r} could not be downloaded ({err}). This machine may be offline. "
             f"On a computer with internet access run: python -c \"from stardist.models import {cls.__name__}; "
