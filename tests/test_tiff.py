@@ -152,3 +152,111 @@ def test_save_refuses_to_overwrite_input(tmp_path):
     with TiffImageSet(path) as ims, pytest.raises(ValueError, match="is the input file"):
         ims.save(path)
     assert sha256(path) == before
+
+
+# --- damaged input: refused when opened, one line naming the file -----------------------------------------------
+
+def _first_part(path, out, fraction=0.5):
+    data = path.read_bytes()
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+@pytest.mark.parametrize("kwargs, fraction, message", [
+    ({"imagej": True, "metadata": {"axes": "TZCYX"}}, 0.5,
+     r"half.tif is truncated \(8237 bytes\): the last plane that can be read whole is t=1, z=0, c=2 \(plane 14 of 24\)"),
+    ({"imagej": True, "metadata": {"axes": "TZCYX"}, "truncate": True}, 0.9,
+     r"half.tif is truncated \(11390 bytes\): the last plane that can be read whole is t=1, z=2, c=0 \(plane 20 of 24\)"),
+    ({"photometric": "minisblack", "metadata": {"axes": "TZCYX"}, "compression": "zlib"}, 0.99,
+     r"half.tif is truncated \(12641 bytes, its data need more\): the last plane that can be read whole is "
+     r"t=1, z=2, c=2 \(page 22 of 24\)"),
+    ({"ome": True, "photometric": "minisblack", "metadata": {"axes": "TZCYX"}}, 0.5,
+     r"half.tif is truncated or damaged \(.*invalid value offset.*\); only 1 of its pages can be found, "
+     r"the last readable plane is page 0"),
+])
+def test_truncated_file_is_refused_when_opened(tmp_path, kwargs, fraction, message):
+    path = tmp_path / "whole.tif"
+    tifffile.imwrite(path, np.arange(2 * 3 * 4 * 16 * 16, dtype=np.uint16).reshape(2, 3, 4, 16, 16), **kwargs)
+    half = _first_part(path, tmp_path / "half.tif", fraction)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(TiffError, match=message) as err:
+        TiffImageSet(half, scratch_dir=scratch)
+    assert "\n" not in str(err.value) and list(scratch.iterdir()) == []
+
+
+def test_empty_non_tiff_and_folder_are_refused(tmp_path):
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(TiffError, match=r"^empty.tif is empty \(0 bytes\); it is not a TIFF file"):
+        TiffReader(tmp_path / "empty.tif")
+    (tmp_path / "notes.tif").write_text("not an image\n" * 10)
+    with pytest.raises(TiffError, match=r"^notes.tif is not a TIFF file that can be read: "):
+        TiffReader(tmp_path / "notes.tif")
+    (tmp_path / "folder.tif").mkdir()
+    with pytest.raises(TiffError, match=r"^input '.*folder.tif' is a folder, not a file; give a TIFF file inside it$"):
+        TiffReader(tmp_path / "folder.tif")
+
+
+def test_damaged_tiff_header_is_called_damaged(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((2, 3, 4, 16, 16), np.uint16), ome=True, photometric="minisblack",
+                     metadata={"axes": "TZCYX"})
+    _first_part(path, tmp_path / "cut.tif", 0.9)  # tifffile raises on this one rather than logging
+    with pytest.raises(TiffError, match=r"^cut.tif is a damaged or truncated TIFF file \(corrupted IFD structure\); "
+                                        r"copy the file again$"):
+        TiffReader(tmp_path / "cut.tif")
+
+
+# --- physical sizes ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unit, factor", [
+    ("\u00b5m", 1.0), ("um", 1.0), ("\u03bcm", 1.0), ("nm", 1e-3), ("\u00c5", 1e-4), ("mm", 1e3), ("cm", 1e4),
+    ("m", 1e6)])
+def test_ome_units(tmp_path, unit, factor):
+    path = tmp_path / "in.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint8), ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 3.0,
+        "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit, "PhysicalSizeZUnit": unit})
+    with TiffImageSet(path) as ims:
+        assert ims.voxel_size == pytest.approx((3.0 * factor, 0.25 * factor, 0.5 * factor))
+
+
+def test_unknown_ome_unit_warns_and_size_is_unknown(tmp_path, caplog):
+    path = tmp_path / "in.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint8), ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 3.0, "PhysicalSizeZUnit": "furlong"})
+    with TiffImageSet(path) as ims:
+        assert ims.voxel_size == (None, 0.5, 0.5)
+    assert "unit 'furlong' is not a length unit known here" in caplog.text
+
+
+def test_unknown_z_spacing_stays_unknown(tmp_path):
+    ome, ij = tmp_path / "in.ome.tif", tmp_path / "ij.tif"
+    tifffile.imwrite(ome, np.zeros((3, 8, 8), np.uint8), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    tifffile.imwrite(ij, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "um"})
+    for path in (ome, ij):
+        with TiffImageSet(path) as ims:
+            assert ims.voxel_size == (None, 0.5, 0.5)
+
+
+def test_imagej_units(tmp_path):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(0.5, 0.25),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": 300.0})
+    with TiffImageSet(path) as ims:
+        assert ims.voxel_size == pytest.approx((0.3, 4e-3, 2e-3))
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "\\u00B5m", "spacing": 1.5})
+    with TiffImageSet(path) as ims:
+        assert ims.voxel_size == pytest.approx((1.5, 0.5, 0.5))
+
+
+def test_unknown_z_is_not_written(tmp_path):
+    out = tiff.write_ome_tiff(tmp_path / "o.ome.tif", [np.zeros((8, 8), np.uint16)] * 2, shape=(1, 1, 2, 8, 8),
+                              dtype=np.uint16, channel_names=["a"], voxel_size=(None, 0.5, 0.25))
+    with tifffile.TiffFile(out) as tf:
+        assert "PhysicalSizeZ" not in tf.ome_metadata and 'PhysicalSizeX="0.25"' in tf.ome_metadata
+    with TiffImageSet(out) as ims:
+        assert ims.voxel_size == (None, 0.5, 0.25)

@@ -106,8 +106,8 @@ def _micrometres(value, unit: str, *, where: str) -> float | None:
     factor = _UM_PER_UNIT.get(unit, _UM_PER_UNIT.get(unit.lower()))
     if factor is None:
         if unit.lower() not in _NO_UNIT:
-            log.warning("%s: unit %r is not a length unit known here (%s); that size is taken as unknown",
-                        where, unit, ", ".join(sorted(_UM_PER_UNIT)))
+            log.warning("%s: unit %r is not a length unit known here (\u00b5m, um, nm, \u00c5, mm, cm, m); "
+                        "that size is taken as unknown", where, unit)
         return None
     size = float(value) * factor
     if not (np.isfinite(size) and size > 0):
@@ -237,10 +237,12 @@ class _Part:
                 self._truncated(size, k)
 
     def _truncated(self, size: int, whole: int) -> None:
-        last = f"the last plane that can be read whole is {self.where(whole - 1)}" if whole else "no plane can be read"
+        last = "no plane can be read"
+        if whole:
+            last = f"the last plane that can be read whole is {self.where(whole - 1)} (page {whole - 1} of {self.n_pages()})"
         raise TiffError(
-            f"{self.path.name} is truncated ({size} bytes, its data need more): {last} of "
-            f"{self.n_pages()} (an interrupted copy or download? copy the file again)"
+            f"{self.path.name} is truncated ({size} bytes, its data need more): {last} "
+            "(an interrupted copy or download? copy the file again)"
         )
 
     def read(self, t: int, c: int, z: int, raw, lock: threading.Lock) -> NDArray:
@@ -420,17 +422,46 @@ def _open(path: Path) -> tifffile.TiffFile:
     except Exception as err:  # tifffile raises many types (struct.error, IndexError ...) on damaged files
         if tif is not None:
             tif.close()
+        with open(path, "rb") as f:
+            header = f.read(4)
+        if header in _TIFF_HEADERS:
+            raise TiffError(f"{path.name} is a damaged or truncated TIFF file ({err}); copy the file again") from err
         raise TiffError(f"{path.name} is not a TIFF file that can be read: {err}") from err
     finally:
         logger.removeHandler(caught)
     if caught.messages:
+        ij = _imagej_truncated(tif, os.path.getsize(path))
         pages = len(tif.pages)
         tif.close()
-        raise TiffError(
+        raise TiffError(ij or (
             f"{path.name} is truncated or damaged ({caught.messages[0]}); only {pages} of its pages can be found, "
             f"the last readable plane is page {pages - 1} (an interrupted copy or download? copy the file again)"
-        )
+        ))
     return tif
+
+
+# classic and BigTIFF, little- and big-endian
+_TIFF_HEADERS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _imagej_truncated(tif: tifffile.TiffFile, size: int) -> str | None:
+    """For an ImageJ file whose planes stop early, a message naming the last whole plane as t, z, c."""
+    meta = tif.imagej_metadata if tif.is_imagej else None
+    page = tif.pages[0]
+    if not meta or int(meta.get("images", 1)) <= 1 or not page.dataoffsets or page.compression != 1:
+        return None
+    images = int(meta["images"])
+    dims = [int(meta.get(k, 1)) for k in ("frames", "slices", "channels")]  # ImageJ's plane order: t, z, c
+    if int(np.prod(dims)) != images:  # a plain stack: its planes are slices
+        dims = [1, images, 1]
+    whole = (size - page.dataoffsets[0]) // (int(np.prod(page.shape)) * page.dtype.itemsize)
+    if whole >= images:
+        return None
+    last = "no plane can be read"
+    if whole > 0:
+        t, z, c = np.unravel_index(whole - 1, dims)
+        last = f"the last plane that can be read whole is t={t}, z={z}, c={c} (plane {whole - 1} of {images})"
+    return f"{Path(tif.filename).name} is truncated ({size} bytes): {last} (an interrupted copy? copy the file again)"
 
 
 @dataclass(frozen=True)
