@@ -28,9 +28,11 @@ Conventions (the adapter's, stated once here):
   ``d = 1`` axis, shape ``(h, w)`` (zyx) or ``(w, h)`` (xyz).
 * Indices are 0-based, channels and time points as the host numbers them.
 
-Segmentation reads the image set from a worker thread (one call at a time,
-under a lock); a host whose region calls must come from its own thread needs
-its own marshalling in the callables it hands over.
+The host contract's threading rule holds here too: the adapter calls the host
+only from the thread that calls the adapter, so a host whose region calls must
+come from the thread that owns them starts the run on that thread.  Label
+channels are uint16 or uint32; the ``add_channel`` callable must make a
+channel of the dtype it is given.
 """
 
 from __future__ import annotations
