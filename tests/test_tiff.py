@@ -1,5 +1,7 @@
 """TIFF axes and metadata on reading, and the output file's form, atomicity and size handling."""
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -260,3 +262,102 @@ def test_unknown_z_is_not_written(tmp_path):
         assert "PhysicalSizeZ" not in tf.ome_metadata and 'PhysicalSizeX="0.25"' in tf.ome_metadata
     with TiffImageSet(out) as ims:
         assert ims.voxel_size == (None, 0.5, 0.25)
+
+
+# --- output fidelity ---------------------------------------------------------------------------------------------
+
+def test_float_input_and_integer_labels_keep_their_types(tmp_path):
+    data = np.random.default_rng(2).normal(0, 1, (2, 3, 16, 16)).astype(np.float32)  # Z C Y X
+    path = tmp_path / "in.ome.tif"
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata={
+        "axes": "ZCYX", "Channel": {"Name": ["a", "b", "c"]}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+        "PhysicalSizeZ": 2.0})
+    out = tmp_path / "out.ome.tif"
+    with TiffImageSet(path) as ims:
+        new = ims.add_channel("labels", np.uint16)
+        ims.set_channeldata(new, 1, 0, np.arange(256, dtype=np.uint16).reshape(16, 16) + 60000)
+        ims.save(out)
+    with tifffile.TiffFile(out) as tf:
+        assert [(s.axes, s.shape, s.dtype) for s in tf.series] == [
+            ("CZYX", (3, 2, 16, 16), np.float32), ("ZYX", (2, 16, 16), np.uint16)]
+    with TiffImageSet(out) as back:
+        assert back.channel_names == ["a", "b", "c", "labels"]
+        assert back.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+        for c, z in np.ndindex(3, 2):
+            plane = back.get_channeldata(c, z, 0)
+            assert plane.dtype == np.float32 and np.array_equal(plane, data[z, c])  # exactly, no rounding
+        labels = back.get_channeldata(3, 1, 0)
+        assert labels.dtype == np.uint16 and labels.max() == 60255 and not back.get_channeldata(3, 0, 0).any()
+
+
+def test_uint16_input_with_uint16_labels_is_one_uint16_image(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.full((1024, 1024), 4000, np.uint16), photometric="minisblack")
+    out = tmp_path / "out.ome.tif"
+    with TiffImageSet(path) as ims:
+        new = ims.add_channel("labels", np.uint16)
+        ims.set_channeldata(new, 0, 0, np.full((1024, 1024), 65535, np.uint16))
+        ims.save(out)
+    with tifffile.TiffFile(out) as tf:
+        assert [(s.axes, s.shape, s.dtype) for s in tf.series] == [("CYX", (2, 1024, 1024), np.uint16)]
+        assert out.stat().st_size < 2 * 1024 * 1024 * 2 + 65536  # two uint16 planes, not uint32
+
+
+def test_labels_only_writes_the_added_channels_with_the_same_metadata(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.full((2, 3, 8, 8), 9, np.float32), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "TZYX", "spacing": 2.0, "unit": "micron"})
+    out = tmp_path / "labels.ome.tif"
+    with TiffImageSet(path) as ims:
+        with pytest.raises(ValueError, match="labels_only=True, but no channel was added to in.tif"):
+            ims.save(out, labels_only=True)
+        assert not out.exists()
+        first, second = ims.add_channel("nuclei", np.uint16), ims.add_channel("tracks", np.uint32)
+        ims.set_channeldata(first, 2, 1, np.full((8, 8), 3, np.uint16))
+        ims.set_channeldata(second, 2, 1, np.full((8, 8), 70000, np.uint32))
+        ims.save(out, labels_only=True)
+    with tifffile.TiffFile(out) as tf:
+        assert [(s.shape, s.dtype) for s in tf.series] == [((2, 3, 8, 8), np.uint16), ((2, 3, 8, 8), np.uint32)]
+    with TiffImageSet(out) as back:
+        assert back.channel_names == ["nuclei", "tracks"] and back.voxel_size == pytest.approx((2.0, 0.25, 0.25))
+        assert back.get_channeldata(0, 2, 1)[0, 0] == 3 and back.get_channeldata(1, 2, 1)[0, 0] == 70000
+        assert back.channel_dtype(1) == np.uint32
+
+
+@pytest.mark.parametrize("value, message", [
+    (1.7, r"channel 1, plane 0, time point 0: value 1.7 is not a whole number, but the channel's type uint16 "
+          r"holds whole numbers only; round the data first"),
+    (np.nan, r"channel 1, plane 0, time point 0: NaN or infinite values cannot be stored in the channel's type uint16")])
+def test_floats_are_not_truncated_into_integer_channels(tmp_path, value, message):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((8, 8), np.uint8))
+    with TiffImageSet(path) as ims:
+        new = ims.add_channel("labels", np.uint16)
+        data = np.full((8, 8), 2.0)
+        data[3, 3] = value
+        with pytest.raises(ValueError, match=message):
+            ims.set_channeldata(new, 0, 0, data)
+        assert not ims.get_channeldata(new, 0, 0).any()  # nothing written
+        ims.set_channeldata(new, 0, 0, np.full((8, 8), 2.0))  # whole-number floats are fine
+        assert ims.get_channeldata(new, 0, 0)[0, 0] == 2
+
+
+def test_save_replaces_an_existing_output_atomically(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((8, 8), np.uint8))
+    out = tmp_path / "out.ome.tif"
+    out.write_bytes(b"old")
+    with TiffImageSet(path) as ims:
+        ims.save(out)
+    assert tifffile.imread(out).tolist() == np.ones((8, 8), np.uint8).tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.ome.tif"]  # no partial file left
+
+
+def test_scratch_folder_is_recognisable_and_removed(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.ones((8, 8), np.uint8))
+    with TiffImageSet(path, scratch_dir=tmp_path) as ims:
+        ims.add_channel("labels", np.uint16)
+        scratch = [p for p in tmp_path.iterdir() if p.is_dir()]
+        assert len(scratch) == 1 and scratch[0].name.startswith(f".stardist-host-{os.getpid()}-")
+    assert not scratch[0].exists()

@@ -42,7 +42,7 @@ def _fit(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
             fractional = data[data != np.round(data)]
             if fractional.size:
                 raise ValueError(
-                    f"{what}: value {fractional.flat[0]!r} is not a whole number, but the channel's type {dtype} "
+                    f"{what}: value {fractional.flat[0].item()!r} is not a whole number, but the channel's type {dtype} "
                     "holds whole numbers only; round the data first"
                 )
         info = np.iinfo(dtype)
