@@ -1,4 +1,9 @@
-"""The host contract, on both image sets, and the active image set."""
+"""The host contract, on both image sets, and the active image set.
+
+The contract itself is :class:`stardist_host.testing.conformance.ImageSetConformance`,
+run here on the in-memory and the TIFF-backed image set (from an OME-TIFF and
+from an ImageJ hyperstack); the tests below add this package's exact messages.
+"""
 
 import numpy as np
 import pytest
@@ -6,6 +11,44 @@ import tifffile
 from conftest import blobs_tczyx
 
 from stardist_host import MemoryImageSet, TiffImageSet, active_imageset, host, set_active_imageset
+from stardist_host.testing.conformance import ImageSetConformance
+
+
+class TestMemoryImageSet(ImageSetConformance):
+    get_returns = "view"  # the array given is used as is
+
+    @pytest.fixture
+    def make_imageset(self):
+        def make(data, channel_names, voxel_size):
+            return MemoryImageSet(data, channel_names=channel_names, voxel_size=voxel_size)
+
+        return make
+
+
+class TestTiffImageSet(ImageSetConformance):
+    get_returns = "copy"  # planes are read from the file or the scratch channel each time
+
+    @pytest.fixture(params=["ome", "imagej"])
+    def make_imageset(self, request, tmp_path):
+        opened = []
+
+        def make(data, channel_names, voxel_size):
+            path = tmp_path / f"in{len(opened)}.tif"
+            z, y, x = voxel_size
+            if request.param == "ome":
+                tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata={
+                    "axes": "TCZYX", "Channel": {"Name": list(channel_names)},
+                    "PhysicalSizeZ": z, "PhysicalSizeY": y, "PhysicalSizeX": x})
+            else:
+                tifffile.imwrite(path, data.transpose(0, 2, 1, 3, 4), imagej=True, resolution=(1 / x, 1 / y),
+                                 metadata={"axes": "TZCYX", "spacing": z, "unit": "micron",
+                                           "Labels": list(channel_names) * (data.shape[0] * data.shape[2])})
+            opened.append(TiffImageSet(path, scratch_dir=tmp_path))
+            return opened[-1]
+
+        yield make
+        for imageset in opened:
+            imageset.close()
 
 
 @pytest.fixture(params=["memory", "tiff"])
@@ -23,25 +66,8 @@ def imageset(request, tmp_path):
         yield ims
 
 
-def test_contract_shape_properties(imageset):
-    assert isinstance(imageset, host.ImageSet)
-    assert (imageset.channel_count, imageset.plane_count, imageset.time_point_count) == (2, 4, 3)
-    assert tuple(imageset.plane_shape) == (32, 32)
-    assert imageset.channel_names == ["DAPI", "Other"]
-    assert imageset.voxel_size == pytest.approx((2.0, 0.5, 0.5))
-    assert imageset.current_time_point == 0
-
-
-def test_contract_get_add_set(imageset):
-    plane = imageset.get_channeldata(0, 2, 1)
-    assert plane.shape == (32, 32) and plane.dtype == np.uint16 and plane[5, 5] == 1000 and plane[0, 0] == 0
-    assert imageset.get_channeldata(1, 0, 0)[3, 3] == 7
-    new = imageset.add_channel("labels", np.uint16)
-    assert new == 2 and imageset.channel_count == 3 and imageset.channel_names[-1] == "labels"
-    assert not imageset.get_channeldata(new, 3, 2).any()
-    imageset.set_channeldata(new, 3, 2, np.full((32, 32), 9, np.int32))
-    assert imageset.get_channeldata(new, 3, 2)[0, 0] == 9
-    assert not imageset.get_channeldata(new, 2, 2).any()  # other planes untouched
+def test_default_current_time_point_and_isinstance(imageset):
+    assert isinstance(imageset, host.ImageSet) and imageset.current_time_point == 0
 
 
 @pytest.mark.parametrize(

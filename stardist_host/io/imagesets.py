@@ -95,6 +95,11 @@ class MemoryImageSet(_Checks):
         (z, y, x) in micrometres, or None.
     current_time_point
         The time point that "current time point only" means.
+
+    Notes
+    -----
+    ``get_channeldata`` returns a view of the image set's memory, not a copy:
+    change it only through ``set_channeldata``.
     """
 
     def __init__(
