@@ -10,7 +10,13 @@ import pytest
 import tifffile
 from conftest import blobs_tczyx
 
-from stardist_host import MemoryImageSet, TiffImageSet, active_imageset, host, set_active_imageset
+from stardist_host import (
+    MemoryImageSet,
+    TiffImageSet,
+    active_imageset,
+    host,
+    set_active_imageset,
+)
 from stardist_host.testing.conformance import ImageSetConformance
 
 

@@ -170,11 +170,11 @@ def _first_part(path, out, fraction=0.5):
     ({"imagej": True, "metadata": {"axes": "TZCYX"}, "truncate": True}, 0.9,
      r"half.tif is truncated \(11390 bytes\): the last plane that can be read whole is t=1, z=2, c=0 \(plane 20 of 24\)"),
     ({"photometric": "minisblack", "metadata": {"axes": "TZCYX"}, "compression": "zlib"}, 0.99,
-     r"half.tif is truncated \(12641 bytes, its data need more\): the last plane that can be read whole is "
-     r"t=1, z=2, c=2 \(page 22 of 24\)"),
+     (r"half.tif is truncated \(12641 bytes, its data need more\): the last plane that can be read whole is "
+      r"t=1, z=2, c=2 \(page 22 of 24\)")),
     ({"ome": True, "photometric": "minisblack", "metadata": {"axes": "TZCYX"}}, 0.5,
-     r"half.tif is truncated or damaged \(.*invalid value offset.*\); only 1 of its pages can be found, "
-     r"the last readable plane is page 0"),
+     (r"half.tif is truncated or damaged \(.*invalid value offset.*\); only 1 of its pages can be found, "
+      r"the last readable plane is page 0")),
 ])
 def test_truncated_file_is_refused_when_opened(tmp_path, kwargs, fraction, message):
     path = tmp_path / "whole.tif"
@@ -325,8 +325,8 @@ def test_labels_only_writes_the_added_channels_with_the_same_metadata(tmp_path):
 
 
 @pytest.mark.parametrize("value, message", [
-    (1.7, r"channel 1, plane 0, time point 0: value 1.7 is not a whole number, but the channel's type uint16 "
-          r"holds whole numbers only; round the data first"),
+    (1.7, (r"channel 1, plane 0, time point 0: value 1.7 is not a whole number, but the channel's type uint16 "
+           r"holds whole numbers only; round the data first")),
     (np.nan, r"channel 1, plane 0, time point 0: NaN or infinite values cannot be stored in the channel's type uint16")])
 def test_floats_are_not_truncated_into_integer_channels(tmp_path, value, message):
     path = tmp_path / "in.tif"

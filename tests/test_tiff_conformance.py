@@ -163,7 +163,7 @@ def _two_images(path, second_shape, *, second_dtype=np.uint16, order="<"):
 @pytest.mark.parametrize("order", "<>")
 def test_ome_images_of_one_size_read_as_one_image_set(tmp_path, order):
     path = tmp_path / "two.ome.tif"
-    first, second = _two_images(path, (2, 1, 3, 16, 24), order=order)
+    _, second = _two_images(path, (2, 1, 3, 16, 24), order=order)
     assert np.array_equal(tifffile.imread(path, series=1).reshape(second.shape), second)
     oracle = [tifffile.imread(path, series=0), tifffile.imread(path, series=1).reshape(second.shape)]
     with TiffImageSet(path) as ims:

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from ..errors import TiffError
 from .files import atomic_write
 
-__all__ = ["TiffError", "TiffLayout", "TiffReader", "OmeImage", "write_ome_tiff", "write_ome_images", "BIGTIFF_LIMIT"]
+__all__ = ["BIGTIFF_LIMIT", "OmeImage", "TiffError", "TiffLayout", "TiffReader", "write_ome_images", "write_ome_tiff"]
 
 log = logging.getLogger(__name__)
 

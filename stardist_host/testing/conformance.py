@@ -38,7 +38,7 @@ import pytest
 
 from ..host import ImageSet, check_imageset
 
-__all__ = ["ImageSetConformance", "reference_data", "REFERENCE_NAMES", "REFERENCE_VOXEL_SIZE"]
+__all__ = ["REFERENCE_NAMES", "REFERENCE_VOXEL_SIZE", "ImageSetConformance", "reference_data"]
 
 #: Channel names and (z, y, x) voxel size in µm that the tests give ``make_imageset``.
 REFERENCE_NAMES = ("DAPI", "Other")
