@@ -44,7 +44,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2: each plane alone; 3: each Z range as a volume (default 2)")
     p.add_argument("--time-point", type=int, default=0, metavar="T",
                    help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
-    p.add_argument("--axes", default=None, help="axes of the input where the file does not say, e.g. ZYX")
+    from .headless import add_input_options
+
+    add_input_options(p)
     schema(2).add_arguments(p, overrides=SEGMENT_DIM_DEFAULTS)
     p.set_defaults(func=_segment)
 
@@ -55,7 +57,8 @@ def _segment(args) -> int:
 
     values = schema(args.dim).values_from_args(args)
     settings = Settings(ndim=args.dim, **values)
-    result = run_headless(settings, args.input, args.output, axes=args.axes, current_time_point=args.time_point,
+    result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
+                          current_time_point=args.time_point,
                           quiet=args.quiet)
     print(f"{args.output}: {result.summary()}")
     return 0
@@ -189,7 +192,9 @@ def _add_jobs(sub) -> None:
                            f"setting of the same name in scripts/{job.script}, with the same default.")
         p.add_argument("input", help="input TIFF, e.g. the output of stardist-host segment; never modified")
         p.add_argument("output_folder", help="folder for the results")
-        p.add_argument("--axes", default=None, help="axes of the input where the file does not say")
+        from .headless import add_input_options
+
+        add_input_options(p)
         job.schema.add_arguments(p)
         p.set_defaults(func=_job, job=name)
 
@@ -200,7 +205,8 @@ def _job(args) -> int:
 
     settings = JOBS[args.job].schema.values_from_args(args)
     with stdout_to_log():
-        written = run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes)
+        written = run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes,
+                                  series=args.series)
     for path in written:
         print(path)
     return 0

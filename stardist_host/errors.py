@@ -17,6 +17,7 @@ __all__ = [
     "IndexRangeError",
     "InputFileError",
     "TiffError",
+    "ReadOnlyInputError",
     "OutputError",
     "OutputBusyError",
     "ModelError",
@@ -58,6 +59,10 @@ class IndexRangeError(SettingsError, IndexError):
 
 class InputFileError(StardistHostError, ValueError):
     """An input file that cannot be read as asked (missing, damaged, truncated, not a TIFF)."""
+
+
+class ReadOnlyInputError(StardistHostError, PermissionError):
+    """A write to, or removal of, a channel that comes from an input file, which is never modified."""
 
 
 class TiffError(InputFileError):

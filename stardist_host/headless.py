@@ -25,13 +25,22 @@ from .io.files import OutputLock, check_output, remove_stale
 from .segmentation.segment import Progress, SegmentResult, run
 from .segmentation.settings import Settings
 
-__all__ = ["segment_file", "run_headless", "run_script", "setup_logging", "user_errors", "tqdm_progress",
+__all__ = ["add_input_options", "segment_file", "run_headless", "run_script", "setup_logging", "user_errors", "tqdm_progress",
            "stdout_to_log"]
 
 log = logging.getLogger(__name__)
 
 #: Loggers of libraries that log progress at INFO on import or model load.
 _NOISY = ("absl", "tensorflow", "h5py", "matplotlib", "PIL")
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how to read an input TIFF: ``--axes`` and ``--series``."""
+    parser.add_argument("--axes", default=None,
+                        help="axes of the input where the file does not say, e.g. ZYX or TZCYX")
+    parser.add_argument("--series", type=int, default=None, metavar="N",
+                        help="the file's image (series) to read, 0 for the first, where it holds several of "
+                             "different sizes (default: all of the same size, as one image)")
 
 
 def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
@@ -119,6 +128,7 @@ def segment_file(
     output: str | os.PathLike,
     *,
     axes: str | None = None,
+    series: int | None = None,
     current_time_point: int = 0,
     progress: Progress | None = None,
 ) -> SegmentResult:
@@ -135,6 +145,8 @@ def segment_file(
         The OME-TIFF to write; it appears only once complete.
     axes
         The input's axes where the file does not say (e.g. "ZYX").
+    series
+        The file's image to read where it holds several of different sizes.
     current_time_point
         The time point CURRENT_TIME_POINT=True segments (``--time-point``).
     progress
@@ -155,7 +167,7 @@ def segment_file(
     out = check_output(output, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     with OutputLock(out):
         remove_stale(out.parent, out.name)
-        with TiffImageSet(input, axes=axes, scratch_dir=out.parent) as imageset:
+        with TiffImageSet(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
             check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
                         noun="time points")
             imageset.current_time_point = current_time_point
@@ -166,12 +178,12 @@ def segment_file(
 
 def run_headless(
     settings: Settings, input: str | os.PathLike, output: str | os.PathLike, *, axes: str | None = None,
-    current_time_point: int = 0, quiet: bool = False,
+    series: int | None = None, current_time_point: int = 0, quiet: bool = False,
 ) -> SegmentResult:
     """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
     progress, bar = tqdm_progress("segmenting", disable=quiet)
     with bar, stdout_to_log():
-        return segment_file(settings, input, output, axes=axes, current_time_point=current_time_point,
+        return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
                             progress=progress)
 
 
@@ -195,7 +207,7 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     )
     parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF); never modified")
     parser.add_argument("output", help="output OME-TIFF: the input channels plus the label channel")
-    parser.add_argument("--axes", help="axes of the input where the file does not say, e.g. ZYX or TZCYX")
+    add_input_options(parser)
     parser.add_argument("--time-point", "--current-time-point", type=int, default=0, dest="time_point",
                         help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -203,5 +215,6 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     setup_logging(quiet=opts.quiet)
     with user_errors():
         settings = Settings.from_script(namespace, ndim=ndim)
-        return run_headless(settings, opts.input, opts.output, axes=opts.axes, current_time_point=opts.time_point,
+        return run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
+                            current_time_point=opts.time_point,
                             quiet=opts.quiet)

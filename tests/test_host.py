@@ -78,9 +78,9 @@ def test_default_current_time_point_and_isinstance(imageset):
 
 @pytest.mark.parametrize(
     "args, message",
-    [((5, 0, 0), "channel=5 is out of range: the image set has channels 0..1"),
-     ((0, 4, 0), "plane=4 is out of range: the image set has planes 0..3"),
-     ((0, 0, -1), "time_point=-1 is out of range: the image set has time_points 0..2")],
+    [((5, 0, 0), "channel=5: the image set has channels 0..1"),
+     ((0, 4, 0), "plane=4: the image set has planes 0..3"),
+     ((0, 0, -1), "time_point=-1: the image set has time points 0..2")],
 )
 def test_contract_index_errors(imageset, args, message):
     with pytest.raises(IndexError, match=message):
@@ -133,7 +133,7 @@ def test_remove_added_channel(imageset):
     assert imageset.get_channeldata(2, 0, 0)[0, 0] == 3  # the later channel moved down by one
     imageset.remove_channel(2)
     assert imageset.channel_count == 2 and imageset.channel_names == ["DAPI", "Other"]
-    with pytest.raises(IndexError, match="channel=2 is out of range: the image set has channels 0..1"):
+    with pytest.raises(IndexError, match="channel=2: the image set has channels 0..1"):
         imageset.remove_channel(2)
     with pytest.raises(PermissionError, match=r"channel 1 \('Other'\) .*only channels made with add_channel"):
         imageset.remove_channel(1)

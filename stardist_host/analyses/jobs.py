@@ -318,7 +318,7 @@ def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem
 
 
 def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.PathLike, settings: Mapping[str, Any],
-                    *, axes: str | None = None) -> list[Path]:
+                    *, axes: str | None = None, series: int | None = None) -> list[Path]:
     """Run ``job`` on a TIFF file; where it adds channels, save <input>_<job>.ome.tif beside the tables.
 
     Every output is checked and locked before the input is opened.
@@ -335,7 +335,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     if JOBS[job].adds_channel(values):
         outputs.append(image)
     with _claimed(outputs, inputs=(input,), overwrite=values["overwrite"]):
-        with TiffImageSet(input, axes=axes, scratch_dir=folder) as imageset:
+        with TiffImageSet(input, axes=axes, series=series, scratch_dir=folder) as imageset:
             before = imageset.channel_count
             written = _run(job, imageset, folder / stem, values)
             if imageset.channel_count > before:
@@ -354,7 +354,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     """
     import argparse
 
-    from ..headless import setup_logging, user_errors
+    from ..headless import add_input_options, setup_logging, user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     values, errors = JOBS[job].schema.from_namespace(namespace)
@@ -368,10 +368,10 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     parser = argparse.ArgumentParser(description=f"The {job} analysis on a TIFF file with this script's settings.")
     parser.add_argument("input", help="input TIFF, e.g. the output of scripts/stardist_2d.py; never modified")
     parser.add_argument("output_folder", help="folder for the tables (and the image with new channels)")
-    parser.add_argument("--axes", help="axes of the input where the file does not say")
+    add_input_options(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     opts = parser.parse_args(args)
     setup_logging(quiet=opts.quiet)
     with user_errors():
         raise_all(errors)
-        return run_job_on_file(job, opts.input, opts.output_folder, values, axes=opts.axes)
+        return run_job_on_file(job, opts.input, opts.output_folder, values, axes=opts.axes, series=opts.series)

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ..errors import ReadOnlyInputError, check_index
 from .files import scratch_dir as make_scratch_dir
 from .tiff import OmeImage, TiffReader, write_ome_images
 
@@ -63,19 +64,12 @@ class _Checks:
     plane_shape: tuple[int, int]
 
     def _check(self, channel: int, plane: int, time_point: int) -> None:
-        for name, value, count in (
-            ("channel", channel, self.channel_count),
-            ("plane", plane, self.plane_count),
-            ("time_point", time_point, self.time_point_count),
-        ):
-            if not (isinstance(value, (int, np.integer)) and 0 <= value < count):
-                raise IndexError(f"{name}={value!r} is out of range: the image set has {name}s 0..{count - 1}")
+        self._check_channel(channel)
+        check_index("plane", plane, self.plane_count)
+        check_index("time_point", time_point, self.time_point_count, noun="time points")
 
     def _check_channel(self, channel: int) -> None:
-        if not (isinstance(channel, (int, np.integer)) and 0 <= channel < self.channel_count):
-            raise IndexError(
-                f"channel={channel!r} is out of range: the image set has channels 0..{self.channel_count - 1}"
-            )
+        check_index("channel", channel, self.channel_count)
 
     def _check_plane(self, data: NDArray) -> None:
         if tuple(np.shape(data)) != tuple(self.plane_shape):
@@ -121,8 +115,7 @@ class MemoryImageSet(_Checks):
         self._names = names
         self._n_input = c
         self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
-        if not 0 <= current_time_point < t:
-            raise ValueError(f"current_time_point={current_time_point} is out of range 0..{t - 1}")
+        check_index("current_time_point", current_time_point, t, noun="time points")
         self.current_time_point = current_time_point
         self.time_point_count = t
         self.plane_count = data.shape[2]
@@ -159,12 +152,12 @@ class MemoryImageSet(_Checks):
         ------
         IndexError
             ``index`` is not a channel of the image set.
-        PermissionError
+        ReadOnlyInputError
             ``index`` is one of the channels the image set was made with.
         """
         self._check_channel(index)
         if index < self._n_input:
-            raise PermissionError(
+            raise ReadOnlyInputError(
                 f"channel {index} ({self._names[index]!r}) is one of the image set's own channels "
                 f"(0..{self._n_input - 1}); only channels made with add_channel can be removed"
             )
@@ -262,11 +255,8 @@ class TiffImageSet(_Checks):
         self.plane_count = sizes["Z"]
         self.plane_shape = (sizes["Y"], sizes["X"])
         self.voxel_size = layout.voxel_size
-        if not 0 <= current_time_point < self.time_point_count:
-            raise ValueError(
-                f"current_time_point={current_time_point} is out of range: {self.path.name} has time points "
-                f"0..{self.time_point_count - 1}"
-            )
+        check_index("current_time_point", current_time_point, self.time_point_count, what=self.path.name,
+                    noun="time points")
         self.current_time_point = current_time_point
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
@@ -303,7 +293,7 @@ class TiffImageSet(_Checks):
     def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
         self._check(channel, plane, time_point)
         if channel < self._n_input:
-            raise PermissionError(
+            raise ReadOnlyInputError(
                 f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
                 "write results to a channel made with add_channel"
             )
@@ -328,12 +318,12 @@ class TiffImageSet(_Checks):
         ------
         IndexError
             ``index`` is not a channel of the image set.
-        PermissionError
+        ReadOnlyInputError
             ``index`` is a channel of the input file, which is never modified.
         """
         self._check_channel(index)
         if index < self._n_input:
-            raise PermissionError(
+            raise ReadOnlyInputError(
                 f"channel {index} ({self._names[index]!r}) comes from the input file {self.path.name}, which is "
                 f"never modified; only channels made with add_channel can be removed"
             )

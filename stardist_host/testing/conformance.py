@@ -125,8 +125,8 @@ class ImageSetConformance:
     @pytest.mark.parametrize("args, name, allowed", [
         ((5, 0, 0), "channel=5", "channels 0..1"),
         ((0, 4, 0), "plane=4", "planes 0..3"),
-        ((0, 0, -1), "time_point=-1", "time_points 0..2"),
-        ((0, 0, 3), "time_point=3", "time_points 0..2"),
+        ((0, 0, -1), "time_point=-1", "time.points 0..2"),
+        ((0, 0, 3), "time_point=3", "time.points 0..2"),
     ])
     def test_index_errors_name_the_index_and_the_range(self, imageset, args, name, allowed):
         with pytest.raises(IndexError, match=rf"{name}\b.*{allowed}"):
