@@ -9,6 +9,7 @@ from stardist_host import MemoryImageSet, Settings
 from stardist_host.errors import IndexRangeError
 from stardist_host.host import check_imageset
 from stardist_host.io.regionhost import RegionImageSet, region
+from stardist_host.testing.conformance import ImageSetConformance
 from stardist_host.testing.synthetic import nuclei
 
 
@@ -53,7 +54,7 @@ class FakeRegionHost:
             raise ValueError(f"data of shape {data.shape} for a region of shape {expected}")
         target = self.channels[channel]
         if not np.array_equal(data.astype(target.dtype), data):
-            raise ValueError(f"values do not fit the channel's type {target.dtype}")
+            raise ValueError(f"values {data.min()}..{data.max()} do not fit the channel's type {target.dtype}")
         target[index] = data if self.order == "zyx" else data.transpose(2, 1, 0)
         self.writes.append((bounds, channel, timepoint))
 
@@ -218,3 +219,17 @@ def test_segmentation_through_a_region_host_writes_the_labels_of_a_memory_run(or
     written = [w for w in host.writes if w[1] == 1]
     assert written == [(((0, 0, 0), (64, 64, 1)), 1, 0)]
     np.testing.assert_array_equal(host.channels[1][0, 0], memory.channel(expected.channel)[0, 0])
+
+
+class TestRegionImageSetConformance(ImageSetConformance):
+    """The image-set contract, as every host passes it, over the fake region host in both array orders."""
+
+    get_returns = "copy"  # each read is a fresh region read
+
+    @pytest.fixture(params=["zyx", "xyz"])
+    def make_imageset(self, request):
+        def make(data, channel_names, voxel_size):
+            host = FakeRegionHost(data, order=request.param)
+            return region_set(host, shape=data.shape, channel_names=channel_names, voxel_size=voxel_size)
+
+        return make
