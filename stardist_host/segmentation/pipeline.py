@@ -112,12 +112,16 @@ def plan_blocks(
     """Block sizes that stardist's ``predict_instances_big`` accepts for ``shape``, or None where none exist.
 
     stardist rounds every value up to a multiple of ``grid`` and then asserts
-    ``0 <= min_overlap + 2*context < block_size <= size`` on each axis.  An
-    axis too thin for the asked overlap and context (a 100-plane Z axis) is
-    one block over the whole axis with neither, when its size is a multiple of
-    the grid; else two blocks of the largest grid multiple that fits,
-    overlapping by all but one grid step (that axis is predicted twice).  None
-    only for an axis shorter than two grid steps that is not a grid multiple.
+    ``0 <= min_overlap + 2*context < block_size <= size`` on each axis; its
+    cover also fails where the write regions of blocks that are not
+    neighbours overlap, which ``block_size >= 3*min_overlap + 2*context +
+    grid`` rules out (strides stay at least ``min_overlap`` however the cover
+    shortens them).  So blocks are at least that big.  An axis too thin for
+    such a block (a 100-plane Z axis) is one block over the whole axis with
+    neither overlap nor context, when its size is a multiple of the grid; else
+    two blocks of the largest grid multiple that fits, overlapping by all but
+    one grid step (that axis is predicted twice).  None only for an axis
+    shorter than two grid steps that is not a grid multiple.
 
     Parameters
     ----------
@@ -131,15 +135,14 @@ def plan_blocks(
     sizes, overlaps, contexts = [], [], []
     for s, g, b, o, c in zip(shape, grid, block, min_overlap, context):
         o, c = _up(o, g), _up(c, g)
-        b = max(_up(b, g), o + 2 * c + g)
+        b = max(_up(b, g), 3 * o + 2 * c + g)
         if b < s:
             pass
         elif s % g == 0:
             b, o, c = s, 0, 0
         elif s >= 2 * g:
             b = s // g * g
-            if o + 2 * c >= b:
-                o, c = b - g, 0
+            o, c = b - g, 0
         else:
             return None
         sizes.append(b)
@@ -279,7 +282,7 @@ class UnitPredictor:
     def needs_direct(self, image: NDArray) -> bool:
         """Whether ``image`` goes through stardist's own prediction: tiled, rescaled, or too big for one call."""
         tiled = bool(self.n_tiles and math.prod(self.n_tiles) > 1) or self.scale is not None
-        return tiled or math.prod(auto_n_tiles(image.shape, self.budget, ndim=self.ndim)) > 1
+        return tiled or math.prod(image.shape) > BIG_PIXELS or math.prod(auto_n_tiles(image.shape, self.budget, ndim=self.ndim)) > 1
 
     def predict(self, units: Iterable, read: Read) -> Iterator[tuple[object, NDArray | None]]:
         """Yield (unit, labels) in order; ``read(unit)`` gives the normalised image, or None for "no signal".

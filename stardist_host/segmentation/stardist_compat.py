@@ -48,7 +48,8 @@ PRIVATE_API: dict[tuple[str, str], tuple[str, ...]] = {
     ("stardist.models.base", "StarDistBase._predict_setup"):
         ("self", "img", "axes", "normalizer", "n_tiles", "show_tile_progress", "predict_kwargs"),
     ("stardist.models.base", "StarDistBase._axes_tile_overlap"): ("self", "query_axes"),
-    ("stardist.models.base", "StarDistBase._axes_div_by"): ("self", "query_axes"),
+    ("stardist.models.model2d", "StarDist2D._axes_div_by"): ("self", "query_axes"),
+    ("stardist.models.model3d", "StarDist3D._axes_div_by"): ("self", "query_axes"),
     ("stardist.models.base", "StarDistPadAndCropResizer.filter_points"): ("self", "ndim", "points", "axes"),
     ("stardist.nms", "_ind_prob_thresh"): ("prob", "prob_thresh", "b"),
     ("stardist.models.model2d", "StarDist2D._instances_from_prediction"):
