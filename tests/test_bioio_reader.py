@@ -23,6 +23,7 @@ bioio_ome_tiff = pytest.importorskip("bioio_ome_tiff")
 
 from stardist_host.io.bioio_reader import BioioImageSet  # noqa: E402
 from stardist_host.io.omezarr import MissingExtraError  # noqa: E402
+from stardist_host.testing.conformance import ImageSetConformance  # noqa: E402
 
 
 def tczyx() -> np.ndarray:
@@ -170,3 +171,26 @@ def test_missing_bioio_names_the_extra(two_scenes, monkeypatch):
     with pytest.raises(MissingExtraError, match=r'pip install "stardist-host\[bioio\]"') as info:
         BioioImageSet(two_scenes, scene=0)
     assert isinstance(info.value, ImportError) and isinstance(info.value, StardistHostError)
+
+
+class TestBioioConformance(ImageSetConformance):
+    """The image-set contract on an OME-TIFF read through bioio-ome-tiff."""
+
+    get_returns = "copy"
+
+    @pytest.fixture
+    def make_imageset(self, tmp_path):
+        made = []
+
+        def make(data, channel_names, voxel_size):
+            path = tmp_path / f"ref{len(made)}.ome.tif"
+            z, y, x = voxel_size
+            tifffile.imwrite(path, data, ome=True, metadata={
+                "axes": "TCZYX", "PhysicalSizeZ": z, "PhysicalSizeY": y, "PhysicalSizeX": x,
+                "Channel": {"Name": list(channel_names)}})
+            made.append(BioioImageSet(path, reader=bioio_ome_tiff.Reader))
+            return made[-1]
+
+        yield make
+        for imageset in made:
+            imageset.close()

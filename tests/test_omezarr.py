@@ -18,6 +18,7 @@ ome_writer = pytest.importorskip("ome_zarr.writer")
 ome_format = pytest.importorskip("ome_zarr.format")
 
 from stardist_host.io.omezarr import MissingExtraError, OmeZarrImageSet  # noqa: E402
+from stardist_host.testing.conformance import ImageSetConformance  # noqa: E402
 
 ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 VERSIONS = ["0.4", pytest.param("0.5", marks=pytest.mark.skipif(not ZARR3, reason="NGFF 0.5 needs zarr 3"))]
@@ -342,3 +343,21 @@ def test_v3_store_metadata_without_its_array(tmp_path):
                else r"is a Zarr v3 store \(OME-Zarr 0.5\), which needs zarr 3 \(Python 3.11 or newer\)")
     with pytest.raises(InputFileError, match=message):
         OmeZarrImageSet(path)
+
+
+@pytest.mark.parametrize("ngff", VERSIONS)
+class TestOmeZarrConformance(ImageSetConformance):
+    """The image-set contract on an OME-Zarr store (TCZYX, both NGFF versions)."""
+
+    get_returns = "copy"
+
+    @pytest.fixture
+    def make_imageset(self, tmp_path, ngff):
+        def make(data, channel_names, voxel_size):
+            z, y, x = voxel_size
+            path = write_store(tmp_path / f"ref{ngff}.zarr", data, "tczyx", version=ngff,
+                               scale={"z": z, "y": y, "x": x},
+                               units={"z": "micrometer", "y": "micrometer", "x": "micrometer"}, channels=channel_names)
+            return OmeZarrImageSet(path)
+
+        return make

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import InputFileError, check_index
+from ..errors import InputFileError, ReadOnlyInputError, check_index
 from .files import scratch_dir as make_scratch_dir
 from .imagesets import _DiskChannel, _fit
 from .omezarr import UNITS_UM, require
@@ -217,7 +217,7 @@ class BioioImageSet:
         """Store a (Y, X) plane in an added channel; the input's channels are refused."""
         self._check(channel, plane, time_point)
         if channel < self._n_input:
-            raise PermissionError(
+            raise ReadOnlyInputError(
                 f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
                 "write results to a channel made with add_channel"
             )
@@ -246,12 +246,12 @@ class BioioImageSet:
         ------
         IndexRangeError
             ``index`` is not a channel of the image set (an ``IndexError``).
-        PermissionError
+        ReadOnlyInputError
             ``index`` is a channel of the input file, which is never modified.
         """
         check_index("index", index, self.channel_count, noun="channels", names=self.channel_names)
         if index < self._n_input:
-            raise PermissionError(f"channel {index} comes from the input file {self.path.name}, which is never "
+            raise ReadOnlyInputError(f"channel {index} comes from the input file {self.path.name}, which is never "
                                   "modified; only channels made with add_channel can be removed")
         at = index - self._n_input
         channel, path = self._added.pop(at), self._added_files.pop(at)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import InputFileError, OutputError, StardistHostError, check_index
+from ..errors import InputFileError, OutputError, ReadOnlyInputError, StardistHostError, check_index
 from .imagesets import _fit
 
 __all__ = ["OmeZarrImageSet", "MissingExtraError", "NGFF_VERSIONS", "UNITS_UM"]
@@ -427,7 +427,7 @@ class OmeZarrImageSet:
         """Write a (Y, X) plane into a label channel (one chunk); input channels are refused."""
         self._check(channel, plane, time_point)
         if channel < self._n_input:
-            raise PermissionError(
+            raise ReadOnlyInputError(
                 f"channel {channel} comes from the input {self.path.name}, which is never modified; "
                 "write results to a channel made with add_channel"
             )
@@ -502,12 +502,12 @@ class OmeZarrImageSet:
         ------
         IndexRangeError
             ``index`` is not a channel of the image set (an ``IndexError``).
-        PermissionError
+        ReadOnlyInputError
             ``index`` is a channel of the input, which is never modified.
         """
         check_index("index", index, self.channel_count, noun="channels", names=self.channel_names)
         if index < self._n_input:
-            raise PermissionError(f"channel {index} comes from the input {self.path.name}, which is never modified; "
+            raise ReadOnlyInputError(f"channel {index} comes from the input {self.path.name}, which is never modified; "
                                   "only channels made with add_channel can be removed")
         name, _ = self._added.pop(index - self._n_input)
         labels = self._labels_group()
