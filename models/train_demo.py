@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from stardist_host.testing import synthetic  # noqa: E402
-from stardist_host.cli import main as cli  # noqa: E402
+from stardist_host.cli import main as cli
+from stardist_host.testing import synthetic
 
 SEED = 42
 log = logging.getLogger("train_demo")
@@ -103,7 +103,7 @@ def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
     img, mask = test_image_nuclei_3d(return_mask=True)
     voxel = (1.0, 0.5, 0.5)  # as data/nuclei_3d.tif; the synthetic stacks have the same anisotropy (2)
     # synthetic stacks that look like the sample: dense, low contrast, noisy, blurred
-    like_sample = dict(radius=(6, 10), anisotropy=2.0, background=0.35, noise=0.12, blur=1.5)
+    like_sample = {"radius": (6, 10), "anisotropy": 2.0, "background": 0.35, "noise": 0.12, "blur": 1.5}
     sample = _save(tmp, "sample3d", img[:, :, :36], mask[:, :, :36], "ZYX", voxel)
     images, masks = [sample[0]] * 2, [sample[1]] * 2  # listed twice: half the patches come from real data
     for k in range(4):

@@ -6,15 +6,15 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..io.files import atomic_write
 
-__all__ = ["IOU_THRESHOLDS", "COLUMNS", "score", "predict_all", "evaluate", "write_scores", "format_table"]
+__all__ = ["COLUMNS", "IOU_THRESHOLDS", "evaluate", "format_table", "predict_all", "score", "write_scores"]
 
 log = logging.getLogger(__name__)
 

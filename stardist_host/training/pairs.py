@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from ..errors import PairError
 from ..io.imagesets import TiffImageSet
 
-__all__ = ["PairError", "Pairs", "read_pairs", "crop", "count_objects"]
+__all__ = ["PairError", "Pairs", "count_objects", "crop", "read_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Pairs:
     def n_objects(self) -> int:
         return count_objects(self.masks)
 
-    def select(self, indices) -> "Pairs":
+    def select(self, indices) -> Pairs:
         """The samples at ``indices``, in that order."""
         return Pairs(self.ndim, [self.images[i] for i in indices], [self.masks[i] for i in indices],
                      self.voxel_size, [self.sources[i] for i in indices])

@@ -30,9 +30,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,14 +43,25 @@ from ..io.files import atomic_write
 from .pairs import Pairs
 
 __all__ = [
-    "TrainSettings", "TrainError", "seed_everything", "make_augmenter", "split_validation", "fit_patch", "train",
-    "card_text", "read_card", "write_card", "record_test_scores", "LOSS_COLUMNS", "LARGEST_PATCH",
+    "LARGEST_PATCH",
+    "LOSS_COLUMNS",
+    "TrainError",
+    "TrainSettings",
+    "card_text",
+    "fit_patch",
+    "make_augmenter",
+    "read_card",
+    "record_test_scores",
+    "seed_everything",
+    "split_validation",
+    "train",
+    "write_card",
 ]
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ("epoch", "loss", "val_loss", "prob_loss", "val_prob_loss", "dist_loss", "val_dist_loss", "learning_rate",
-                "seconds", "overfitting")
+LOSS_COLUMNS = ("epoch", "loss", "val_loss", "prob_loss", "val_prob_loss", "dist_loss", "val_dist_loss",
+                "learning_rate", "seconds", "overfitting")
 MIN_TRAIN_OBJECTS = 10
 MIN_VAL_OBJECTS = 3
 #: The largest patch chosen when none is given (stardist's examples use these).
@@ -288,13 +300,15 @@ def _check_patch(patch: tuple[int, ...], divisor: tuple[int, ...], train_pairs: 
             if any(p > s for p, s in zip(patch, image.shape)):
                 fix = "give a smaller --patch-size (or larger images)" if what == "training" else \
                     f"give a smaller --patch-size, or {validation.advice()}"
-                raise TrainError(f"patch_size={patch} is larger than {what} sample {source} of shape {image.shape}; {fix}")
+                raise TrainError(
+                    f"patch_size={patch} is larger than {what} sample {source} of shape {image.shape}; {fix}")
 
 
 def _check_objects(train_pairs: Pairs, val_pairs: Pairs, validation: _Validation) -> None:
     n_train, n_val = train_pairs.n_objects, val_pairs.n_objects
     if n_train < MIN_TRAIN_OBJECTS:
-        raise TrainError(f"the training data hold {n_train} objects; at least {MIN_TRAIN_OBJECTS} are needed: annotate more")
+        raise TrainError(
+            f"the training data hold {n_train} objects; at least {MIN_TRAIN_OBJECTS} are needed: annotate more")
     if n_val < MIN_VAL_OBJECTS:
         fix = ("annotate more validation objects" if validation.origin == "files"
                else "annotate more, raise --val-fraction, or give --val-images/--val-masks")
@@ -318,10 +332,10 @@ def _anisotropy(pairs: Pairs, voxel_size) -> tuple[float, float, float]:
 
 def _config(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, validation: _Validation):
     """Stardist's Config for the data, its patch fitted or checked; and the 3D anisotropy (None in 2D)."""
-    common = dict(
-        n_channel_in=1, train_batch_size=settings.batch_size, train_epochs=settings.epochs,
-        train_steps_per_epoch=settings.steps_per_epoch, train_tensorboard=False,
-    )
+    common = {
+        "n_channel_in": 1, "train_batch_size": settings.batch_size, "train_epochs": settings.epochs,
+        "train_steps_per_epoch": settings.steps_per_epoch, "train_tensorboard": False,
+    }
     if train_pairs.ndim == 2:
         from stardist.models import Config2D
 
@@ -359,8 +373,9 @@ def _read_losses(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8", newline="") as f:
-        return [{k: (int(float(v)) if k in ("epoch", "overfitting") else float(v)) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    return [{k: (int(float(v)) if k in ("epoch", "overfitting") else float(v)) for k, v in row.items()
+             if v not in ("", None)} for row in rows]
 
 
 def _write_losses(history: list[dict], path: Path) -> None:
@@ -543,8 +558,8 @@ def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, d
     # stardist has reloaded weights_best.h5: thresholds and scores are those of the best epoch
     thresholds = model.optimize_thresholds(X_val, Y_val, optimize_kwargs={"verbose": 0}, save_to_json=False)
     with atomic_write(settings.folder / "thresholds.json") as tmp:
-        tmp.write_text(json.dumps({"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}, indent=2) + "\n",
-                       encoding="utf-8")
+        values = {"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}
+        tmp.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
     log.info("thresholds optimised on the validation data: prob %.3f, nms %.3f", thresholds["prob"], thresholds["nms"])
 
 
@@ -580,7 +595,8 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     folder = settings.folder
     exists = (folder / "config.json").is_file()
     if exists and not (settings.overwrite or settings.resume):
-        raise TrainError(f"{folder} already holds a model; use --overwrite to replace it or --resume to continue its training")
+        raise TrainError(
+            f"{folder} already holds a model; use --overwrite to replace it or --resume to continue its training")
     if settings.resume and not exists:
         raise TrainError(f"--resume: {folder} holds no model to continue; start without --resume")
     train_pairs, val_pairs, validation = _validation_split(settings, train_pairs, val_pairs)
@@ -599,7 +615,8 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     with _console_to_log():
         if settings.resume:
             model = _resumed_model(cls, settings, history)
-            _check_patch(tuple(model.config.train_patch_size), _divisor(model.config), train_pairs, val_pairs, validation)
+            patch = tuple(model.config.train_patch_size)
+            _check_patch(patch, _divisor(model.config), train_pairs, val_pairs, validation)
             anisotropy = getattr(model.config, "anisotropy", None)
         else:
             for stale in _STALE if exists else ():
@@ -707,15 +724,18 @@ def card_text(card: dict) -> str:
         note = f"; {card['recipe_note']}" if card.get("recipe_note") else ""
         lines += [f"Made by `{card['recipe']}`{note}.", ""]
     best = f"{card['best_val_loss']:.4f}" if card.get("best_val_loss") is not None else "none"
+    data = card["data"]
     lines += [
         f"# {card['name']} ({card['ndim']}D StarDist model)", "",
         f"Trained with: `{card['command']}`", "",
-        f"Seed {card['seed']}, {card['epochs']} epochs x {card['steps_per_epoch']} steps, best epoch {card['best_epoch']} "
-        f"(validation loss {best}); patch {card['patch_size']}, {card['n_rays']} rays, grid {card['grid']}, "
-        f"thresholds prob {card['thresholds']['prob']:.3f}, nms {card['thresholds']['nms']:.3f}.", "",
-        f"Training data: {card['data']['training_objects']} objects; validation: {card['data']['validation_objects']} objects.", "",
+        (f"Seed {card['seed']}, {card['epochs']} epochs x {card['steps_per_epoch']} steps, "
+         f"best epoch {card['best_epoch']} (validation loss {best}); patch {card['patch_size']}, "
+         f"{card['n_rays']} rays, grid {card['grid']}, thresholds prob {card['thresholds']['prob']:.3f}, "
+         f"nms {card['thresholds']['nms']:.3f}."), "",
+        f"Training data: {data['training_objects']} objects; validation: {data['validation_objects']} objects.", "",
         "Scores on the validation data:", "", "```", format_table(card["validation_scores"]), "```", "",
     ]
-    if card["data"].get("test_scores"):
-        lines += ["Scores on held-out data never used in training:", "", "```", format_table(card["data"]["test_scores"]), "```", ""]
+    if data.get("test_scores"):
+        lines += ["Scores on held-out data never used in training:", "", "```", format_table(data["test_scores"]),
+                  "```", ""]
     return "\n".join(lines)
