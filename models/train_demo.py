@@ -107,7 +107,8 @@ def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
     sample = _save(tmp, "sample3d", img[:, :, :36], mask[:, :, :36], "ZYX", voxel)
     images, masks = [sample[0]] * 2, [sample[1]] * 2  # listed twice: half the patches come from real data
     for k in range(4):
-        paths = _save(tmp, f"synthetic{k}", *synthetic.nuclei((32, 64, 64), 60, seed=SEED + k, **like_sample), "ZYX", voxel)
+        stack = synthetic.nuclei((32, 64, 64), 60, seed=SEED + k, **like_sample)
+        paths = _save(tmp, f"synthetic{k}", *stack, "ZYX", voxel)
         images.append(paths[0])
         masks.append(paths[1])
     val = _save(tmp, "val3d", *synthetic.nuclei((32, 64, 64), 60, seed=SEED + 100, **like_sample), "ZYX", voxel)

@@ -52,10 +52,10 @@ class Pairs:
 def _samples(imageset: TiffImageSet, channel: int, ndim: int) -> list[NDArray]:
     z_range = range(imageset.plane_count)
     if ndim == 2:
-        return [
-            np.asarray(imageset.get_channeldata(channel, z, t)) for t in range(imageset.time_point_count) for z in z_range
-        ]
-    return [np.stack([imageset.get_channeldata(channel, z, t) for z in z_range]) for t in range(imageset.time_point_count)]
+        return [np.asarray(imageset.get_channeldata(channel, z, t))
+                for t in range(imageset.time_point_count) for z in z_range]
+    return [np.stack([imageset.get_channeldata(channel, z, t) for z in z_range])
+            for t in range(imageset.time_point_count)]
 
 
 def crop(array: NDArray, spec: str | None) -> NDArray:
@@ -98,7 +98,8 @@ def read_pairs(
         not integer labels, or no objects at all.
     """
     if len(images) != len(masks) or not images:
-        raise PairError(f"{len(images)} image file(s) but {len(masks)} mask file(s): give them as matched pairs, in the same order")
+        raise PairError(f"{len(images)} image file(s) but {len(masks)} mask file(s): "
+                        "give them as matched pairs, in the same order")
     out_images: list[NDArray] = []
     out_masks: list[NDArray] = []
     sources: list[str] = []
@@ -110,18 +111,21 @@ def read_pairs(
             shape_m = (msk.time_point_count, msk.plane_count, *msk.plane_shape)
             if shape_i != shape_m:
                 raise PairError(
-                    f"image {Path(image_path).name} has T, Z, Y, X = {shape_i} but mask {Path(mask_path).name} has {shape_m}; "
+                    f"image {Path(image_path).name} has T, Z, Y, X = {shape_i} "
+                    f"but mask {Path(mask_path).name} has {shape_m}; "
                     "each mask must have the same shape as its image"
                 )
             if msk.channel_count != 1:
-                raise PairError(f"mask {Path(mask_path).name} has {msk.channel_count} channels; a mask is one label channel")
+                raise PairError(
+                    f"mask {Path(mask_path).name} has {msk.channel_count} channels; a mask is one label channel")
             if msk.input_dtype.kind not in "ui":
                 raise PairError(
                     f"mask {Path(mask_path).name} holds {msk.input_dtype} values; masks must be integer label images "
                     "(0 background, 1, 2, ... one value per object), not probabilities or binary floats"
                 )
             if not 0 <= channel < img.channel_count:
-                raise PairError(f"channel={channel}: image {Path(image_path).name} has channels 0..{img.channel_count - 1}")
+                raise PairError(
+                    f"channel={channel}: image {Path(image_path).name} has channels 0..{img.channel_count - 1}")
             dim = ndim or (3 if img.plane_count > 1 else 2)
             if pairs_ndim is not None and dim != pairs_ndim:
                 raise PairError(f"{Path(image_path).name} is {dim}D but earlier images are {pairs_ndim}D; give --dim")
