@@ -21,9 +21,9 @@ from stardist_host.errors import IndexRangeError, InputFileError, StardistHostEr
 bioio = pytest.importorskip("bioio")
 bioio_ome_tiff = pytest.importorskip("bioio_ome_tiff")
 
-from stardist_host.io.bioio_reader import BioioImageSet  # noqa: E402
-from stardist_host.io.omezarr import MissingExtraError  # noqa: E402
-from stardist_host.testing.conformance import ImageSetConformance  # noqa: E402
+from stardist_host.io.bioio_reader import BioioImageSet
+from stardist_host.io.omezarr import MissingExtraError
+from stardist_host.testing.conformance import ImageSetConformance
 
 
 def tczyx() -> np.ndarray:

@@ -1,4 +1,4 @@
-"""OmeZarrImageSet: OME-Zarr stores written by ome-zarr's own writer, read back; label images checked with ome-zarr's Reader."""
+"""OmeZarrImageSet on stores written by ome-zarr's own writer; label images read back by ome-zarr's Reader and bioio."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import numpy as np
 import pytest
 
 from stardist_host import host
-from stardist_host.errors import IndexRangeError, InputFileError, OutputError, StardistHostError
+from stardist_host.errors import (
+    IndexRangeError,
+    InputFileError,
+    OutputError,
+    StardistHostError,
+)
 
 zarr = pytest.importorskip("zarr")
 ome_writer = pytest.importorskip("ome_zarr.writer")
 ome_format = pytest.importorskip("ome_zarr.format")
 
-from stardist_host.io.omezarr import MissingExtraError, OmeZarrImageSet  # noqa: E402
-from stardist_host.testing.conformance import ImageSetConformance  # noqa: E402
+from stardist_host.io.omezarr import MissingExtraError, OmeZarrImageSet
+from stardist_host.testing.conformance import ImageSetConformance
 
 ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 VERSIONS = ["0.4", pytest.param("0.5", marks=pytest.mark.skipif(not ZARR3, reason="NGFF 0.5 needs zarr 3"))]
@@ -140,9 +145,8 @@ def _hand_store(path: Path, axes: list[dict], data: np.ndarray, *, version: str 
         group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
     else:
         group.array("0", data)
-    scale = [{"type": "scale", "scale": [1.0] * data.ndim}]
-    group.attrs["multiscales"] = [{"version": version, "axes": axes, "datasets": [{"path": "0",
-                                                                                    "coordinateTransformations": scale}]}]
+    dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * data.ndim}]}
+    group.attrs["multiscales"] = [{"version": version, "axes": axes, "datasets": [dataset]}]
     return path
 
 

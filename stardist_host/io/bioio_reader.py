@@ -26,7 +26,7 @@ from .files import scratch_dir as make_scratch_dir
 from .imagesets import _DiskChannel, _fit
 from .omezarr import UNITS_UM, require
 
-__all__ = ["BioioImageSet", "PLUGINS"]
+__all__ = ["PLUGINS", "BioioImageSet"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ def _open(path: Path, reader: Any):
     except Exception as err:  # bioio raises UnsupportedFileFormatError, plugins their own errors
         kind = type(err).__name__
         if "Unsupported" in kind:
-            raise InputFileError(f"{str(path)!r}: no installed bioio plugin reads this file; {_plugin_hint(path)}") from err
+            raise InputFileError(
+                f"{str(path)!r}: no installed bioio plugin reads this file; {_plugin_hint(path)}"
+            ) from err
         raise InputFileError(f"{str(path)!r} cannot be read through bioio ({kind}: {err}); is it complete and of "
                              "the format its name says?") from err
 
@@ -222,9 +224,12 @@ class BioioImageSet:
                 "write results to a channel made with add_channel"
             )
         if tuple(np.shape(data)) != tuple(self.plane_shape):
-            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
+            raise ValueError(
+                f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}"
+            )
         target = self._added[channel - self._n_input]
-        target.write(time_point, plane, _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
+        what = f"channel {channel}, plane {plane}, time point {time_point}"
+        target.write(time_point, plane, _fit(data, target.dtype, what))
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         """Append a zero channel, kept in a scratch file, and return its index."""
@@ -273,7 +278,7 @@ class BioioImageSet:
         if callable(close):
             close()
 
-    def __enter__(self) -> "BioioImageSet":
+    def __enter__(self) -> BioioImageSet:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -31,10 +31,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import InputFileError, OutputError, ReadOnlyInputError, StardistHostError, check_index
+from ..errors import (
+    InputFileError,
+    OutputError,
+    ReadOnlyInputError,
+    StardistHostError,
+    check_index,
+)
 from .imagesets import _fit
 
-__all__ = ["OmeZarrImageSet", "MissingExtraError", "NGFF_VERSIONS", "UNITS_UM"]
+__all__ = ["NGFF_VERSIONS", "UNITS_UM", "MissingExtraError", "OmeZarrImageSet"]
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +134,17 @@ def _read_meta(group, where: str) -> _Meta:
         try:
             shape = tuple(int(n) for n in group[ds["path"]].shape)
         except KeyError:
-            raise InputFileError(f"{where}: level {i} names the array {ds['path']!r}, which is not in the store") from None
+            raise InputFileError(
+                f"{where}: level {i} names the array {ds['path']!r}, which is not in the store"
+            ) from None
         if len(shape) != len(axes):
             raise InputFileError(f"{where}: level {i} ({ds['path']!r}) has {len(shape)} dimensions but the metadata "
                                  f"name {len(axes)} axes ({', '.join(a['name'] for a in axes)})")
         levels.append(Level(i, ds["path"], shape, tuple(ds.get("coordinateTransformations", ()))))
     if not levels:
         raise InputFileError(f"{where}: the multiscales metadata list no datasets (resolution levels)")
-    return _Meta(version, axes, tuple(levels), tuple(ms.get("coordinateTransformations", ())), dict(ome.get("omero") or {}))
+    global_transforms = tuple(ms.get("coordinateTransformations", ()))
+    return _Meta(version, axes, tuple(levels), global_transforms, dict(ome.get("omero") or {}))
 
 
 def _axis_roles(axes: tuple[dict, ...], shape: tuple[int, ...], where: str) -> dict[str, int]:
@@ -202,7 +211,8 @@ def _channel_names(omero: dict, count: int) -> list[str]:
     channels = omero.get("channels") if isinstance(omero, dict) else None
     names = [f"Channel {i}" for i in range(count)]
     if isinstance(channels, list) and len(channels) == count:
-        names = [str(ch.get("label") or names[i]) if isinstance(ch, dict) else names[i] for i, ch in enumerate(channels)]
+        names = [str(ch.get("label") or names[i]) if isinstance(ch, dict) else names[i]
+                 for i, ch in enumerate(channels)]
     elif channels:
         log.warning("omero metadata name %d channels, but the image has %d; channels are named by number",
                     len(channels), count)
@@ -432,8 +442,10 @@ class OmeZarrImageSet:
                 "write results to a channel made with add_channel"
             )
         if tuple(np.shape(data)) != tuple(self.plane_shape):
-            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
-        name, array = self._added[channel - self._n_input]
+            raise ValueError(
+                f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}"
+            )
+        array = self._added[channel - self._n_input][1]
         data = _fit(data, np.dtype(array.dtype), f"channel {channel}, plane {plane}, time point {time_point}")
         if self._roles["Y"] > self._roles["X"]:
             data = data.T
@@ -518,7 +530,7 @@ class OmeZarrImageSet:
         """Forget the stores (Zarr keeps no files open between reads)."""
         self._labels_root = None
 
-    def __enter__(self) -> "OmeZarrImageSet":
+    def __enter__(self) -> OmeZarrImageSet:
         return self
 
     def __exit__(self, *exc) -> None:
