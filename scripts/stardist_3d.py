@@ -28,6 +28,7 @@ LABEL_DTYPE = "auto"  # "uint16" or "uint32" to choose the label channel's type
 # ----- headless (python stardist_3d.py INPUT.tif OUTPUT.tif) ------------------
 OVERWRITE = False  # True: replace an output file that exists already
 LABELS_ONLY = False  # True: write only the label channel, not the input channels
+EXPORT_OBJECTS = []  # e.g. ["csv"]: one row per object; "roi", "geojson": outlines per plane
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python stardist_3d.py INPUT.tif OUTPUT.tif [--axes ZYX]

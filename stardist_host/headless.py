@@ -21,7 +21,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, StardistHostError, check_index
 from .host import active_imageset
-from .io.files import OutputLock, check_output, remove_stale
+from .io.files import check_output, claim_outputs
+from .io.objects import FORMATS as OBJECT_FILES
+from .io.objects import export_objects
 from .segmentation.segment import Progress, SegmentResult, run
 from .segmentation.settings import Settings
 
@@ -164,15 +166,22 @@ def segment_file(
     """
     from .io.imagesets import TiffImageSet
 
-    out = check_output(output, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
-    with OutputLock(out):
-        remove_stale(out.parent, out.name)
+    out = Path(output)
+    stem = out.name.split(".")[0]
+    extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
+    check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
+    with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):
         with TiffImageSet(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
             check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
                         noun="time points")
             imageset.current_time_point = current_time_point
             result = run(settings, imageset, progress=progress)
-            imageset.save(out, **({"labels_only": True} if settings.labels_only else {}))
+            if settings.export_objects:
+                export_objects(imageset, label_channel=result.channel, out_dir=out.parent, stem=stem,
+                               formats=settings.export_objects, ndim=settings.ndim,
+                               time_points=sorted({u.unit.time_point for u in result.units}),
+                               overwrite=settings.overwrite)
+            imageset.save(out, labels_only=settings.labels_only)
     return result
 
 

@@ -40,7 +40,7 @@ class _Required:
 REQUIRED: Any = _Required()
 
 #: Field types: what a value must be, and the word shown for it in parameter lists.
-TYPES = ("int", "float", "bool", "str", "path", "choice", "ints", "floats")
+TYPES = ("int", "float", "bool", "str", "path", "choice", "choices", "ints", "floats")
 
 
 class SettingsErrors(SettingsError):
@@ -185,6 +185,7 @@ class Field:
             "str": "a non-empty text in quotes",
             "path": "a path in quotes",
             "choice": f"one of {', '.join(map(repr, self.choices))}",
+            "choices": f"a list of any of {', '.join(map(repr, self.choices))}, e.g. {list(self.choices[:1])}, or []",
             "ints": f"{self.length or 'a list of'} whole numbers{rng}" + (", e.g. [0, 1]" if not self.length else ""),
             "floats": f"{self.length or 'a list of'} numbers{unit}{rng}",
         }[self.type]
@@ -197,6 +198,8 @@ class Field:
             return isinstance(value, (str, os.PathLike)) and bool(str(value).strip())
         if self.type == "choice":
             return value in self.choices
+        if self.type == "choices":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, str) and v in self.choices for v in value)
         if self.type in ("ints", "floats"):
             if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length):
                 return False
@@ -234,6 +237,13 @@ class Field:
                     return choice
             listed = ", ".join(map(str, self.choices)) + (" or none" if self.optional else "")
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {listed}")
+        if self.type == "choices":
+            values = tuple(v.strip() for v in text.split(",") if v.strip())
+            unknown = [v for v in values if v not in self.choices]
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"{', '.join(unknown)} not among {', '.join(map(str, self.choices))} (give them separated by commas)")
+            return values
         try:
             if self.type == "int":
                 return int(text)
@@ -253,7 +263,7 @@ class Field:
     def type_word(self) -> str:
         return {"ints": "a list of whole numbers", "floats": "a list of numbers", "int": "a whole number",
                 "float": "a number", "bool": "True or False", "str": "a text", "path": "a path",
-                "choice": "a choice"}[self.type]
+                "choice": "a choice", "choices": "a list of choices"}[self.type]
 
     def default_text(self) -> str:
         return "required" if self.required else _text(self.default)
@@ -270,7 +280,7 @@ class Field:
 
     def describe(self) -> dict[str, Any]:
         """A machine-readable description: name, type, default, allowed, unit, description."""
-        if self.type == "choice":
+        if self.type in ("choice", "choices"):
             allowed: Any = list(self.choices)
         elif self.low is not None or self.high is not None:
             allowed = {"min": self.low, "max": self.high, "min_exclusive": self.open_low, "max_exclusive": self.open_high}

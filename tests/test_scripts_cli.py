@@ -115,6 +115,29 @@ def test_cli_unique_labels_across_time_points(tmp_path, sample_2d):
     assert sorted(per_t[0] | per_t[1] | per_t[2]) == list(range(1, sum(map(len, per_t)) + 1))
 
 
+def test_cli_exports_objects_for_fiji_and_qupath(tmp_path, sample_2d):
+    import json
+
+    import roifile
+
+    out = tmp_path / "seg.ome.tif"
+    assert main(["segment", str(sample_2d), str(out), "--time-point", "1", "--cpu", "--export-objects", "roi,geojson"]) == 0
+    labels = tifffile.imread(out)[1, 2]  # T, C, Y, X: the single plane is squeezed
+    n = len(np.unique(labels)) - 1
+    rois = roifile.roiread(tmp_path / "seg_rois.zip")
+    assert n >= 20 and len(rois) == n
+    assert {(r.t_position, r.z_position) for r in rois} == {(2, 1)}  # time point 1, plane 0, 1-based as in Fiji
+    features = json.loads((tmp_path / "seg.geojson").read_text(encoding="utf-8"))["features"]
+    assert sorted(f["properties"]["label"] for f in features) == sorted(np.unique(labels)[1:].tolist())
+
+
+def test_cli_export_objects_refused_before_the_model_loads(tmp_path, sample_2d, caplog, no_model):
+    (tmp_path / "seg_rois.zip").write_bytes(b"earlier")
+    assert main(["segment", str(sample_2d), str(tmp_path / "seg.ome.tif"), "--export-objects", "roi"]) == 2
+    assert "seg_rois.zip' exists already" in caplog.text
+    assert (tmp_path / "seg_rois.zip").read_bytes() == b"earlier" and not (tmp_path / "seg.ome.tif").exists()
+
+
 @pytest.mark.parametrize("t", ["5", "-1"])
 def test_cli_time_point_outside_the_file(tmp_path, sample_2d, caplog, t):
     out = tmp_path / "out.tif"

@@ -15,19 +15,18 @@ removed and logged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import AnalysisError, SettingsError
 from ..host import ImageSet, active_imageset
-from ..io.files import OutputLock, check_output, remove_stale
+from ..io.files import claim_outputs
 from ..schema import Field, Schema, raise_all
 from .common import write_csv
 
@@ -268,17 +267,6 @@ def _validated(job: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-@contextlib.contextmanager
-def _claimed(paths: Sequence[Path], *, inputs: Sequence[str | os.PathLike], overwrite: bool) -> Iterator[None]:
-    """Check every output, lock each and remove the leftovers of killed runs beside them, before any work."""
-    checked = [check_output(p, inputs=tuple(inputs), overwrite=overwrite) for p in paths]
-    with contextlib.ExitStack() as stack:
-        for path in checked:
-            stack.enter_context(OutputLock(path))
-            remove_stale(path.parent, path.name)
-        yield
-
-
 def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any]) -> list[Path]:
     kwargs = {k: v for k, v in values.items() if k not in _OUTPUT_SETTINGS}
     written = JOBS[job].function(imageset, out, **kwargs)
@@ -313,7 +301,7 @@ def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem
     """
     values = _validated(job, settings)
     out = Path(output_folder) / stem
-    with _claimed(JOBS[job].tables(out, values), inputs=(), overwrite=values["overwrite"]):
+    with claim_outputs(JOBS[job].tables(out, values), inputs=(), overwrite=values["overwrite"]):
         return _run(job, imageset, out, values)
 
 
@@ -334,7 +322,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     image = folder / f"{stem}_{job}.ome.tif"
     if JOBS[job].adds_channel(values):
         outputs.append(image)
-    with _claimed(outputs, inputs=(input,), overwrite=values["overwrite"]):
+    with claim_outputs(outputs, inputs=(input,), overwrite=values["overwrite"]):
         with TiffImageSet(input, axes=axes, series=series, scratch_dir=folder) as imageset:
             before = imageset.channel_count
             written = _run(job, imageset, folder / stem, values)

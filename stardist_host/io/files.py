@@ -26,13 +26,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import OutputBusyError, OutputError
 
 __all__ = [
     "atomic_write",
     "check_output",
+    "claim_outputs",
     "OutputLock",
     "remove_stale",
     "scratch_dir",
@@ -216,6 +217,24 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def claim_outputs(
+    paths: Sequence[str | os.PathLike], *, inputs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
+    suffixes: tuple[str, ...] | None = None,
+) -> Iterator[list[Path]]:
+    """Check every output (:func:`check_output`), lock each and remove what killed runs left beside them.
+
+    All of it happens before any work, so a run that cannot write one of its
+    outputs stops at once; the locks are held until the block ends.
+    """
+    checked = [check_output(p, inputs=tuple(inputs), overwrite=overwrite, suffixes=suffixes) for p in paths]
+    with contextlib.ExitStack() as stack:
+        for path in checked:
+            stack.enter_context(OutputLock(path))
+            remove_stale(path.parent, path.name)
+        yield checked
 
 
 def _read_pid(path: Path) -> int | None:

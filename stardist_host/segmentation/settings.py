@@ -76,6 +76,10 @@ def schema(ndim: int) -> Schema:
               allowed="must be True or False"),
         Field("LABELS_ONLY", "bool", False, "headless: write only the label channel, not the input channels",
               allowed="must be True or False"),
+        Field("EXPORT_OBJECTS", "choices", (), "headless: also write the objects beside the output file: 'roi' an "
+              "ImageJ ROI set (Fiji's ROI Manager), 'geojson' QuPath detections"
+              + ("" if ndim == 2 else ", both per plane; 'csv' one row per object with centroid, bounding box, volume"),
+              choices=("roi", "geojson") if ndim == 2 else ("roi", "geojson", "csv")),
     ])
 
 
@@ -112,6 +116,7 @@ class Settings:
     label_dtype: str = "auto"
     overwrite: bool = False
     labels_only: bool = False
+    export_objects: tuple[str, ...] = ()
 
     def name(self, field: str) -> str:
         """The name a user writes for ``field`` in a settings block."""
@@ -133,6 +138,7 @@ class Settings:
         raise_all(errors)
         if self.n_tiles is not None:
             object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
+        object.__setattr__(self, "export_objects", tuple(dict.fromkeys(self.export_objects)))
 
     @classmethod
     def from_script(cls, namespace: Mapping[str, Any], *, ndim: int) -> "Settings":
