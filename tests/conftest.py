@@ -73,3 +73,33 @@ def model_3d():
     from stardist_host.segmentation.models import load_model
 
     return load_model("3D_demo", ndim=3)
+
+
+class OwnThreadImageSet(MemoryImageSet):
+    """A MemoryImageSet that raises when any member is used from a thread other than the one that made it,
+    as hosts whose objects belong to one thread (COM, .NET, Qt) do."""
+
+    def __init__(self, *args, **kwargs):
+        import threading
+
+        object.__setattr__(self, "_owner", threading.get_ident())
+        super().__init__(*args, **kwargs)
+
+    def __getattribute__(self, name):
+        import threading
+
+        if not name.startswith("_") and threading.get_ident() != object.__getattribute__(self, "_owner"):
+            raise RuntimeError(f"{name} used from thread {threading.current_thread().name}")
+        return object.__getattribute__(self, name)
+
+
+def sample_planes_tczyx(t: int = 2, z: int = 4, size: int = 64) -> np.ndarray:
+    """A (T, 1, Z, size, size) uint16 stack of different crops of stardist's 2D sample, nuclei in every plane."""
+    from stardist.data import test_image_nuclei_2d
+
+    img = test_image_nuclei_2d()
+    data = np.zeros((t, 1, z, size, size), np.uint16)
+    for i in range(t * z):
+        y, x = (37 * i) % (512 - size), (53 * i) % (512 - size)
+        data[i // z, 0, i % z] = img[y:y + size, x:x + size]
+    return data
