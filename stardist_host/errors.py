@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyInputError",
     "OutputError",
     "OutputBusyError",
+    "MissingExtraError",
     "ModelError",
     "LabelOverflowError",
     "NoImageSetError",
@@ -28,6 +29,7 @@ __all__ = [
     "TrainError",
     "Cancelled",
     "check_index",
+    "require",
     "EXIT_USER_ERROR",
     "EXIT_CANCELLED",
 ]
@@ -77,6 +79,10 @@ class OutputBusyError(OutputError):
     """The output is in use: another run writes it, or another program holds it open."""
 
 
+class MissingExtraError(StardistHostError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
 class ModelError(StardistHostError, ValueError):
     """A model that cannot be found or loaded, or does not fit the job."""
 
@@ -103,6 +109,19 @@ class TrainError(PairError):
 
 class Cancelled(StardistHostError):
     """The run was stopped by the user (a host's Stop button, ``cancel()`` or Ctrl-C)."""
+
+
+def require(module: str, extra: str, *, purpose: str) -> Any:
+    """Import ``module``, or raise :class:`MissingExtraError` naming ``pip install "stardist-host[extra]"``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({err}); "
+            f'install it with: pip install "stardist-host[{extra}]"'
+        ) from err
 
 
 def check_index(

@@ -21,8 +21,8 @@ from stardist_host.errors import IndexRangeError, InputFileError, StardistHostEr
 bioio = pytest.importorskip("bioio")
 bioio_ome_tiff = pytest.importorskip("bioio_ome_tiff")
 
+from stardist_host.errors import MissingExtraError
 from stardist_host.io.bioio_reader import BioioImageSet
-from stardist_host.io.omezarr import MissingExtraError
 from stardist_host.testing.conformance import ImageSetConformance
 
 

@@ -22,7 +22,8 @@ zarr = pytest.importorskip("zarr")
 ome_writer = pytest.importorskip("ome_zarr.writer")
 ome_format = pytest.importorskip("ome_zarr.format")
 
-from stardist_host.io.omezarr import MissingExtraError, OmeZarrImageSet
+from stardist_host.errors import MissingExtraError
+from stardist_host.io.omezarr import OmeZarrImageSet
 from stardist_host.testing.conformance import ImageSetConformance
 
 ZARR3 = int(zarr.__version__.split(".")[0]) >= 3

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import InputFileError, ReadOnlyInputError, check_index
+from ..errors import InputFileError, ReadOnlyInputError, check_index, require
 from .files import scratch_dir as make_scratch_dir
-from .imagesets import _DiskChannel, _fit
-from .omezarr import UNITS_UM, require
+from .imagesets import DiskChannel, fit_to_dtype
+from .omezarr import UNITS_UM
 
 __all__ = ["PLUGINS", "BioioImageSet"]
 
@@ -167,7 +167,7 @@ class BioioImageSet:
         self.current_time_point = check_index(
             "current_time_point", current_time_point, self.time_point_count, what=where, noun="time points"
         )
-        self._added: list[_DiskChannel] = []
+        self._added: list[DiskChannel] = []
         self._added_names: list[str] = []
         self._added_files: list[Path] = []
         self._made = 0
@@ -229,7 +229,7 @@ class BioioImageSet:
             )
         target = self._added[channel - self._n_input]
         what = f"channel {channel}, plane {plane}, time point {time_point}"
-        target.write(time_point, plane, _fit(data, target.dtype, what))
+        target.write(time_point, plane, fit_to_dtype(data, target.dtype, what))
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         """Append a zero channel, kept in a scratch file, and return its index."""
@@ -239,7 +239,7 @@ class BioioImageSet:
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
         self._made += 1  # a fresh file name even after a removal
         path = Path(self._scratch.name) / f"channel{self._made}.raw"
-        self._added.append(_DiskChannel(path, shape, dtype))
+        self._added.append(DiskChannel(path, shape, dtype))
         self._added_files.append(path)
         self._added_names.append(str(name))
         return index

@@ -21,7 +21,7 @@ __all__ = ["MemoryImageSet", "TiffImageSet"]
 log = logging.getLogger(__name__)
 
 
-def _fit(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
+def fit_to_dtype(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
     """Cast ``data`` to ``dtype``, refusing values that the type cannot hold.
 
     Raises
@@ -137,7 +137,7 @@ class MemoryImageSet(_Checks):
         self._check(channel, plane, time_point)
         self._check_plane(data)
         target = self._channels[channel]
-        target[time_point, plane] = _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}")
+        target[time_point, plane] = fit_to_dtype(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}")
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
@@ -169,7 +169,7 @@ class MemoryImageSet(_Checks):
         return self._channels[channel]
 
 
-class _DiskChannel:
+class DiskChannel:
     """A (T, Z, Y, X) channel in a scratch file, read and written a plane at a time.
 
     Plain file reads and writes rather than a memory map: planes written do not
@@ -261,7 +261,7 @@ class TiffImageSet(_Checks):
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
         self._input_dtypes = list(layout.dtypes)
-        self._added: list[_DiskChannel] = []
+        self._added: list[DiskChannel] = []
         self._made = 0
 
     @property
@@ -299,7 +299,7 @@ class TiffImageSet(_Checks):
             )
         self._check_plane(data)
         target = self._added[channel - self._n_input]
-        target.write(time_point, plane, _fit(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
+        target.write(time_point, plane, fit_to_dtype(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         if self._scratch is None:
@@ -307,7 +307,7 @@ class TiffImageSet(_Checks):
         index = self.channel_count
         shape = (self.time_point_count, self.plane_count, *self.plane_shape)
         self._made += 1  # scratch names never reused, even after remove_channel
-        self._added.append(_DiskChannel(Path(self._scratch.name) / f"channel{self._made}.raw", shape, dtype))
+        self._added.append(DiskChannel(Path(self._scratch.name) / f"channel{self._made}.raw", shape, dtype))
         self._names.append(name)
         return index
 

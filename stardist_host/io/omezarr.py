@@ -31,16 +31,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import (
-    InputFileError,
-    OutputError,
-    ReadOnlyInputError,
-    StardistHostError,
-    check_index,
-)
-from .imagesets import _fit
+from ..errors import InputFileError, OutputError, ReadOnlyInputError, check_index, require
+from .imagesets import fit_to_dtype
 
-__all__ = ["NGFF_VERSIONS", "UNITS_UM", "MissingExtraError", "OmeZarrImageSet"]
+__all__ = ["NGFF_VERSIONS", "UNITS_UM", "OmeZarrImageSet"]
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +46,6 @@ UNITS_UM = {
     "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0, "um": 1.0,
     "µm": 1.0, "μm": 1.0, "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6,
 }
-
-
-class MissingExtraError(StardistHostError, ImportError):
-    """An optional dependency is not installed; the message names the extra that brings it."""
-
-
-def require(module: str, extra: str, *, purpose: str) -> Any:
-    """Import ``module``, or raise :class:`MissingExtraError` naming ``pip install "stardist-host[extra]"``."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingExtraError(
-            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({err}); "
-            f'install it with: pip install "stardist-host[{extra}]"'
-        ) from err
 
 
 def _zarr():
@@ -446,7 +423,7 @@ class OmeZarrImageSet:
                 f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}"
             )
         array = self._added[channel - self._n_input][1]
-        data = _fit(data, np.dtype(array.dtype), f"channel {channel}, plane {plane}, time point {time_point}")
+        data = fit_to_dtype(data, np.dtype(array.dtype), f"channel {channel}, plane {plane}, time point {time_point}")
         if self._roles["Y"] > self._roles["X"]:
             data = data.T
         array[self._index(0, plane, time_point)] = data
