@@ -246,9 +246,9 @@ def test_unique_label_offsets_do_not_wrap(memory_imageset):
     from stardist_host.segmentation.segment import _number
     from stardist_host.segmentation.plan import Unit
 
-    labels = np.array([[0, 2**31 - 1]], np.int32)
-    got, count, top = _number(labels, Unit(0, 0, 0), offset=5, unique=True, dtype=np.dtype(np.uint32))
-    assert got.tolist() == [[0, 2**31 + 4]] and count == 1 and top == 2**31 + 4
+    labels = np.array([[0, 100]], np.int32)  # stardist's type; an offset past 2**31 does not fit it
+    got, count, top = _number(labels, Unit(0, 0, 0), offset=2**31 + 10, unique=True, dtype=np.dtype(np.uint32))
+    assert got.tolist() == [[0, 2**31 + 110]] and count == 1 and top == 2**31 + 110
 
 
 def test_nan_pixels_normalised_over_finite_ones_and_set_to_zero(caplog):
