@@ -11,7 +11,7 @@ from typing import Callable
 
 from .resources import bundled_folder
 
-__all__ = ["run_checks", "samples_dir", "SAMPLE_2D", "SAMPLE_3D"]
+__all__ = ["main", "run_checks", "samples_dir", "SAMPLE_2D", "SAMPLE_3D"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,24 @@ def _gpus() -> str:
 
     gpus = visible_gpus()
     return ", ".join(gpus) if gpus else "none (TensorFlow runs on the CPU; see README for GPU set-up)"
+
+
+def _host() -> str:
+    """Whether a host handed over an image set, and the thread the script (and every image-set call) runs on."""
+    import threading
+
+    from .errors import NoImageSetError
+    from .host import active_imageset
+
+    thread = threading.current_thread()
+    where = f"thread {thread.name!r} (id {thread.ident}{', the main thread' if thread is threading.main_thread() else ''})"
+    try:
+        imageset = active_imageset()
+    except NoImageSetError:
+        return f"no active image set (headless, or the host's adapter has not called set_active_imageset); {where}"
+    shape = (imageset.time_point_count, imageset.channel_count, imageset.plane_count, *imageset.plane_shape)
+    return (f"inside a host: active image set {type(imageset).__name__}, TCZYX {'x'.join(map(str, shape))}, "
+            f"channels {', '.join(imageset.channel_names)}; image-set calls run on {where}")
 
 
 def _bundled_models() -> str:
@@ -87,6 +105,7 @@ def run_checks(*, use_gpu: bool = True) -> bool:
 
     checks: list[tuple[str, Callable[[], str]]] = [
         ("python", _python),
+        ("host", _host),
         ("packages", _versions),
         ("device", lambda: configure_device(use_gpu)),
         ("GPUs", _gpus),
@@ -104,3 +123,8 @@ def run_checks(*, use_gpu: bool = True) -> bool:
             log.debug("%s", traceback.format_exc())
     print("all checks passed" if ok else "some checks failed: see [FAIL] above", flush=True)
     return ok
+
+
+def main(*, use_gpu: bool = True) -> bool:
+    """The doctor as a host's script editor runs it: ``from stardist_host.doctor import main; main()``."""
+    return run_checks(use_gpu=use_gpu)

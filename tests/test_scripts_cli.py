@@ -310,6 +310,17 @@ def test_doctor_passes(capsys):
     assert "[ OK ] 2D sample: 2D_demo on nuclei_2d_t.tif" in text and "[ OK ] 3D sample: 3D_demo" in text
 
 
+def test_doctor_says_whether_it_runs_inside_a_host_and_on_which_thread(capsys):
+    from stardist_host.doctor import _host
+
+    assert _host().startswith("no active image set") and "'MainThread'" in _host()
+    set_active_imageset(MemoryImageSet(np.zeros((2, 1, 3, 8, 9), np.uint16), channel_names=["DAPI"]))
+    try:
+        assert _host().startswith("inside a host: active image set MemoryImageSet, TCZYX 2x1x3x8x9, channels DAPI")
+    finally:
+        set_active_imageset(None)
+
+
 def test_doctor_fails_with_the_reason(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("STARDIST_HOST_MODELS", str(tmp_path))  # no bundled models there
     assert main(["doctor", "--cpu"]) == 1
