@@ -249,6 +249,24 @@ def test_big_plane_goes_through_predict_instances_big(model_2d, monkeypatch):
     assert got.shape == x.shape and m.f1 >= 0.97, m
 
 
+def test_big_volume_keeps_the_anisotropy_scale(model_3d, monkeypatch):
+    x = normalize(stardist_sample_3d()[8:20, :56, :56], 1, 99.8, axis=None)
+    monkeypatch.setattr(pipeline, "BIG_PIXELS", 1000)
+    calls = []
+    original = type(model_3d).predict_instances_big
+
+    def spy(self, img, **kwargs):
+        calls.append({k: kwargs[k] for k in ("block_size", "min_overlap", "context", "scale")})
+        return original(self, img, **kwargs)
+
+    monkeypatch.setattr(type(model_3d), "predict_instances_big", spy)
+    got = dict(pipeline.predict_units(model_3d, [0], lambda i: x, scale=(2.0, 1.0, 1.0)))[0]
+    # every axis thinner than 3 overlaps + 2 contexts: one whole block each, the scale passed on
+    assert calls == [{"block_size": (12, 56, 56), "min_overlap": (0, 0, 0), "context": (0, 0, 0),
+                      "scale": (2.0, 1.0, 1.0)}]
+    assert got.shape == x.shape and got.max() > 0
+
+
 @pytest.mark.parametrize(
     "line, file, content, expected",
     [
