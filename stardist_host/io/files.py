@@ -152,10 +152,11 @@ def check_output(
         Naming the path, what is wrong and what to do.
     """
     out = Path(output)
+    if out.is_dir():
+        example = out / f"result{suffixes[0] if suffixes else ''}"
+        raise OutputError(f"{what} {str(out)!r} is a folder; give a file name inside it, e.g. {str(example)!r}")
     if suffixes and not out.name.lower().endswith(suffixes):
         raise OutputError(f"{what} {str(out)!r} must end in {' or '.join(suffixes)} (e.g. result{suffixes[0]})")
-    if out.is_dir():
-        raise OutputError(f"{what} {str(out)!r} is a folder; give a file name inside it, e.g. {str(out / 'result')!r}")
     folder = out.parent
     if not folder.is_dir():
         raise OutputError(f"{what} {str(out)!r}: the folder {str(folder)!r} does not exist")
