@@ -70,3 +70,24 @@ def test_pretrained_offline_says_how_to_get_it(monkeypatch):
     assert "the pretrained model '2D_versatile_fluo' could not be downloaded (URL fetch failure" in text
     assert "StarDist2D.from_pretrained('2D_versatile_fluo')" in text
     assert "set MODEL2D_PATH to the folder that contains '2D_versatile_fluo'" in text
+
+
+def test_pretrained_damaged_cache_is_not_called_offline(monkeypatch):
+    from stardist.models import StarDist2D
+
+    def damaged(name):
+        raise ValueError("Unknown layer: 'Conv2DX'")
+
+    monkeypatch.setattr(StarDist2D, "from_pretrained", damaged)
+    with pytest.raises(ModelError) as err:
+        load_model("2D_versatile_fluo", ndim=2)
+    text = str(err.value)
+    assert "the pretrained model '2D_versatile_fluo' could not be loaded (ValueError: Unknown layer" in text
+    assert "delete" in text and "offline" not in text
+
+
+def test_stardist_prints_go_to_the_log_not_stdout(capsys, caplog):
+    with caplog.at_level("DEBUG", logger="stardist_host.segmentation.models"):
+        load_model("2D_demo", ndim=2)
+    assert capsys.readouterr().out == ""
+    assert "Loading network weights from 'weights_best.h5'." in caplog.text
