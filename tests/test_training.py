@@ -231,7 +231,7 @@ def test_default_options_train_a_crop_of_the_2d_sample(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(training, "atomic_write", recording)
     monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("the plot switched matplotlib's backend"))
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="stardist_host")  # whatever an earlier run set for the package
     settings = TrainSettings(basedir=tmp_path / "models", name="defaults", epochs=1, steps_per_epoch=1, use_gpu=False,
                              command="stardist-host train --voxel-size 1µm")
     card = train(settings, pairs)
