@@ -149,10 +149,10 @@ def test_index_and_shape_errors(two_scenes):
         new = ims.add_channel("nuclei", np.uint16)
         with pytest.raises(ValueError, match=r"plane of shape \(8, 8\) given, but the image set's planes are"):
             ims.set_channeldata(new, 0, 0, np.zeros((8, 8), np.uint16))
-        with pytest.raises(PermissionError, match=r"channel 0 comes from the input file two.ome.tif, which is never "
-                                                  r"modified; only channels made with add_channel can be removed"):
+        with pytest.raises(PermissionError, match=r"channel 0 \('DAPI'\) comes from the input file two.ome.tif, which "
+                                                  r"is never modified; only channels made with add_channel can be removed"):
             ims.remove_channel(0)
-        with pytest.raises(IndexRangeError, match=r"index=4: the image set has channels 0..3"):
+        with pytest.raises(IndexRangeError, match=r"channel=4: the image set has channels 0..3"):
             ims.remove_channel(4)
 
 

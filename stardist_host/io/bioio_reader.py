@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import NDArray
 
-from ..errors import InputFileError, ReadOnlyInputError, check_index, require
-from .files import scratch_dir as make_scratch_dir
-from .imagesets import DiskChannel, fit_to_dtype
+from ..errors import InputFileError, check_index, require
+from .imagesets import ScratchChannelsImageSet
 from .omezarr import UNITS_UM
 
 __all__ = ["PLUGINS", "BioioImageSet"]
@@ -105,7 +103,7 @@ def _voxel_size(img, where: str) -> tuple | None:
     return tuple(sizes)
 
 
-class BioioImageSet:
+class BioioImageSet(ScratchChannelsImageSet):
     """A read-only image set over one scene of a file that bioio reads; new channels kept in scratch files.
 
     Parameters
@@ -167,12 +165,7 @@ class BioioImageSet:
         self.current_time_point = check_index(
             "current_time_point", current_time_point, self.time_point_count, what=where, noun="time points"
         )
-        self._added: list[DiskChannel] = []
-        self._added_names: list[str] = []
-        self._added_files: list[Path] = []
-        self._made = 0
-        self._scratch_parent = scratch_dir
-        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._init_scratch(scratch_dir)
 
     def _input_names(self, img, count: int) -> list[str]:
         names = [str(n) for n in (img.channel_names or [])]
@@ -192,88 +185,16 @@ class BioioImageSet:
     def input_dtype(self) -> np.dtype:
         return np.dtype(self._data.dtype)
 
-    @property
-    def channel_count(self) -> int:
-        return self._n_input + len(self._added)
-
-    @property
-    def channel_names(self) -> list[str]:
-        return self._names + self._added_names
-
-    def _check(self, channel: int, plane: int, time_point: int) -> None:
-        check_index("channel", channel, self.channel_count, noun="channels", names=self.channel_names)
-        check_index("plane", plane, self.plane_count, noun="planes")
-        check_index("time_point", time_point, self.time_point_count, noun="time points")
-
-    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
-        """Return the (Y, X) plane; an input plane is read from the file now, and only that plane."""
-        self._check(channel, plane, time_point)
-        if channel >= self._n_input:
-            return self._added[channel - self._n_input].read(time_point, plane)
+    def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
+        """An input plane, read from the file now, and only that plane."""
         c, s = divmod(channel, self._samples)
         block = self._data[time_point, c, plane] if self._samples == 1 else self._data[time_point, c, plane, :, :, s]
         # synchronous: one plane is one or a few chunks, and the caller may itself be a worker thread
         return np.asarray(block.compute(scheduler="synchronous"))
 
-    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
-        """Store a (Y, X) plane in an added channel; the input's channels are refused."""
-        self._check(channel, plane, time_point)
-        if channel < self._n_input:
-            raise ReadOnlyInputError(
-                f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
-                "write results to a channel made with add_channel"
-            )
-        if tuple(np.shape(data)) != tuple(self.plane_shape):
-            raise ValueError(
-                f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}"
-            )
-        target = self._added[channel - self._n_input]
-        what = f"channel {channel}, plane {plane}, time point {time_point}"
-        target.write(time_point, plane, fit_to_dtype(data, target.dtype, what))
-
-    def add_channel(self, name: str, dtype: DTypeLike) -> int:
-        """Append a zero channel, kept in a scratch file, and return its index."""
-        if self._scratch is None:
-            self._scratch = make_scratch_dir(self._scratch_parent)
-        index = self.channel_count
-        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
-        self._made += 1  # a fresh file name even after a removal
-        path = Path(self._scratch.name) / f"channel{self._made}.raw"
-        self._added.append(DiskChannel(path, shape, dtype))
-        self._added_files.append(path)
-        self._added_names.append(str(name))
-        return index
-
-    def remove_channel(self, index: int) -> None:
-        """Remove a channel made by :meth:`add_channel`, and its scratch file; later channels move down by one.
-
-        Raises
-        ------
-        IndexRangeError
-            ``index`` is not a channel of the image set (an ``IndexError``).
-        ReadOnlyInputError
-            ``index`` is a channel of the input file, which is never modified.
-        """
-        check_index("index", index, self.channel_count, noun="channels", names=self.channel_names)
-        if index < self._n_input:
-            raise ReadOnlyInputError(f"channel {index} comes from the input file {self.path.name}, which is never "
-                                  "modified; only channels made with add_channel can be removed")
-        at = index - self._n_input
-        channel, path = self._added.pop(at), self._added_files.pop(at)
-        self._added_names.pop(at)
-        channel.close()
-        path.unlink(missing_ok=True)
-
     def close(self) -> None:
         """Delete the scratch files and close the file."""
-        for channel in self._added:
-            channel.close()
-        self._added.clear()
-        self._added_names.clear()
-        self._added_files.clear()
-        if self._scratch is not None:
-            self._scratch.cleanup()
-            self._scratch = None
+        self._close_scratch()
         close = getattr(self._image.reader, "close", None)
         if callable(close):
             close()

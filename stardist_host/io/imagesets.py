@@ -16,7 +16,7 @@ from ..errors import ReadOnlyInputError, check_index
 from .files import scratch_dir as make_scratch_dir
 from .tiff import OmeImage, TiffReader, write_ome_images
 
-__all__ = ["MemoryImageSet", "TiffImageSet"]
+__all__ = ["ScratchChannelsImageSet", "MemoryImageSet", "TiffImageSet"]
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,97 @@ class DiskChannel:
         self._file.close()
 
 
-class TiffImageSet(_Checks):
+class ScratchChannelsImageSet(_Checks):
+    """Base of image sets over a read-only input: its channels come from the input, added ones live on disk.
+
+    A subclass sets ``path``, ``time_point_count``, ``plane_count``,
+    ``plane_shape``, ``voxel_size``, ``current_time_point``, the input's
+    channel count ``_n_input`` and names ``_names``, calls
+    :meth:`_init_scratch`, and implements :meth:`_read_input`.  Channels made
+    with :meth:`add_channel` are kept in scratch files in a hidden folder
+    (:func:`stardist_host.io.files.scratch_dir`), so memory does not grow with
+    the data; :meth:`_close_scratch` deletes them.
+    """
+
+    path: Path
+    _n_input: int
+    _names: list[str]
+
+    def _init_scratch(self, scratch_dir: str | os.PathLike | None) -> None:
+        self._added: list[DiskChannel] = []
+        self._made = 0  # scratch names are never reused, even after remove_channel
+        self._scratch_parent = scratch_dir
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
+        raise NotImplementedError
+
+    @property
+    def channel_count(self) -> int:
+        return self._n_input + len(self._added)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._names)
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
+        self._check(channel, plane, time_point)
+        if channel < self._n_input:
+            return self._read_input(channel, plane, time_point)
+        return self._added[channel - self._n_input].read(time_point, plane)
+
+    def _refuse_input(self, channel: int, doing: str) -> None:
+        if channel < self._n_input:
+            raise ReadOnlyInputError(
+                f"channel {channel} ({self._names[channel]!r}) comes from the input file {self.path.name}, which is "
+                f"never modified; {doing}"
+            )
+
+    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
+        self._check(channel, plane, time_point)
+        self._refuse_input(channel, "write results to a channel made with add_channel")
+        self._check_plane(data)
+        target = self._added[channel - self._n_input]
+        what = f"channel {channel}, plane {plane}, time point {time_point}"
+        target.write(time_point, plane, fit_to_dtype(data, target.dtype, what))
+
+    def add_channel(self, name: str, dtype: DTypeLike) -> int:
+        if self._scratch is None:
+            self._scratch = make_scratch_dir(self._scratch_parent)
+        index = self.channel_count
+        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
+        self._made += 1
+        self._added.append(DiskChannel(Path(self._scratch.name) / f"channel{self._made}.raw", shape, dtype))
+        self._names.append(str(name))
+        return index
+
+    def remove_channel(self, index: int) -> None:
+        """Remove a channel made with :meth:`add_channel` and its scratch file; later channels move down by one.
+
+        Raises
+        ------
+        IndexError
+            ``index`` is not a channel of the image set.
+        ReadOnlyInputError
+            ``index`` is a channel of the input file, which is never modified.
+        """
+        self._check_channel(index)
+        self._refuse_input(index, "only channels made with add_channel can be removed")
+        channel = self._added.pop(index - self._n_input)
+        channel.close()
+        channel.path.unlink(missing_ok=True)
+        del self._names[index]
+
+    def _close_scratch(self) -> None:
+        for channel in self._added:
+            channel.close()
+        self._added.clear()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+
+class TiffImageSet(ScratchChannelsImageSet):
     """An image set read lazily from a TIFF file, with new channels kept on disk.
 
     The input file is opened read-only and read one plane at a time; each
@@ -245,8 +335,7 @@ class TiffImageSet(_Checks):
         except BaseException:
             self._reader.close()
             raise
-        self._scratch_parent = scratch_dir
-        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._init_scratch(scratch_dir)
 
     def _setup(self, layout, current_time_point: int) -> None:
         self.path = self._reader.path
@@ -261,16 +350,6 @@ class TiffImageSet(_Checks):
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
         self._input_dtypes = list(layout.dtypes)
-        self._added: list[DiskChannel] = []
-        self._made = 0
-
-    @property
-    def channel_count(self) -> int:
-        return self._n_input + len(self._added)
-
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self._names)
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -284,53 +363,8 @@ class TiffImageSet(_Checks):
             return self._input_dtypes[channel]
         return self._added[channel - self._n_input].dtype
 
-    def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
-        self._check(channel, plane, time_point)
-        if channel < self._n_input:
-            return self._reader.plane(time_point, channel, plane)
-        return self._added[channel - self._n_input].read(time_point, plane)
-
-    def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
-        self._check(channel, plane, time_point)
-        if channel < self._n_input:
-            raise ReadOnlyInputError(
-                f"channel {channel} comes from the input file {self.path.name}, which is never modified; "
-                "write results to a channel made with add_channel"
-            )
-        self._check_plane(data)
-        target = self._added[channel - self._n_input]
-        target.write(time_point, plane, fit_to_dtype(data, target.dtype, f"channel {channel}, plane {plane}, time point {time_point}"))
-
-    def add_channel(self, name: str, dtype: DTypeLike) -> int:
-        if self._scratch is None:
-            self._scratch = make_scratch_dir(self._scratch_parent)
-        index = self.channel_count
-        shape = (self.time_point_count, self.plane_count, *self.plane_shape)
-        self._made += 1  # scratch names never reused, even after remove_channel
-        self._added.append(DiskChannel(Path(self._scratch.name) / f"channel{self._made}.raw", shape, dtype))
-        self._names.append(name)
-        return index
-
-    def remove_channel(self, index: int) -> None:
-        """Remove a channel made with :meth:`add_channel` and its scratch file; later channels move down by one.
-
-        Raises
-        ------
-        IndexError
-            ``index`` is not a channel of the image set.
-        ReadOnlyInputError
-            ``index`` is a channel of the input file, which is never modified.
-        """
-        self._check_channel(index)
-        if index < self._n_input:
-            raise ReadOnlyInputError(
-                f"channel {index} ({self._names[index]!r}) comes from the input file {self.path.name}, which is "
-                f"never modified; only channels made with add_channel can be removed"
-            )
-        channel = self._added.pop(index - self._n_input)
-        channel.close()
-        channel.path.unlink(missing_ok=True)
-        del self._names[index]
+    def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
+        return self._reader.plane(time_point, channel, plane)
 
     def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
         """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
@@ -387,13 +421,8 @@ class TiffImageSet(_Checks):
 
     def close(self) -> None:
         """Close the input file and delete the scratch files."""
-        for channel in self._added:
-            channel.close()
-        self._added.clear()
+        self._close_scratch()
         self._reader.close()
-        if self._scratch is not None:
-            self._scratch.cleanup()
-            self._scratch = None
 
     def __enter__(self) -> "TiffImageSet":
         return self
