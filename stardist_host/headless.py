@@ -190,8 +190,10 @@ def run_headless(
     series: int | None = None, current_time_point: int = 0, quiet: bool = False,
 ) -> SegmentResult:
     """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     progress, bar = tqdm_progress("segmenting", disable=quiet)
-    with bar, stdout_to_log():
+    with bar, logging_redirect_tqdm(), stdout_to_log():  # log lines above the bar, not through it
         return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
                             progress=progress)
 
