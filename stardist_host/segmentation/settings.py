@@ -20,9 +20,17 @@ from typing import Any, Mapping
 from ..errors import SettingsError
 from ..schema import Field, Schema, markdown_table, raise_all
 
-__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "schema", "readme_table"]
+__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "schema", "readme_table"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
+SEPARATE_PROCESS_CHOICES = ("auto", True, False)
+
+
+def _true_false_or_auto(value: Any) -> str | None:
+    # 1 == True and 0 == False, so the choice check alone would let 1 and 0 through
+    if isinstance(value, bool) or value == "auto":
+        return None
+    return 'must be "auto" (True inside a host, False headless), True or False'
 
 
 def _folder_exists(value: Any) -> str | None:
@@ -68,6 +76,13 @@ def schema(ndim: int) -> Schema:
               allowed=f"must be None (automatic) or {ndim} whole numbers >= 1, e.g. {example}"),
         Field("USE_GPU", "bool", True, "False: run on the CPU even where there is a GPU", flag="--cpu",
               allowed="must be True or False"),
+        Field("SEPARATE_PROCESS", "choice", "auto", "True: load the model and predict in a separate process that "
+              "ends with the run, so TensorFlow and its GPU memory stay out of the host application; \"auto\": True "
+              "inside a host, False headless", choices=SEPARATE_PROCESS_CHOICES, check=_true_false_or_auto,
+              allowed='must be "auto" (True inside a host, False headless), True or False'),
+        Field("GPU_MEMORY_LIMIT_MB", "int", None, "most GPU memory TensorFlow may take, set before it starts",
+              unit="MB", none="TensorFlow takes GPU memory as it needs it (memory growth)", low=1,
+              allowed="must be a whole number of MB >= 1 (e.g. 4096), or None (memory growth)"),
         Field("UNIQUE_LABELS", "bool", False, "True: labels unique across the whole output, not restarting in each "
               "plane (2D) or volume (3D)", allowed="must be True or False"),
         Field("LABEL_DTYPE", "choice", "auto", "type of the label channel; labels never wrap around",
@@ -112,6 +127,8 @@ class Settings:
     percentile_high: float = 99.8
     n_tiles: tuple[int, ...] | None = None
     use_gpu: bool = True
+    separate_process: bool | str = "auto"
+    gpu_memory_limit_mb: int | None = None
     unique_labels: bool = False
     label_dtype: str = "auto"
     overwrite: bool = False
