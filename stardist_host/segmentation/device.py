@@ -20,19 +20,25 @@ def visible_gpus() -> list[str]:
     return [g.name for g in tf.config.list_physical_devices("GPU")]
 
 
-def configure_device(use_gpu: bool = True) -> str:
-    """Set TensorFlow up to run on the GPU (memory growth on) or the CPU; return which.
+def configure_device(use_gpu: bool = True, *, memory_limit_mb: int | None = None) -> str:
+    """Set TensorFlow up to run on the GPU (memory growth on, or a fixed limit) or the CPU; return which.
 
     Memory growth makes TensorFlow take GPU memory as it needs it instead of
-    all of it at start, so that a host application keeps its own.  Both
-    settings must be made before TensorFlow first uses a device; when a host
-    runs a second script in the same process they are already in force, and
-    this says so in the log.
+    all of it at start, so that a host application keeps its own; it never
+    gives memory back, though, until the process ends.  ``memory_limit_mb``
+    (GPU_MEMORY_LIMIT_MB) instead caps what TensorFlow takes on each GPU.
+    These settings must be made before TensorFlow first uses a device; when
+    a host runs a second script in the same process they are already in
+    force, and this says so in the log (a new process, e.g.
+    SEPARATE_PROCESS=True, applies them).
 
     Parameters
     ----------
     use_gpu
         False hides every GPU from TensorFlow (USE_GPU=False).
+    memory_limit_mb
+        Most GPU memory TensorFlow may take, in MB (units of 2**20 bytes);
+        None: memory growth.
 
     Returns
     -------
@@ -47,20 +53,34 @@ def configure_device(use_gpu: bool = True) -> str:
             tf.config.set_visible_devices([], "GPU")
         else:
             for gpu in gpus:
-                tf.config.experimental.set_memory_growth(gpu, True)
+                _limit_gpu_memory(tf, gpu, memory_limit_mb)
     except RuntimeError as err:  # TensorFlow already initialised in this process
-        log.warning("device settings unchanged, TensorFlow is already running in this process (%s)", err)
+        if use_gpu and memory_limit_mb is not None:
+            log.warning("GPU_MEMORY_LIMIT_MB=%d not applied: TensorFlow already uses the GPU in this process; it "
+                        "takes effect in a new process, or with SEPARATE_PROCESS=True (%s)", memory_limit_mb, err)
+        else:
+            log.warning("device settings unchanged, TensorFlow is already running in this process (%s)", err)
     visible = tf.config.get_visible_devices("GPU")
     if visible:
         names = []
         for gpu in visible:
             details = tf.config.experimental.get_device_details(gpu)
             names.append(details.get("device_name", gpu.name))
-        device = f"GPU ({', '.join(names)})"
+        limit = f", at most {memory_limit_mb} MB" if memory_limit_mb is not None else ""
+        device = f"GPU ({', '.join(names)}{limit})"
     else:
         device = "CPU" + (" (USE_GPU=False)" if gpus and not use_gpu else "")
     log.info("TensorFlow %s runs on %s", tf.__version__, device)
     return device
+
+
+def _limit_gpu_memory(tf, gpu, memory_limit_mb: int | None) -> None:
+    """Memory growth, or one logical device of ``memory_limit_mb`` on ``gpu`` (TensorFlow allows one or the other)."""
+    if memory_limit_mb is None:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    else:
+        tf.config.set_logical_device_configuration(
+            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(memory_limit_mb))])
 
 
 #: GPU memory assumed where TensorFlow does not say how much the card has: small

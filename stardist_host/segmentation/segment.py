@@ -19,13 +19,13 @@ from typing import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import Cancelled, LabelOverflowError
+from ..errors import Cancelled, LabelOverflowError, NoImageSetError
 from ..host import ImageSet, active_imageset, check_imageset
 from .pipeline import auto_n_tiles, predict_units
 from .plan import Plan, Unit, make_plan
 from .settings import Settings
 
-__all__ = ["run", "segment", "SegmentResult", "LabelOverflowError", "Cancelled", "label_dtype_for", "percent_progress",
+__all__ = ["run", "segment", "segment_with_settings", "separate_process", "SegmentResult", "LabelOverflowError", "Cancelled", "label_dtype_for", "percent_progress",
            "normalise", "MIN_NUCLEUS", "NO_SIGNAL_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,11 @@ def run(settings: Settings, imageset: ImageSet | None = None, *, progress: Progr
     Nothing is written to the image set until the settings, the plan and the
     model have all been checked; a run that fails or is cancelled later
     leaves no half-written channel (see :func:`segment`).  The image set is
-    called only from the thread that calls this.
+    called only from the thread that calls this.  With SEPARATE_PROCESS
+    (``"auto"``: when the image set is the host's active one) the model is
+    loaded and run in a child process that ends with the run
+    (:mod:`stardist_host.segmentation.child`), and this process never imports
+    TensorFlow.
 
     Parameters
     ----------
@@ -417,20 +421,50 @@ def run(settings: Settings, imageset: ImageSet | None = None, *, progress: Progr
     cancel
         Called between planes (volumes) and batches; True stops the run with
         :class:`~stardist_host.errors.Cancelled`.
+
+    Raises
+    ------
+    SegmentationProcessError
+        The child process ended without finishing (crashed, or killed for
+        lack of memory); the label channel is removed.
+    """
+    imageset = check_imageset(imageset) if imageset is not None else active_imageset()
+    plan = make_plan(settings, imageset)
+    name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
+    if separate_process(settings.separate_process, imageset):
+        from .child import run_in_child
+
+        return run_in_child(settings, imageset, plan, output_name=name, progress=progress, cancel=cancel)
+    return segment_with_settings(settings, imageset, plan, output_name=name, progress=progress, cancel=cancel)
+
+
+def separate_process(choice: bool | str, imageset: ImageSet) -> bool:
+    """SEPARATE_PROCESS resolved: ``"auto"`` is True for the host's active image set (inside a host), else False."""
+    if choice != "auto":
+        return bool(choice)
+    try:
+        return imageset is active_imageset()
+    except NoImageSetError:
+        return False
+
+
+def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
+                          progress: Progress | None = None, cancel: Cancel | None = None) -> SegmentResult:
+    """Set the device up, load the model and :func:`segment` in this process, as ``settings`` say.
+
+    The one path of an in-process run and of the child process of a
+    SEPARATE_PROCESS run (there ``imageset`` stands in for the host's).
     """
     from .device import configure_device
     from .models import load_model
 
-    imageset = check_imageset(imageset) if imageset is not None else active_imageset()
-    plan = make_plan(settings, imageset)
-    device = configure_device(settings.use_gpu)
+    device = configure_device(settings.use_gpu, memory_limit_mb=settings.gpu_memory_limit_mb)
     model = load_model(settings.model_name, ndim=settings.ndim, path=settings.model_path)
-    name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
     return segment(
         imageset,
         model,
         plan,
-        output_name=name,
+        output_name=output_name,
         prob_thresh=settings.prob_thresh,
         nms_thresh=settings.nms_thresh,
         percentiles=(settings.percentile_low, settings.percentile_high),
