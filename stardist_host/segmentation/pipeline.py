@@ -13,7 +13,12 @@ non-maximum suppression (NMS) then runs while the network waits.  Here:
   not ``predict``);
 - worker threads turn each plane's probabilities and distances into labels
   with stardist's own thresholding, NMS and rendering
-  (:mod:`stardist_host.segmentation.stardist_compat`).
+  (:mod:`stardist_host.segmentation.stardist_compat`); once the NMS time
+  measured on the first unit shows that worker processes pay for their
+  start-up (:func:`~stardist_host.segmentation.nms_workers.worth_processes`),
+  the rest goes to worker processes through shared memory
+  (:mod:`stardist_host.segmentation.nms_workers`), since stardist's NMS holds
+  the GIL and threads cannot use more than one core for it.
 
 So the labels are those of ``predict_instances`` on the same input, up to the
 last bits of float32 arithmetic in a batched call.  Units that need tiling, Z
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import Cancelled
+from . import nms_workers as procs
 from . import stardist_compat as compat
 from .device import host_memory_budget, memory_budget
 
@@ -168,6 +175,7 @@ class BatchedPredictor:
         self.prob_thresh = float(model.thresholds.prob if prob_thresh is None else prob_thresh)
         self.nms_thresh = float(model.thresholds.nms if nms_thresh is None else nms_thresh)
         self.ndim = model.config.n_dim
+        self.axes = str(model.config.axes)
         self._forward = compat.network_function(model)
 
     def prepare(self, unit, image: NDArray) -> _Prepared:
@@ -185,6 +193,12 @@ class BatchedPredictor:
         points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
         return compat.instances(self.model, prepared.image.shape, points, probs, dists,
                                 prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh)
+
+    def submit_to(self, pool: procs.NmsPool, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
+        """:meth:`instances` in a worker process of ``pool`` (the same stardist calls, without the model)."""
+        bounds = compat.crop_bounds(prepared.resizer, self.axes)
+        return pool.submit(prob, dist, shape=prepared.image.shape, bounds=bounds, prob_thresh=self.prob_thresh,
+                           nms_thresh=self.nms_thresh)
 
 
 def _done(value) -> Future:
@@ -224,7 +238,17 @@ class UnitPredictor:
     batch_size
         Planes per network call; None fills the network's memory budget (at most 16).
     workers
-        Threads for NMS and rendering.
+        Threads for NMS and rendering while no worker processes run.
+    nms_workers
+        Worker processes for NMS and rendering; None: one per core within
+        the memory budget (:func:`~stardist_host.segmentation.nms_workers.auto_workers`).
+        The environment variable ``STARDIST_HOST_NMS_WORKERS`` overrides it.
+        1: NMS stays on ``workers`` threads in this process.
+    nms_processes
+        None: start the worker processes once the NMS time of the first unit
+        shows that they pay for their start-up
+        (:func:`~stardist_host.segmentation.nms_workers.worth_processes`);
+        True: at once; False: never (threads only).
     budget
         Bytes the network may use; None: :func:`~stardist_host.segmentation.device.memory_budget`.
     memory
@@ -239,7 +263,8 @@ class UnitPredictor:
 
     def __init__(self, model, *, prob_thresh: float | None = None, nms_thresh: float | None = None,
                  n_tiles: tuple[int, ...] | None = None, scale: tuple[float, ...] | None = None,
-                 batch_size: int | None = None, workers: int = 2, budget: int | None = None,
+                 batch_size: int | None = None, workers: int = 2, nms_workers: int | None = None,
+                 nms_processes: bool | None = None, budget: int | None = None,
                  memory: int | None = None, cancel: Callable[[], bool] | None = None) -> None:
         self.model = model
         self.prob_thresh, self.nms_thresh = prob_thresh, nms_thresh
@@ -248,6 +273,10 @@ class UnitPredictor:
         self.batch_size = batch_size
         self.budget = memory_budget() if budget is None else budget
         self.memory = host_memory_budget() if memory is None else memory
+        self.nms_workers = procs.resolve_workers(nms_workers, memory=self.memory)
+        if memory is None and self.nms_workers > 1 and nms_processes is not False:
+            self.memory = max(self.memory - procs.pool_bytes(self.nms_workers), 0)  # the workers' own memory
+        self.nms_processes = nms_processes if procs.can_spawn() else False
         self.cancel = cancel
         self.predictor = BatchedPredictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
         self.ndim = self.predictor.ndim
@@ -255,6 +284,11 @@ class UnitPredictor:
         # call at a time keeps the activations within the budget
         self._net = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stardist-host-net")
         self._nms = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="stardist-host-nms")
+        self.pool: procs.NmsPool | None = None
+        self._to_come = math.inf  # units not yet handed to the network, where the caller's units have a length
+        self._thread_nms: list[float] = []  # seconds of NMS per unit on the threads, for the switch to processes
+        if self.nms_workers > 1 and self.nms_processes:
+            self._start_pool()
         grid = np.asarray(model.config.grid)
         n_rays = getattr(model.config, "n_rays", 32)
         # float32 input, padded input and int32 labels per pixel, plus prob and distances on the grid
@@ -267,9 +301,33 @@ class UnitPredictor:
         self.close()
 
     def close(self) -> None:
-        """Stop the threads: queued work is dropped, a running network call is waited for."""
-        self._net.shutdown(wait=True, cancel_futures=True)  # first: it hands work to the NMS pool
-        self._nms.shutdown(wait=True, cancel_futures=True)
+        """Stop the threads and worker processes: queued work is dropped, running work is waited for."""
+        self._net.shutdown(wait=True, cancel_futures=True)  # first: it hands work to the NMS pools
+        try:
+            if self.pool is not None:
+                self.pool.close()
+        finally:
+            self._nms.shutdown(wait=True, cancel_futures=True)
+
+    def _start_pool(self) -> None:
+        self.pool = procs.NmsPool(compat.nms_config(self.model), workers=self.nms_workers)
+        self.pool.warm_up()
+
+    def _use_processes(self) -> bool:
+        """Whether this unit's NMS goes to worker processes; starts them when the measured rule says so."""
+        if self.pool is None and self.nms_processes is None and self.nms_workers > 1 and self._thread_nms:
+            seconds = min(self._thread_nms)  # the least disturbed by the network sharing the cores
+            if procs.worth_processes(seconds, self._to_come, self.nms_workers):
+                log.info("NMS took %.3f s per unit on a thread: starting %d worker processes", seconds,
+                         self.nms_workers)
+                self._start_pool()
+        return self.pool is not None
+
+    def _timed_instances(self, prepared: _Prepared, prob: NDArray, dist: NDArray) -> NDArray:
+        start = time.perf_counter()
+        labels = self.predictor.instances(prepared, prob, dist)
+        self._thread_nms.append(time.perf_counter() - start)
+        return labels
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -292,6 +350,7 @@ class UnitPredictor:
         """
         pending: deque[tuple[object, Future, int]] = deque()
         batch: list[_Prepared] = []
+        self._to_come = len(units) if hasattr(units, "__len__") else math.inf
         estimate = 0  # bytes of the last unit read: the next one is alike
         for unit in units:
             self._check_cancel()
@@ -355,7 +414,12 @@ class UnitPredictor:
                     batch[0].future.set_exception(again)
             return
         for prepared, (prob, dist) in zip(batch, outputs):
-            _forward_result(self._nms.submit(self.predictor.instances, prepared, prob, dist), prepared.future)
+            self._to_come -= 1
+            if self._use_processes():
+                future = self.predictor.submit_to(self.pool, prepared, prob, dist)
+            else:
+                future = self._nms.submit(self._timed_instances, prepared, prob, dist)
+            _forward_result(future, prepared.future)
 
     def _scaled(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)

@@ -32,6 +32,10 @@ __all__ = [
     "pad_for_network",
     "candidates",
     "instances",
+    "nms_config",
+    "crop_bounds",
+    "candidates_in_bounds",
+    "instances_from_config",
     "tile_overlap",
     "block_grid",
     "network_function",
@@ -56,6 +60,14 @@ PRIVATE_API: dict[tuple[str, str], tuple[str, ...]] = {
         ("self", "img_shape", "prob", "dist", "points", "prob_class", "prob_thresh", "nms_thresh"),
     ("stardist.models.model3d", "StarDist3D._instances_from_prediction"):
         ("self", "img_shape", "prob", "dist", "points", "prob_class", "prob_thresh", "nms_thresh"),
+    # what _instances_from_prediction calls on its sparse path, called without the model in NMS worker
+    # processes (instances_from_config); public in stardist, listed so that a change shows here too
+    ("stardist.nms", "non_maximum_suppression_sparse"): ("dist", "prob", "points", "b", "nms_thresh"),
+    ("stardist.nms", "non_maximum_suppression_3d_sparse"): ("dist", "prob", "points", "rays", "b", "nms_thresh"),
+    ("stardist.geometry", "polygons_to_label"): ("dist", "points", "shape", "prob", "thr", "scale_dist"),
+    ("stardist.geometry", "polyhedron_to_label"): ("dist", "points", "rays", "shape", "prob", "thr"),
+    ("stardist.rays3d", "rays_from_json"): ("d",),
+    ("stardist.matching", "relabel_sequential"): ("label_field", "offset"),
 }
 
 # _predict_setup returns a tuple; these are the places of the padded input and the resizer.
@@ -116,13 +128,85 @@ def candidates(model, x: NDArray, resizer, prob: NDArray, dist: NDArray, prob_th
     """
     from stardist.nms import _ind_prob_thresh
 
+    points, probs, dists = _above(model.config.grid, prob, dist, prob_thresh)
+    keep = resizer.filter_points(x.ndim, points, model.config.axes)
+    return points[keep], probs[keep], dists[keep]
+
+
+def _above(grid, prob: NDArray, dist: NDArray, prob_thresh: float) -> tuple[NDArray, NDArray, NDArray]:
+    from stardist.nms import _ind_prob_thresh
+
     prob = prob[..., 0]
     dist = np.maximum(1e-3, dist)  # as predict_instances: no zero or negative ray lengths
     inds = _ind_prob_thresh(prob, prob_thresh, b=2)
-    points = np.stack(np.where(inds), axis=1) * np.asarray(model.config.grid).reshape(1, -1)
-    probs, dists = prob[inds].copy(), dist[inds].copy()
-    keep = resizer.filter_points(x.ndim, points, model.config.axes)
+    points = np.stack(np.where(inds), axis=1) * np.asarray(grid).reshape(1, -1)
+    return points, prob[inds].copy(), dist[inds].copy()
+
+
+def nms_config(model) -> dict:
+    """What NMS and rendering need of ``model``, as plain data a worker process can rebuild them from.
+
+    stardist's ``_instances_from_prediction`` (sparse path) reads only the
+    grid, the axes and, in 3D, the rays (``rays_json``) of the model; the
+    thresholds are passed explicitly.  No TensorFlow object is in it.
+    """
+    config = model.config
+    out = {"n_dim": int(config.n_dim), "grid": tuple(int(g) for g in config.grid), "axes": str(config.axes)}
+    if out["n_dim"] == 3:
+        out["rays_json"] = dict(config.rays_json)
+    return out
+
+
+def crop_bounds(resizer, axes: str) -> tuple[int, ...]:
+    """The bounds ``resizer.filter_points`` keeps points below: the padded shape less the end padding."""
+    return tuple(int(resizer.padded_shape[a] - resizer.pad[a][1]) for a in axes if a in "ZYX")
+
+
+def candidates_in_bounds(config: dict, bounds: tuple[int, ...], prob: NDArray, dist: NDArray,
+                         prob_thresh: float) -> tuple[NDArray, NDArray, NDArray]:
+    """:func:`candidates` without the model and resizer: ``bounds`` from :func:`crop_bounds`."""
+    points, probs, dists = _above(config["grid"], prob, dist, prob_thresh)
+    keep = np.where(np.all(points < np.asarray(bounds).reshape(1, -1), 1))  # as filter_points
     return points[keep], probs[keep], dists[keep]
+
+
+def instances_from_config(config: dict, shape: tuple[int, ...], points: NDArray, probs: NDArray, dists: NDArray, *,
+                          nms_thresh: float) -> NDArray:
+    """:func:`instances` without the model (no TensorFlow): the sparse path of ``_instances_from_prediction``.
+
+    The same stardist calls with the same arguments as the model's method
+    makes for sparse candidates, one class, no scale and no overlap label:
+    the same labels, which the tests check on the bundled 2D and 3D samples.
+
+    Parameters
+    ----------
+    config
+        From :func:`nms_config`.
+    shape
+        The plane's (volume's) shape.
+    points, probs, dists
+        Candidates, from :func:`candidates_in_bounds`.
+    nms_thresh
+        Overlap threshold of NMS.
+    """
+    if config["n_dim"] == 2:
+        from stardist.geometry import polygons_to_label
+        from stardist.nms import non_maximum_suppression_sparse
+
+        points, probi, disti, _ = non_maximum_suppression_sparse(dists, probs, points, nms_thresh=nms_thresh,
+                                                                 verbose=False)
+        return polygons_to_label(disti, points, prob=probi, shape=shape, scale_dist=(1, 1))
+    from stardist.geometry import polyhedron_to_label
+    from stardist.matching import relabel_sequential
+    from stardist.nms import non_maximum_suppression_3d_sparse
+    from stardist.rays3d import rays_from_json
+
+    rays = rays_from_json(config["rays_json"])
+    points, probi, disti, _ = non_maximum_suppression_3d_sparse(dists, probs, points, rays, nms_thresh=nms_thresh,
+                                                                verbose=False)
+    labels = polyhedron_to_label(disti, points, rays=rays, prob=probi, shape=shape, overlap_label=None,
+                                 verbose=False)
+    return relabel_sequential(labels)[0]
 
 
 def instances(model, shape: tuple[int, ...], points: NDArray, probs: NDArray, dists: NDArray, *,

@@ -1,0 +1,251 @@
+"""NMS and rendering in worker processes, fed through shared memory.
+
+stardist's NMS holds Python's GIL, so threads run it no faster than one core.
+Here each plane's (volume's) network output goes into one
+``multiprocessing.shared_memory`` block (one copy, no pickling of the
+arrays); a worker process attaches to it, picks the candidates, runs NMS and
+renders the labels with the same stardist calls as the model's own
+``_instances_from_prediction`` (:func:`~stardist_host.segmentation.stardist_compat.instances_from_config`),
+and sends the labels back.  Workers rebuild what they need from
+:func:`~stardist_host.segmentation.stardist_compat.nms_config` (grid, axes,
+rays): they never import TensorFlow, and they start with the ``spawn``
+method, so no TensorFlow state is forked.
+
+The parent owns every block: it unlinks it once the worker's result (or
+error, or cancellation) is in.  :meth:`NmsPool.close` cancels queued work,
+waits for running work (at most one unit per worker) and unlinks what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import SettingsError
+
+__all__ = ["NmsPool", "auto_workers", "resolve_workers", "available_cores", "ENV_WORKERS", "WORKER_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable overriding the number of NMS worker processes (1: NMS on threads in-process).
+ENV_WORKERS = "STARDIST_HOST_NMS_WORKERS"
+#: Resident memory of one worker after its first unit (numpy, scipy, stardist; measured 143 MB),
+#: rounded up: the memory budget pays this per worker before any unit.
+WORKER_BYTES = 160 * 2**20
+_ALLOWED = "must be a whole number of worker processes, 1 or more"
+# The most workers chosen automatically: beyond this the parent's single network thread is the limit.
+_MAX_AUTO = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(*, cores: int | None = None, memory: int | None = None) -> int:
+    """Worker processes that fit the cores and the memory budget: one per core, at most 8, at least 1.
+
+    Parameters
+    ----------
+    cores
+        None: :func:`available_cores`.
+    memory
+        Bytes for post-processing; None:
+        :func:`~stardist_host.segmentation.device.host_memory_budget`.  Each
+        worker costs :data:`WORKER_BYTES`, and half the budget is left for the units in flight.
+    """
+    from .device import host_memory_budget
+
+    cores = available_cores() if cores is None else cores
+    memory = host_memory_budget() if memory is None else memory
+    return max(1, min(cores, _MAX_AUTO, memory // 2 // WORKER_BYTES))
+
+
+def resolve_workers(workers: int | None, *, memory: int | None = None) -> int:
+    """The worker count: :data:`ENV_WORKERS` if set, else ``workers``, else :func:`auto_workers`.
+
+    Raises
+    ------
+    SettingsError
+        The environment variable or ``workers`` is not a whole number of at least 1.
+    """
+    text = os.environ.get(ENV_WORKERS, "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise SettingsError(ENV_WORKERS, text, _ALLOWED)
+        return value
+    if workers is None:
+        return auto_workers(memory=memory)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SettingsError("nms_workers", workers, _ALLOWED)
+    return workers
+
+
+def can_spawn() -> bool:
+    """Whether worker processes can start: ``sys.executable`` is a Python, not an embedding host application."""
+    name = os.path.basename(sys.executable or "").lower()
+    return name.startswith(("python", "pypy"))
+
+
+# --- in the worker process ------------------------------------------------------------------
+
+
+def _init_worker(threads: int) -> None:
+    """Before stardist loads OpenMP: this worker's share of the cores."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    from . import stardist_compat  # noqa: F401  (imports stardist's NMS now, not in the first unit)
+    import stardist.geometry  # noqa: F401
+    import stardist.nms  # noqa: F401
+
+
+def _labels(config: dict, block: str, layout: tuple, shape: tuple[int, ...], bounds: tuple[int, ...],
+            prob_thresh: float, nms_thresh: float) -> NDArray:
+    """In a worker: labels from the network output in shared memory block ``block``."""
+    from . import stardist_compat as compat
+
+    shm = SharedMemory(name=block)
+    try:
+        (prob_shape, dist_shape, dtype) = layout
+        prob = np.ndarray(prob_shape, dtype, buffer=shm.buf)
+        dist = np.ndarray(dist_shape, dtype, buffer=shm.buf, offset=prob.nbytes)
+        points, probs, dists = compat.candidates_in_bounds(config, bounds, prob, dist, prob_thresh)
+        del prob, dist  # views of the block: released before it closes
+        return compat.instances_from_config(config, shape, points, probs, dists, nms_thresh=nms_thresh)
+    finally:
+        shm.close()
+
+
+def _imported(names: tuple[str, ...]) -> list[str]:
+    """In a worker: which of ``names`` are imported (the tests check that TensorFlow is not)."""
+    return [n for n in names if n in sys.modules]
+
+
+# --- in the parent --------------------------------------------------------------------------
+
+
+class NmsPool:
+    """Worker processes that turn network outputs into labels.
+
+    Parameters
+    ----------
+    config
+        From :func:`~stardist_host.segmentation.stardist_compat.nms_config`.
+    workers
+        Processes (at least 1).
+    threads
+        OpenMP threads per worker; None: the cores divided among the workers, at least 1.
+    """
+
+    def __init__(self, config: dict, *, workers: int, threads: int | None = None) -> None:
+        self.config = config
+        self.workers = workers
+        self.threads = threads or max(1, available_cores() // workers)
+        self._blocks: dict[str, SharedMemory] = {}
+        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.threads,))
+        log.info("NMS in %d worker process(es), %d OpenMP thread(s) each", workers, self.threads)
+
+    def __enter__(self) -> "NmsPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def warm_up(self) -> list[Future]:
+        """Start every worker now (spawning and importing take about a second), so that the first units do not wait."""
+        return [self._executor.submit(_imported, ("stardist.nms",)) for _ in range(self.workers)]
+
+    def imported(self, names: tuple[str, ...]) -> list[str]:
+        """Which of the modules ``names`` a worker has imported (after its work so far)."""
+        return self._executor.submit(_imported, tuple(names)).result()
+
+    def submit(self, prob: NDArray, dist: NDArray, *, shape: tuple[int, ...], bounds: tuple[int, ...],
+               prob_thresh: float, nms_thresh: float) -> Future:
+        """Labels of one unit, computed in a worker from its network output (copied once into shared memory).
+
+        Parameters
+        ----------
+        prob, dist
+            The network's outputs for one (padded) unit: (…, 1) and (…, n_rays).
+        shape
+            The unit's shape before padding.
+        bounds
+            From :func:`~stardist_host.segmentation.stardist_compat.crop_bounds`.
+        prob_thresh, nms_thresh
+            Thresholds.
+        """
+        dtype = np.result_type(prob, dist)
+        size = (prob.size + dist.size) * dtype.itemsize
+        shm = SharedMemory(create=True, size=max(1, size))
+        try:
+            np.ndarray(prob.shape, dtype, buffer=shm.buf)[...] = prob
+            np.ndarray(dist.shape, dtype, buffer=shm.buf, offset=prob.size * dtype.itemsize)[...] = dist
+            self._blocks[shm.name] = shm
+            future = self._executor.submit(_labels, self.config, shm.name, (prob.shape, dist.shape, dtype.str),
+                                           tuple(shape), tuple(bounds), prob_thresh, nms_thresh)
+        except BaseException:
+            self._release(shm.name, shm)
+            raise
+        future.add_done_callback(lambda _f, name=shm.name: self._release(name))
+        return future
+
+    def _release(self, name: str, shm: SharedMemory | None = None) -> None:
+        shm = self._blocks.pop(name, shm)
+        if shm is None:
+            return
+        shm.close()
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+
+    @property
+    def blocks_held(self) -> int:
+        """Shared memory blocks not yet released (0 once every unit is done)."""
+        return len(self._blocks)
+
+    def close(self) -> None:
+        """Drop queued units, wait for running ones, stop the workers and release every block."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for name in list(self._blocks):
+            self._release(name)
+
+
+def pool_bytes(workers: int) -> int:
+    """Memory the workers themselves take, before any unit."""
+    return workers * WORKER_BYTES
+
+
+def worth_processes(nms_seconds: float, remaining: float, workers: int) -> bool:
+    """Whether starting ``workers`` processes pays: the NMS time they save exceeds their start-up.
+
+    ``nms_seconds`` is one unit's NMS measured on a thread, ``remaining`` the
+    units still to come (``math.inf`` when unknown).  Start-up is taken as
+    :data:`STARTUP_SECONDS` (measured), saved time as the fraction of NMS the
+    extra workers take off one core.
+    """
+    if workers < 2:
+        return False
+    saved = remaining * nms_seconds * (1 - 1 / workers)
+    return saved > STARTUP_SECONDS if math.isfinite(saved) else nms_seconds > 0
+
+
+#: Seconds from starting a worker pool to its first result (spawn, import numpy, scipy and stardist),
+#: measured with two workers on two busy cores and rounded up.
+STARTUP_SECONDS = 3.0
