@@ -34,19 +34,23 @@ def _add_segment(sub) -> None:
 
     p = sub.add_parser(
         "segment",
-        help="segment nuclei in a TIFF file into a new label channel",
-        description="Segment nuclei with StarDist in one channel of a TIFF file. The output OME-TIFF holds "
-        "all input channels plus the label channel; the input is never modified. Each option is the "
+        help="segment nuclei in a TIFF file or OME-Zarr image into a new label channel",
+        description="Segment nuclei with StarDist in one channel of a TIFF file or OME-Zarr image. The output "
+        "OME-TIFF holds all input channels plus the label channel; OME-Zarr labels are an NGFF label image in "
+        "the input store (no OUTPUT) or in a separate store. The input is never modified. Each option is the "
         "setting of the same name in the scripts' USER SETTINGS block, with the same default.",
     )
-    p.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF)")
-    p.add_argument("output", help="output OME-TIFF (written only once complete)")
+    p.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr image (.zarr)")
+    p.add_argument("output", nargs="?", default=None,
+                   help="output OME-TIFF (written only once complete); for OME-Zarr input a separate labels store "
+                        "(.zarr), default: labels/ in the input store")
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2: each plane alone; 3: each Z range as a volume (default 2)")
     p.add_argument("--time-point", type=int, default=0, metavar="T",
                    help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
-    from .headless import add_input_options
+    from .headless import add_input_options, add_scale_options
 
     add_input_options(p)
+    add_scale_options(p)
     schema(2).add_arguments(p, overrides=SEGMENT_DIM_DEFAULTS)
     p.set_defaults(func=_segment)
 
@@ -58,9 +62,13 @@ def _segment(args) -> int:
     values = schema(args.dim).values_from_args(args)
     settings = Settings(ndim=args.dim, **values)
     result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
-                          current_time_point=args.time_point,
-                          quiet=args.quiet)
-    print(f"{args.output}: {result.summary()}")
+                          current_time_point=args.time_point, quiet=args.quiet, level=args.level,
+                          workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    computed = getattr(result, "computed", None)
+    if args.resume and computed is not None:
+        print(f"resumed: {len(result.units) - computed} of {len(result.units)} units were done before; "
+              f"{computed} segmented now")
+    print(f"{args.output or args.input}: {result.summary()}")
     return 0
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, StardistHostError, check_index
+from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, OutputError, StardistHostError, check_index
 from .host import active_imageset
 from .io.files import check_output, claim_outputs
 from .io.objects import FORMATS as OBJECT_FILES
@@ -27,8 +27,8 @@ from .io.objects import export_objects
 from .segmentation.segment import Progress, SegmentResult, run
 from .segmentation.settings import Settings
 
-__all__ = ["add_input_options", "segment_file", "run_headless", "run_script", "setup_logging", "user_errors", "tqdm_progress",
-           "stdout_to_log"]
+__all__ = ["add_input_options", "add_scale_options", "segment_file", "run_headless", "run_script", "setup_logging",
+           "user_errors", "tqdm_progress", "stdout_to_log"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", type=int, default=None, metavar="N",
                         help="the file's image (series) to read, 0 for the first, where it holds several of "
                              "different sizes (default: all of the same size, as one image)")
+
+
+def add_scale_options(parser: argparse.ArgumentParser) -> None:
+    """The options of large inputs: ``--level`` (OME-Zarr), ``--workers``, ``--scheduler`` (Dask), ``--resume``."""
+    parser.add_argument("--level", type=int, default=0, metavar="N",
+                        help="OME-Zarr input: the resolution level to segment, 0 for the highest (default 0)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="segment on a local Dask cluster of N worker processes, one plane (volume) per task "
+                            '(needs pip install "stardist-host[dask]")')
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="segment on the running Dask cluster whose scheduler is at ADDRESS, e.g. "
+                            "tcp://10.0.0.5:8786 (a cluster of HPC jobs: dask-jobqueue)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run with the same settings, redoing only the planes "
+                             "(volumes) it did not finish")
 
 
 def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
@@ -127,24 +143,37 @@ def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Progress, Any]:
 def segment_file(
     settings: Settings,
     input: str | os.PathLike,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None,
     *,
     axes: str | None = None,
     series: int | None = None,
     current_time_point: int = 0,
     progress: Progress | None = None,
+    level: int = 0,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
 ) -> SegmentResult:
-    """Segment a TIFF file and write its channels plus the label channel to a new OME-TIFF.
+    """Segment a TIFF file into a new OME-TIFF, or an OME-Zarr image into an NGFF label image.
+
+    A TIFF input gives an OME-TIFF with its channels plus the label channel
+    (or the label channel alone).  An OME-Zarr input (a ``*.zarr`` folder)
+    gives the label image ``labels/<name>`` in the input store (``output``
+    None or the input; its arrays are untouched) or in the separate store
+    ``output`` (``*.zarr``).  OME-Zarr inputs, ``workers``, ``scheduler`` and
+    ``resume`` go unit by unit through :mod:`stardist_host.distributed`, which
+    journals finished units so that an interrupted run can be resumed.
 
     Parameters
     ----------
     settings
         Validated settings; ``overwrite`` allows replacing an existing output,
-        ``labels_only`` writes the label channel alone.
+        ``labels_only`` writes the label channel alone (TIFF).
     input
-        The input TIFF; read lazily, never modified.
+        The input TIFF or OME-Zarr image; read lazily, never modified.
     output
-        The OME-TIFF to write; it appears only once complete.
+        The OME-TIFF to write (it appears only once complete), or for OME-Zarr
+        input None, the input, or a separate ``*.zarr`` labels store.
     axes
         The input's axes where the file does not say (e.g. "ZYX").
     series
@@ -153,24 +182,41 @@ def segment_file(
         The time point CURRENT_TIME_POINT=True segments (``--time-point``).
     progress
         Called as ``progress(done, total)`` after each plane or volume.
+    level
+        OME-Zarr input: the resolution level (0: highest).
+    workers
+        Run on a local Dask cluster of this many processes.
+    scheduler
+        Run on the Dask cluster whose scheduler has this address.
+    resume
+        Continue an interrupted run, redoing only its unfinished units.
 
     Raises
     ------
     OutputError
-        The output exists (without OVERWRITE), is a folder, is the input or
+        The output exists (without OVERWRITE), an interrupted run's result is
+        there (without ``resume`` or OVERWRITE), is a folder, is the input or
         cannot be written; raised before the model loads.
     OutputBusyError
         Another run writes the same output.
     IndexRangeError
         ``current_time_point`` is not a time point of the file.
     """
+    from .distributed import check_no_journal, is_omezarr, segment_distributed
     from .io.imagesets import TiffImageSet
 
+    if is_omezarr(input) or workers is not None or scheduler is not None or resume:
+        return segment_distributed(settings, input, output, level=level, axes=axes, series=series,
+                                   current_time_point=current_time_point, workers=workers, scheduler=scheduler,
+                                   resume=resume, progress=progress)
+    if output is None:
+        raise OutputError(f"{str(input)!r} is a TIFF file: give the output OME-TIFF (e.g. result.ome.tif)")
     out = Path(output)
     stem = out.name.split(".")[0]
     extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
     check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):
+        check_no_journal(out, overwrite=settings.overwrite)
         with TiffImageSet(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
             check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
                         noun="time points")
@@ -186,8 +232,9 @@ def segment_file(
 
 
 def run_headless(
-    settings: Settings, input: str | os.PathLike, output: str | os.PathLike, *, axes: str | None = None,
-    series: int | None = None, current_time_point: int = 0, quiet: bool = False,
+    settings: Settings, input: str | os.PathLike, output: str | os.PathLike | None, *, axes: str | None = None,
+    series: int | None = None, current_time_point: int = 0, quiet: bool = False, level: int = 0,
+    workers: int | None = None, scheduler: str | None = None, resume: bool = False,
 ) -> SegmentResult:
     """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -195,17 +242,21 @@ def run_headless(
     progress, bar = tqdm_progress("segmenting", disable=quiet)
     with bar, logging_redirect_tqdm(), stdout_to_log():  # log lines above the bar, not through it
         return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
-                            progress=progress)
+                            progress=progress, level=level, workers=workers, scheduler=scheduler, resume=resume)
 
 
 def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] | None = None) -> SegmentResult | None:
     """What a paste-and-edit script does after its USER SETTINGS block.
 
     With no command-line arguments it segments the host's active image set
-    (errors propagate to the host).  With ``INPUT.tif OUTPUT.tif`` it runs
-    headless on the file: a user error is logged as one line and the process
+    (errors propagate to the host).  With ``INPUT.tif OUTPUT.tif`` (or
+    ``INPUT.zarr [OUTPUT.zarr]``, and ``--workers``, ``--scheduler``,
+    ``--resume`` as for ``stardist-host segment``) it runs headless on the file: a user error is logged as one line and the process
     exits with status 2; a Ctrl-C exits with status 130.
     """
+    if namespace.get("__name__") == "__mp_main__":
+        # a worker process of --workers re-imports the script as its main module: it must not run again
+        return None
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         setup_logging()
@@ -216,9 +267,13 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
         prog=Path(sys.argv[0]).name or f"stardist_{ndim}d.py",
         description=f"StarDist {ndim}D on a TIFF file with the settings at the top of this script.",
     )
-    parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF); never modified")
-    parser.add_argument("output", help="output OME-TIFF: the input channels plus the label channel")
+    parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr "
+                        "image (.zarr); never modified")
+    parser.add_argument("output", nargs="?", default=None,
+                        help="output OME-TIFF: the input channels plus the label channel; for OME-Zarr input a "
+                             "separate labels store (.zarr), default: labels/ in the input store")
     add_input_options(parser)
+    add_scale_options(parser)
     parser.add_argument("--time-point", "--current-time-point", type=int, default=0, dest="time_point",
                         help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -227,5 +282,5 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     with user_errors():
         settings = Settings.from_script(namespace, ndim=ndim)
         return run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
-                            current_time_point=opts.time_point,
-                            quiet=opts.quiet)
+                            current_time_point=opts.time_point, quiet=opts.quiet, level=opts.level,
+                            workers=opts.workers, scheduler=opts.scheduler, resume=opts.resume)

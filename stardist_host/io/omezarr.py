@@ -482,6 +482,39 @@ class OmeZarrImageSet:
         self._added.append((name, array))
         return self.channel_count - 1
 
+    def label_image_exists(self, name: str) -> bool:
+        """Whether ``labels/<name>`` exists in the labels store (read without opening it for writing)."""
+        return (self._labels_path / "labels" / _check_label_name(name)).is_dir()
+
+    def open_label_channel(self, name: str) -> int:
+        """Attach the existing label image ``labels/<name>`` as a channel, to write more of its planes.
+
+        A resumed run continues the label image an interrupted one made; its
+        planes already written are kept.
+
+        Raises
+        ------
+        OutputError
+            ``labels/<name>`` does not exist, or its array does not have the
+            shape a label image of this image would have (it belongs to another image).
+        """
+        name = _check_label_name(name)
+        where = str(self._labels_path / "labels" / name)
+        labels = self._labels_group()
+        if name not in labels or "0" not in labels[name]:
+            raise OutputError(f"{where!r} is not a label image (no array '0'); nothing to continue")
+        array = labels[name]["0"]
+        shape = list(self._level.shape)
+        if "C" in self._roles:
+            shape[self._roles["C"]] = 1
+        if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype).kind not in "iu":
+            raise OutputError(f"{where!r} holds an array of shape {tuple(array.shape)} and type {array.dtype}, but a "
+                              f"label image of {self.path.name} has shape {tuple(shape)} and an integer type")
+        if name in (n for n, _ in self._added):
+            raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
+        self._added.append((name, array))
+        return self.channel_count - 1
+
     def remove_channel(self, index: int) -> None:
         """Delete a label channel made by :meth:`add_channel`: its ``labels/<name>`` and its labels list entry.
 
