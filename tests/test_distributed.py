@@ -1,0 +1,253 @@
+"""Unit-by-unit runs: OME-Zarr in and out, a real local Dask cluster (2 processes), resume after a kill.
+
+The oracle for labels is the single-process path (``segment.run`` on the same
+image set, batched pipeline); what we write is read back with ome-zarr's
+Reader and with bioio + bioio-ome-zarr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("ome_zarr.writer")
+
+from conftest import ROOT, sample_planes_tczyx  # noqa: E402
+from test_omezarr import input_hashes, write_store  # noqa: E402
+
+from stardist_host import distributed  # noqa: E402
+from stardist_host.errors import LabelOverflowError, MissingExtraError, OutputError, SettingsError  # noqa: E402
+from stardist_host.headless import segment_file  # noqa: E402
+from stardist_host.io.omezarr import OmeZarrImageSet  # noqa: E402
+from stardist_host.segmentation.segment import run  # noqa: E402
+from stardist_host.segmentation.settings import Settings  # noqa: E402
+
+LABEL = "Stardist_Channel 0"
+
+
+def timelapse_store(path: Path) -> Path:
+    """2D+t: 2 time points x 2 planes of 64 x 64 from stardist's 2D sample (NGFF 0.4: zarr 2 and 3 read it)."""
+    return write_store(path, sample_planes_tczyx(t=2, z=2)[:, 0], "tzyx", version="0.4",
+                       scale={"z": 1.0, "y": 0.5, "x": 0.5}, units={"y": "micrometer", "x": "micrometer"})
+
+
+def stack_store(path: Path) -> Path:
+    """3D: a 12 x 48 x 48 crop of stardist's 3D sample."""
+    from stardist.data import test_image_nuclei_3d
+
+    return write_store(path, test_image_nuclei_3d()[8:20, 6:54, 4:52], "zyx", version="0.4",
+                       scale={"z": 1.0, "y": 1.0, "x": 1.0}, units={})
+
+
+def labels_of(store: Path, name: str = LABEL) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(store / "labels" / name / "0"), mode="r")[:])
+
+
+def reference(store: Path, settings: Settings) -> np.ndarray:
+    """The single-process path (segment.run, batched pipeline) on the same image set."""
+    with OmeZarrImageSet(store) as imageset:
+        result = run(settings, imageset)
+    return labels_of(store, result.channel_name)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed_ = pytest.importorskip("distributed")
+    with distributed_.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0") as local:
+        yield local.scheduler_address
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stardist_host.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
+
+
+# ----------------------------------------------------------------------------- Dask workers
+
+
+def test_timelapse_on_two_workers_equals_single_process_and_reads_as_ngff(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    pytest.importorskip("distributed")
+    store = timelapse_store(tmp_path / "tl.zarr")
+    before = input_hashes(store)
+    settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
+    expected = reference(timelapse_store(tmp_path / "ref.zarr"), settings)
+    assert expected.shape == (2, 2, 64, 64) and all(expected[t, z].max() >= 2 for t in range(2) for z in range(2))
+
+    result = segment_file(settings, store, None, workers=2)
+    got = labels_of(store)
+    np.testing.assert_array_equal(got, expected)
+    assert input_hashes(store) == before  # the input's arrays and metadata untouched
+    assert result.channel_name == LABEL and len(result.units) == 4 and result.computed == 4
+    assert result.total == sum(len(np.unique(expected[t, z])) - 1 for t in range(2) for z in range(2))
+    assert not (store / "labels" / LABEL / distributed.JOURNAL).exists()  # complete: the journal is gone
+
+    nodes = {Path(str(n.zarr.path).rstrip("/")).relative_to(store).as_posix(): n
+             for n in Reader(parse_url(str(store)))()}
+    node = nodes[f"labels/{LABEL}"]
+    assert [type(s).__name__ for s in node.specs] == ["Label", "Multiscales"]
+    np.testing.assert_array_equal(np.asarray(node.data[0]), expected)
+
+
+def test_stack_3d_on_the_cluster_equals_single_process_and_reads_with_bioio(tmp_path, cluster):
+    bioio = pytest.importorskip("bioio")
+    bioio_ome_zarr = pytest.importorskip("bioio_ome_zarr")
+    store = stack_store(tmp_path / "st.zarr")
+    settings = Settings(ndim=3, use_gpu=False)
+    expected = reference(stack_store(tmp_path / "ref.zarr"), settings)
+    assert expected.max() >= 3
+
+    out = tmp_path / "labels.zarr"  # a separate store: the input store gets no labels/
+    segment_file(settings, store, out, scheduler=cluster)
+    assert not (store / "labels").exists()
+    np.testing.assert_array_equal(labels_of(out), expected)
+    img = bioio.BioImage(str(out / "labels" / LABEL), reader=bioio_ome_zarr.Reader)
+    np.testing.assert_array_equal(img.get_image_data("ZYX", T=0, C=0), expected)
+
+
+def test_a_failing_unit_is_named_and_the_others_are_kept(tmp_path, cluster):
+    from stardist_host.io.omezarr import _create_plane_array
+
+    store = timelapse_store(tmp_path / "tl.zarr")
+    group = zarr.open_group(str(store), mode="a")
+    data = np.asarray(group["s0"][:])
+    del group["s0"]  # written again with one chunk per plane, so that one plane can be damaged
+    array = _create_plane_array(group, "s0", shape=data.shape, chunks=(1, 1, 64, 64), dtype=data.dtype,
+                                dim_names="tzyx", zarr_format=2)
+    array[:] = data
+    chunk = store / "s0" / "1" / "0" / "0" / "0"  # time point 1, plane 0
+    assert chunk.is_file()
+    chunk.write_bytes(b"not a compressed chunk")
+    settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
+    with pytest.raises(distributed.UnitFailedError, match=r"time point 1, plane 0 failed.*run again with --resume"):
+        segment_file(settings, store, None, scheduler=cluster)
+    journal = store / "labels" / LABEL / distributed.JOURNAL
+    assert "t1_z0-0.json" not in {p.name for p in journal.iterdir()}
+    with pytest.raises(OutputError, match=r"an interrupted run left .* add --resume to continue it or --overwrite"):
+        segment_file(settings, store, None)
+
+
+# ----------------------------------------------------------------------------- resume after a kill
+
+
+def test_killed_run_resumes_only_the_missing_units(tmp_path):
+    store = timelapse_store(tmp_path / "tl.zarr")
+    command = [str(store), "--all-time-points", "--unique-labels", "--cpu"]
+    killed = _cli("-q", "segment", *command, env={distributed.EXIT_AFTER_ENV: "2"})
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    journal = store / "labels" / LABEL / distributed.JOURNAL
+    assert sorted(p.name for p in journal.glob("t*.json")) == ["t0_z0-0.json", "t0_z1-1.json"]
+
+    refused = _cli("-q", "segment", *command)
+    assert refused.returncode == 2 and "an interrupted run left" in refused.stderr
+    # the hook again at 3: a resume that redid all 4 units would be killed once more
+    resumed = _cli("-q", "segment", *command, "--resume", env={distributed.EXIT_AFTER_ENV: "3"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed: 2 of 4 units were done before; 2 segmented now" in resumed.stdout
+    assert not journal.exists()
+
+    settings = Settings(ndim=2, current_time_point=False, unique_labels=True, use_gpu=False)
+    expected = reference(timelapse_store(tmp_path / "ref.zarr"), settings)
+    np.testing.assert_array_equal(labels_of(store), expected)
+    assert len(np.unique(expected)) - 1 == expected.max()  # unique across planes, as the single-process path numbers
+
+
+def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, sample_planes_tczyx(t=2, z=2)[:, 0], imagej=True, metadata={"axes": "TZYX"})
+    settings = Settings(ndim=2, current_time_point=False, unique_labels=True, use_gpu=False)
+    segment_file(settings, src, tmp_path / "plain.ome.tif")  # the single-process path
+    expected = tifffile.imread(tmp_path / "plain.ome.tif")
+
+    real, calls = distributed.segment_unit, []
+
+    def dies_at_third(job, unit):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stops the run as Ctrl-C would, after two units
+        calls.append(unit)
+        return real(job, unit)
+
+    monkeypatch.setattr(distributed, "segment_unit", dies_at_third)
+    out = tmp_path / "out.ome.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment_file(settings, src, out, resume=True)
+    assert not out.exists() and distributed.tiff_journal(out).is_dir()
+    with pytest.raises(OutputError, match="an interrupted run left"):
+        segment_file(settings, src, out)  # the single-process path does not overwrite it either
+
+    calls.clear()
+    monkeypatch.setattr(distributed, "segment_unit", lambda job, unit: calls.append(unit) or real(job, unit))
+    result = segment_file(settings, src, out, resume=True)
+    assert [(u.time_point, u.first) for u in calls] == [(1, 0), (1, 1)] and result.computed == 2
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert not distributed.tiff_journal(out).exists()
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
+    store = timelapse_store(tmp_path / "tl.zarr")
+    real = distributed.segment_unit
+
+    def once(job, unit):
+        real(job, unit)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(distributed, "segment_unit", once)
+    with pytest.raises(distributed.UnitFailedError, match="time point 0, plane 0 failed: RuntimeError: stop here"):
+        segment_file(Settings(ndim=2, current_time_point=False, use_gpu=False), store, None)
+    before = {p: p.read_bytes() for p in (store / "labels").rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match=r"had other settings \(prob_thresh: None then, 0.7 now\)"):
+        segment_file(Settings(ndim=2, current_time_point=False, use_gpu=False, prob_thresh=0.7), store, None,
+                     resume=True)
+    assert {p: p.read_bytes() for p in (store / "labels").rglob("*") if p.is_file()} == before
+
+
+def test_existing_labels_and_bad_outputs_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    store = timelapse_store(tmp_path / "tl.zarr")
+    OmeZarrImageSet(store).add_channel(LABEL, np.uint16)
+    monkeypatch.setattr(distributed, "_load", lambda settings: pytest.fail("the model was loaded"))
+    settings = Settings(ndim=2, use_gpu=False)
+    with pytest.raises(OutputError, match=r"labels/Stardist_Channel 0' exists already; .* --overwrite"):
+        segment_file(settings, store, None)
+    with pytest.raises(OutputError, match=r"x.zarr' must end in .tif or .tiff"):
+        segment_file(settings, tmp_path / "in.tif", tmp_path / "x.zarr")
+    with pytest.raises(OutputError, match=r"a TIFF input is written to an OME-TIFF"):
+        segment_file(settings, tmp_path / "in.tif", tmp_path / "x.zarr", resume=True)
+    with pytest.raises(OutputError, match=r"an OME-Zarr input's labels go to an OME-Zarr store"):
+        segment_file(settings, store, tmp_path / "x.ome.tif")
+    with pytest.raises(SettingsError, match=r"--workers=0: must be a whole number >= 1"):
+        segment_file(settings, store, tmp_path / "sep.zarr", workers=0)
+
+
+def test_missing_dask_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "stardist-host\[dask\]"'):
+        with distributed.dask_client(workers=2):
+            pass
+
+
+def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
+    store = timelapse_store(tmp_path / "tl.zarr")
+    real = distributed.segment_unit
+
+    def big(job, unit):
+        record = real(job, unit)
+        return {**record, "highest": 40000}  # two such units pass uint16
+
+    monkeypatch.setattr(distributed, "segment_unit", big)
+    settings = Settings(ndim=2, current_time_point=False, unique_labels=True, label_dtype="uint16", use_gpu=False)
+    with pytest.raises(LabelOverflowError, match=r"time point 0, plane 1: label 80000 does not fit .* LABEL_DTYPE='uint32'"):
+        segment_file(settings, store, None)
