@@ -98,9 +98,7 @@ def test_timelapse_on_two_workers_equals_single_process_and_reads_as_ngff(tmp_pa
     np.testing.assert_array_equal(np.asarray(node.data[0]), expected)
 
 
-def test_stack_3d_on_the_cluster_equals_single_process_and_reads_with_bioio(tmp_path, cluster):
-    bioio = pytest.importorskip("bioio")
-    bioio_ome_zarr = pytest.importorskip("bioio_ome_zarr")
+def test_stack_3d_on_a_cluster_equals_single_process_and_reads_with_bioio(tmp_path, cluster):
     store = stack_store(tmp_path / "st.zarr")
     settings = Settings(ndim=3, use_gpu=False)
     expected = reference(stack_store(tmp_path / "ref.zarr"), settings)
@@ -110,6 +108,8 @@ def test_stack_3d_on_the_cluster_equals_single_process_and_reads_with_bioio(tmp_
     segment_file(settings, store, out, scheduler=cluster)
     assert not (store / "labels").exists()
     np.testing.assert_array_equal(labels_of(out), expected)
+    bioio = pytest.importorskip("bioio")
+    bioio_ome_zarr = pytest.importorskip("bioio_ome_zarr")
     img = bioio.BioImage(str(out / "labels" / LABEL), reader=bioio_ome_zarr.Reader)
     np.testing.assert_array_equal(img.get_image_data("ZYX", T=0, C=0), expected)
 
@@ -119,12 +119,13 @@ def test_a_failing_unit_is_named_and_the_others_are_kept(tmp_path, cluster):
 
     store = timelapse_store(tmp_path / "tl.zarr")
     group = zarr.open_group(str(store), mode="a")
-    data = np.asarray(group["s0"][:])
-    del group["s0"]  # written again with one chunk per plane, so that one plane can be damaged
-    array = _create_plane_array(group, "s0", shape=data.shape, chunks=(1, 1, 64, 64), dtype=data.dtype,
+    level = group.attrs["multiscales"][0]["datasets"][0]["path"]
+    data = np.asarray(group[level][:])
+    del group[level]  # written again with one chunk per plane, so that one plane can be damaged
+    array = _create_plane_array(group, level, shape=data.shape, chunks=(1, 1, 64, 64), dtype=data.dtype,
                                 dim_names="tzyx", zarr_format=2)
     array[:] = data
-    chunk = store / "s0" / "1" / "0" / "0" / "0"  # time point 1, plane 0
+    chunk = store / level / "1" / "0" / "0" / "0"  # time point 1, plane 0
     assert chunk.is_file()
     chunk.write_bytes(b"not a compressed chunk")
     settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
