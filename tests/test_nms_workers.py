@@ -166,6 +166,7 @@ def test_environment_forces_threads(model_2d, monkeypatch):
 
 @pytest.mark.parametrize("nms_seconds, remaining, workers, expected", [
     (0.012, 200, 2, False),  # 256² planes: 1.2 s saved, less than the start-up
+    (0.012, 400, 2, False),  # 2.4 s saved: half the NMS goes to the second worker, not all of it
     (0.012, 1000, 2, True),
     (1.3, 2, 2, False),  # 3D: two volumes left save 1.3 s
     (1.3, 10, 2, True),
