@@ -48,7 +48,7 @@ from .segmentation.segment import Progress, SegmentResult, UnitResult, label_dty
 from .segmentation.settings import Settings
 
 __all__ = ["segment_distributed", "segment_unit", "renumber_unit", "is_omezarr", "tiff_journal", "check_no_journal",
-           "UnitFailedError", "dask_client", "EXIT_AFTER_ENV", "JOURNAL"]
+           "check_journal", "check_cluster", "UnitFailedError", "dask_client", "EXIT_AFTER_ENV", "JOURNAL"]
 
 log = logging.getLogger(__name__)
 
@@ -303,13 +303,10 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
     MissingExtraError
         ``distributed`` is not installed (``pip install "stardist-host[dask]"``).
     """
+    check_cluster(workers=workers, scheduler=scheduler)
     if workers is None and scheduler is None:
         yield None
         return
-    if workers is not None and scheduler is not None:
-        raise SettingsError("--workers", workers, "give either --workers (a local cluster) or --scheduler, not both")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise SettingsError("--workers", workers, "must be a whole number >= 1 (worker processes of a local cluster)")
     distributed = require("distributed", "dask", purpose="running on a Dask cluster (--workers, --scheduler)")
     with contextlib.ExitStack() as stack:
         if scheduler is not None:
@@ -325,6 +322,22 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
             client = stack.enter_context(distributed.Client(cluster))
         log.info("Dask: %d worker(s) at %s", len(client.scheduler_info().get("workers", {})), client.scheduler.address)
         yield client
+
+
+def check_cluster(*, workers: int | None, scheduler: str | None) -> None:
+    """Refuse a bad ``workers`` or ``scheduler`` (before anything is read or loaded).
+
+    Raises
+    ------
+    SettingsError
+        ``workers`` is not a whole number >= 1, or both are given.
+    """
+    if workers is not None and scheduler is not None:
+        raise SettingsError("--workers", workers, "give either --workers (a local cluster) or --scheduler, not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SettingsError("--workers", workers, "must be a whole number >= 1 (worker processes of a local cluster)")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise SettingsError("--scheduler", scheduler, "must be a scheduler address such as tcp://10.0.0.5:8786")
 
 
 def _fail(unit: Unit, err: BaseException, worker: str | None = None) -> BaseException:
@@ -560,6 +573,7 @@ def segment_distributed(
     UnitFailedError
         A unit failed; the message names it.  Finished units are kept for ``resume``.
     """
+    check_cluster(workers=workers, scheduler=scheduler)
     source = Source(str(input), "zarr" if is_omezarr(input) else "tiff", level, axes, series)
     if source.kind == "zarr":
         return _segment_omezarr(settings, source, output, current_time_point=current_time_point, workers=workers,
