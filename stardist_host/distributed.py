@@ -36,12 +36,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import LabelOverflowError, OutputError, SettingsError, StardistHostError, require
+from .errors import LabelOverflowError, OutputError, SettingsError, StardistHostError, UnitFailedError, require
 from .io.files import OutputLock, atomic_write, check_output, claim_outputs
 from .segmentation.plan import Plan, Unit, make_plan
 from .segmentation.segment import Progress, SegmentResult, UnitResult, label_dtype_for, normalise
@@ -57,10 +57,6 @@ JOURNAL = ".done"
 #: Test hook: a process whose unit function finished this many units ends at once (``os._exit``), like a kill.
 EXIT_AFTER_ENV = "STARDIST_HOST_TEST_EXIT_AFTER_UNITS"
 _RUN = "run.json"
-
-
-class UnitFailedError(StardistHostError, RuntimeError):
-    """A unit (plane or volume) failed on a worker; the message names the unit and the cause."""
 
 
 # --------------------------------------------------------------------------- what a worker needs

@@ -28,6 +28,7 @@ __all__ = [
     "PairError",
     "TrainError",
     "Cancelled",
+    "UnitFailedError",
     "check_index",
     "require",
     "EXIT_USER_ERROR",
@@ -105,6 +106,10 @@ class PairError(StardistHostError, ValueError):
 
 class TrainError(PairError):
     """Training settings that do not fit the data or the output folder."""
+
+
+class UnitFailedError(StardistHostError, RuntimeError):
+    """A unit (plane or volume) failed on a worker; the message names the unit and the cause."""
 
 
 class Cancelled(StardistHostError):

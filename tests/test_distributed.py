@@ -22,7 +22,13 @@ from conftest import ROOT, sample_planes_tczyx  # noqa: E402
 from test_omezarr import input_hashes, write_store  # noqa: E402
 
 from stardist_host import distributed  # noqa: E402
-from stardist_host.errors import LabelOverflowError, MissingExtraError, OutputError, SettingsError  # noqa: E402
+from stardist_host.errors import (  # noqa: E402
+    LabelOverflowError,
+    MissingExtraError,
+    OutputError,
+    SettingsError,
+    UnitFailedError,
+)
 from stardist_host.headless import segment_file  # noqa: E402
 from stardist_host.io.omezarr import OmeZarrImageSet  # noqa: E402
 from stardist_host.segmentation.segment import run  # noqa: E402
@@ -129,7 +135,7 @@ def test_a_failing_unit_is_named_and_the_others_are_kept(tmp_path, cluster):
     assert chunk.is_file()
     chunk.write_bytes(b"not a compressed chunk")
     settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
-    with pytest.raises(distributed.UnitFailedError, match=r"time point 1, plane 0 failed.*run again with --resume"):
+    with pytest.raises(UnitFailedError, match=r"time point 1, plane 0 failed.*run again with --resume"):
         segment_file(settings, store, None, scheduler=cluster)
     journal = store / "labels" / LABEL / distributed.JOURNAL
     assert "t1_z0-0.json" not in {p.name for p in journal.iterdir()}
@@ -207,7 +213,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(distributed, "segment_unit", once)
-    with pytest.raises(distributed.UnitFailedError, match="time point 0, plane 0 failed: RuntimeError: stop here"):
+    with pytest.raises(UnitFailedError, match="time point 0, plane 0 failed: RuntimeError: stop here"):
         segment_file(Settings(ndim=2, current_time_point=False, use_gpu=False), store, None)
     before = {p: p.read_bytes() for p in (store / "labels").rglob("*") if p.is_file()}
     with pytest.raises(OutputError, match=r"had other settings \(prob_thresh: None then, 0.7 now\)"):

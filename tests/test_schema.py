@@ -57,7 +57,8 @@ def _options(command):
 def test_cli_options_are_the_definition(command):
     definition = schema(2) if command == "segment" else JOBS[command].schema
     options = _options(command)
-    extra = {"-h", "--help", "--axes", "--series"} | ({"--dim", "--time-point"} if command == "segment" else set())
+    extra = {"-h", "--help", "--axes", "--series"} | (
+        {"--dim", "--time-point", "--level", "--workers", "--scheduler", "--resume"} if command == "segment" else set())
     assert set(options) - extra == {f.flag for f in definition if f.flag}
     for field in definition:
         if not field.flag:
@@ -170,7 +171,8 @@ def test_operator_main_validates_and_segments_the_active_imageset(monkeypatch, m
             main(INPUT_CHANNEL=-1, PROB_THRESH=2)
         assert calls == []
         progress = print
-        assert main(ndim=3, INPUT_CHANNEL=1, PROB_THRESH=0.6, USE_GPU=False, progress=progress) == "result"
+        assert main(ndim=3, INPUT_CHANNEL=1, PROB_THRESH=0.6, USE_GPU=False, SEPARATE_PROCESS=False,
+                    progress=progress) == "result"  # in this process, where the stand-ins are
     finally:
         set_active_imageset(None)
     (imageset, model, plan, kw), = calls
