@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list bundled and registered model names")
     m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
     m.set_defaults(func=_models)
+    for command in sub.choices.values():  # -q / -v after the command too; SUPPRESS keeps one given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every plane")
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only warnings, errors and the final summary; no progress bar")
     return parser
 
 

@@ -522,9 +522,9 @@ def _job(settings: Settings, source: Source, target: Target, plan: Plan, dtype: 
 
 
 def _scale(model, imageset, ndim: int):
-    from .segmentation.segment import _anisotropy_scale  # the single-process path's rule, shared
+    from .segmentation.segment import anisotropy_scale  # the single-process path's rule, shared
 
-    return _anisotropy_scale(model, imageset.voxel_size) if ndim == 3 else None
+    return anisotropy_scale(model, imageset.voxel_size) if ndim == 3 else None
 
 
 def segment_distributed(

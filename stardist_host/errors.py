@@ -29,6 +29,7 @@ __all__ = [
     "TrainError",
     "Cancelled",
     "UnitFailedError",
+    "SegmentationProcessError",
     "check_index",
     "require",
     "EXIT_USER_ERROR",
@@ -110,6 +111,10 @@ class TrainError(PairError):
 
 class UnitFailedError(StardistHostError, RuntimeError):
     """A unit (plane or volume) failed on a worker; the message names the unit and the cause."""
+
+
+class SegmentationProcessError(StardistHostError, RuntimeError):
+    """The child process of a SEPARATE_PROCESS run ended without finishing (crashed, or killed by the system)."""
 
 
 class Cancelled(StardistHostError):

@@ -259,11 +259,13 @@ def test_ctrl_c_and_cancel_exit_130_in_one_line(tmp_path, sample_2d, caplog, mon
     assert list(tmp_path.iterdir()) == []
 
 
-def test_quiet_leaves_only_the_summary_on_stdout(tmp_path, sample_2d):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_leaves_only_the_summary_on_stdout(tmp_path, sample_2d, where):
     out = tmp_path / "q.tif"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "-m", "stardist_host.cli", "-q", "segment", str(sample_2d), str(out), "--cpu"],
-                          capture_output=True, text=True, env=env)
+    args = ["segment", str(sample_2d), str(out), "--cpu"]
+    args = ["-q", *args] if where == "before" else [*args, "-q"]  # as users type it, either way
+    proc = subprocess.run([sys.executable, "-m", "stardist_host.cli", *args], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{out}: " + proc.stdout.split(": ", 1)[1].strip()]
     assert "nuclei in 1 plane(s)" in proc.stdout

@@ -62,7 +62,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import Cancelled, SettingsError, StardistHostError
+from ..errors import Cancelled, SegmentationProcessError, SettingsError
 from ..host import ImageSet
 from .plan import Plan
 from .settings import Settings
@@ -77,10 +77,6 @@ PROCESS_NAME = "stardist-host-segmentation"
 _POLL = 0.1
 # Seconds a child that sent its result, or was terminated, gets to end before it is killed.
 _EXIT_WAIT = 10.0
-
-
-class SegmentationProcessError(StardistHostError, RuntimeError):
-    """The child process of a SEPARATE_PROCESS run ended without finishing (crashed, or killed by the system)."""
 
 
 class _RemoteTraceback(Exception):

@@ -109,9 +109,10 @@ def _init_worker(threads: int) -> None:
     """Before stardist loads OpenMP: this worker's share of the cores."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    from . import stardist_compat  # noqa: F401  (imports stardist's NMS now, not in the first unit)
     import stardist.geometry  # noqa: F401
     import stardist.nms  # noqa: F401
+
+    from . import stardist_compat  # noqa: F401  (imports stardist's NMS now, not in the first unit)
 
 
 def _labels(config: dict, block: str, layout: tuple, shape: tuple[int, ...], bounds: tuple[int, ...],

@@ -78,7 +78,8 @@ class SegmentResult:
         return (
             f"{self.total} nuclei in {len(self.units)} {what}(s) "
             f"(per {what}: min {min(counts)}, mean {np.mean(counts):.1f}, max {max(counts)}); "
-            f"labels in channel {self.channel} {self.channel_name!r}; model {self.model} on {self.device}, "
+            f"labels in channel {self.channel} {self.channel_name!r}; model {self.model}"
+            f"{f' on {self.device}' if self.device else ''}, "
             f"{secs / len(self.units):.3f} s per {what}"
         )
 
@@ -115,7 +116,7 @@ def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], uniqu
     return np.dtype(np.uint16 if bound <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def _anisotropy_scale(model, voxel_size) -> tuple[float, float, float] | None:
+def anisotropy_scale(model, voxel_size) -> tuple[float, float, float] | None:
     """Z scale that brings the image's anisotropy to the one the 3D model was trained on."""
     trained = getattr(model.config, "anisotropy", None)
     if voxel_size is None or voxel_size[0] is None or trained is None:
@@ -332,7 +333,7 @@ def segment(
     """
     units = plan.units
     dtype = label_dtype_for(label_dtype, plan, tuple(imageset.plane_shape), unique_labels)
-    scale = _anisotropy_scale(model, imageset.voxel_size) if plan.ndim == 3 else None
+    scale = anisotropy_scale(model, imageset.voxel_size) if plan.ndim == 3 else None
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)

@@ -126,7 +126,6 @@ def candidates(model, x: NDArray, resizer, prob: NDArray, dist: NDArray, prob_th
 
     ``prob`` is the network's (…, 1) output and ``dist`` its (…, n_rays) one for the padded ``x``.
     """
-    from stardist.nms import _ind_prob_thresh
 
     points, probs, dists = _above(model.config.grid, prob, dist, prob_thresh)
     keep = resizer.filter_points(x.ndim, points, model.config.axes)
