@@ -57,7 +57,7 @@ def _options(command):
 def test_cli_options_are_the_definition(command):
     definition = schema(2) if command == "segment" else JOBS[command].schema
     options = _options(command)
-    extra = {"-h", "--help", "--axes", "--series"} | (
+    extra = {"-h", "--help", "-q", "--quiet", "-v", "--verbose", "--axes", "--series"} | (
         {"--dim", "--time-point", "--level", "--workers", "--scheduler", "--resume"} if command == "segment" else set())
     assert set(options) - extra == {f.flag for f in definition if f.flag}
     for field in definition:
