@@ -77,9 +77,9 @@ class Source:
             from .io.omezarr import OmeZarrImageSet
 
             return OmeZarrImageSet(self.path, level=self.level)
-        from .io.imagesets import TiffImageSet
+        from .io.opening import open_imageset
 
-        return TiffImageSet(self.path, axes=self.axes, series=self.series)
+        return open_imageset(self.path, axes=self.axes, series=self.series)
 
 
 @dataclass(frozen=True)
@@ -655,16 +655,16 @@ def _result(channel, name, model, device, results, computed, ndim) -> SegmentRes
 
 def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time_point: int, workers, scheduler,
                   resume: bool, progress) -> SegmentResult:
-    from .io.imagesets import TiffImageSet
     from .io.objects import FORMATS as OBJECT_FILES
     from .io.objects import export_objects
+    from .io.opening import open_imageset
 
     stem = out.name.split(".")[0]
     extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
     check_output(out, inputs=(source.path,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     store = tiff_journal(out)
     with claim_outputs([out, *extras], inputs=(source.path,), overwrite=settings.overwrite):
-        with TiffImageSet(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
+        with open_imageset(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
             imageset.current_time_point = current_time_point
             plan = make_plan(settings, imageset)
             name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"

@@ -203,21 +203,21 @@ def segment_file(
         ``current_time_point`` is not a time point of the file.
     """
     from .distributed import check_no_journal, is_omezarr, segment_distributed
-    from .io.imagesets import TiffImageSet
+    from .io.opening import open_imageset
 
     if is_omezarr(input) or workers is not None or scheduler is not None or resume:
         return segment_distributed(settings, input, output, level=level, axes=axes, series=series,
                                    current_time_point=current_time_point, workers=workers, scheduler=scheduler,
                                    resume=resume, progress=progress)
     if output is None:
-        raise OutputError(f"{str(input)!r} is a TIFF file: give the output OME-TIFF (e.g. result.ome.tif)")
+        raise OutputError(f"{str(input)!r} is not an OME-Zarr store: give the output OME-TIFF (e.g. result.ome.tif)")
     out = Path(output)
     stem = out.name.split(".")[0]
     extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
     check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):
         check_no_journal(out, overwrite=settings.overwrite)
-        with TiffImageSet(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
+        with open_imageset(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
             check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
                         noun="time points")
             imageset.current_time_point = current_time_point

@@ -23,6 +23,7 @@ from stardist_host.analyses.measure import base_columns, cell_columns, measure
 from stardist_host.analyses.overlay import overlay
 from stardist_host.analyses.tracking import PROPERTY_COLUMNS, TRACK_COLUMNS, link, track
 from stardist_host.cli import main
+from stardist_host.errors import IndexRangeError
 from stardist_host.testing import synthetic
 
 # ----- measurements -----------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_measure_empty_label_channel_gives_empty_table(memory_imageset):
 
 
 def test_measure_bad_input(memory_imageset):
-    with pytest.raises(AnalysisError, match=r"LABEL_CHANNEL=5: the image set has channels 0..1 \(DAPI, Other\)"):
+    with pytest.raises(IndexRangeError, match=r"LABEL_CHANNEL=5: the image set has channels 0..1 \(DAPI, Other\)"):
         measure(memory_imageset, 5)
     no_voxels = MemoryImageSet(np.zeros((1, 1, 1, 8, 8), np.uint16))
     with pytest.raises(AnalysisError, match=r"VOXEL_SIZE=None: the image set has no voxel size.*give VOXEL_SIZE=\(z, y, x\)"):
@@ -217,7 +218,7 @@ def test_grown_cell_volumes_within_10_percent():
 def test_cell_measurements_and_bad_channel():
     dapi, nuclei, membrane, cells = synthetic.cell_scene(seed=4)
     ims = MemoryImageSet(np.stack([dapi, nuclei.astype(np.uint16), membrane])[None], voxel_size=(1.0, 0.5, 0.5))
-    with pytest.raises(AnalysisError, match=r"MEMBRANE_CHANNEL=3: the image set has channels 0..2"):
+    with pytest.raises(IndexRangeError, match=r"MEMBRANE_CHANNEL=3: the image set has channels 0..2"):
         grow_cells(ims, 1, 3, max_distance_um=8.0)
     assert ims.channel_count == 3  # nothing added
     ch = grow_cells(ims, 1, 2, max_distance_um=8.0)
@@ -256,7 +257,7 @@ def test_overlay_png(tmp_path, memory_imageset):
     assert changed.sum() >= 5  # the track id is drawn, near the object's centroid (16, 7)
     ys, xs = np.nonzero(changed)
     assert abs(ys.mean() - 16) < 6 and abs(xs.mean() - 7) < 6
-    with pytest.raises(AnalysisError, match="PLANE=9: the image set has planes 0..3"):
+    with pytest.raises(IndexRangeError, match="PLANE=9: the image set has planes 0..3"):
         overlay(memory_imageset, tmp_path / "x.png", image_channel=0, label_channel=labels, plane=9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.png", "qc.png"]
 

@@ -328,3 +328,25 @@ def test_doctor_fails_with_the_reason(monkeypatch, tmp_path, capsys):
     assert main(["doctor", "--cpu"]) == 1
     text = capsys.readouterr().out
     assert "[FAIL] bundled models: RuntimeError: no bundled models in" in text and "some checks failed" in text
+
+
+def test_cli_segments_a_file_bioio_reads_and_keeps_its_channels(tmp_path):
+    """A non-TIFF input goes through bioio (here a PNG, read by bioio-imageio) to the same OME-TIFF output."""
+    from skimage.io import imsave
+
+    from stardist_host.io.opening import open_imageset
+
+    plane = tifffile.imread(ROOT / "data" / "nuclei_2d.tif")[:256, :256]
+    png = tmp_path / "nuclei.png"
+    imsave(png, plane, check_contrast=False)
+    before = sha256(png)
+    out = tmp_path / "seg.ome.tif"
+    assert main(["segment", str(png), str(out), "--cpu"]) == 0
+    assert sha256(png) == before
+    with open_imageset(png) as source:
+        assert type(source).__name__ == "BioioImageSet"
+        expected = source.get_channeldata(0, 0, 0)
+    written = tifffile.imread(out)
+    np.testing.assert_array_equal(written[0], expected)  # the input channel, exactly
+    assert written.dtype == expected.dtype and len(np.unique(written[1])) - 1 >= 20  # and the nuclei
+    assert main(["segment", str(png), str(tmp_path / "x.ome.tif"), "--axes", "YX"]) == 2

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import AnalysisError
+from ..errors import AnalysisError, check_index
 from ..host import ImageSet
 from ..io.files import atomic_write
 
@@ -30,11 +30,8 @@ Table = dict  # column name -> 1D numpy array, all of one length
 
 
 def check_channel(imageset: ImageSet, channel, setting: str) -> int:
-    """``channel`` as a valid channel index, or an AnalysisError naming ``setting``."""
-    n = imageset.channel_count
-    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < n:
-        raise AnalysisError(f"{setting}={channel!r}: the image set has channels 0..{n - 1} ({', '.join(imageset.channel_names)})")
-    return int(channel)
+    """``channel`` as a valid channel index, or an :class:`~stardist_host.errors.IndexRangeError` naming ``setting``."""
+    return check_index(setting, channel, imageset.channel_count, noun="channels", names=imageset.channel_names)
 
 
 def objects_ndim(imageset: ImageSet, ndim: int | None) -> int:

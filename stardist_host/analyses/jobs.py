@@ -311,7 +311,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
 
     Every output is checked and locked before the input is opened.
     """
-    from ..io.imagesets import TiffImageSet
+    from ..io.opening import open_imageset
 
     values = _validated(job, {k: v for k, v in settings.items() if k != "output_folder"})
     folder = Path(output_folder)
@@ -323,7 +323,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     if JOBS[job].adds_channel(values):
         outputs.append(image)
     with claim_outputs(outputs, inputs=(input,), overwrite=values["overwrite"]):
-        with TiffImageSet(input, axes=axes, series=series, scratch_dir=folder) as imageset:
+        with open_imageset(input, axes=axes, series=series, scratch_dir=folder) as imageset:
             before = imageset.channel_count
             written = _run(job, imageset, folder / stem, values)
             if imageset.channel_count > before:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import check_index
 from ..host import ImageSet
 from ..io.files import atomic_write
 from .common import AnalysisError, channel_label, check_channel, check_labels
@@ -59,9 +60,8 @@ def overlay(
         layers.append((check_channel(imageset, cell_channel, "CELL_CHANNEL"), "CELL_CHANNEL", (0.0, 0.9, 1.0)))
     if track_channel is not None:
         track_channel = check_channel(imageset, track_channel, "TRACK_CHANNEL")
-    for name, value, count in (("TIME_POINT", time_point, imageset.time_point_count), ("PLANE", plane, imageset.plane_count)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
-            raise AnalysisError(f"{name}={value!r}: the image set has {name.lower().replace('_', ' ')}s 0..{count - 1}")
+    check_index("TIME_POINT", time_point, imageset.time_point_count, noun="time points")
+    check_index("PLANE", plane, imageset.plane_count)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise AnalysisError(f"output {str(path)!r} must end in .png")

@@ -5,9 +5,9 @@
 dask array: the file is never loaded whole.  Which formats open depends on the
 bioio plugins installed (``bioio-czi``, ``bioio-lif``, ``bioio-nd2``,
 ``bioio-ome-tiff`` ...).  Channels added with :meth:`BioioImageSet.add_channel`
-live in scratch files (the input file is never written); there is no
-``save``: read the results with ``get_channeldata`` (or run headless on an
-OME-TIFF) to keep them.
+live in scratch files (the input file is never written); ``save`` writes
+the input channels and the added ones to a new OME-TIFF, as
+:class:`~stardist_host.io.imagesets.TiffImageSet` does.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ class BioioImageSet(ScratchChannelsImageSet):
     Notes
     -----
     RGB files (bioio's ``S`` dimension) give one channel per sample, named
-    ``"<channel> (R)"`` and so on.  There is no ``save``: added channels
-    are read back with :meth:`get_channeldata` and deleted by :meth:`close`.
+    ``"<channel> (R)"`` and so on.  Added channels are read back with :meth:`get_channeldata`, written with the input channels
+    to an OME-TIFF by :meth:`save` and deleted by :meth:`close`.
     """
 
     def __init__(
@@ -183,6 +183,9 @@ class BioioImageSet(ScratchChannelsImageSet):
 
     @property
     def input_dtype(self) -> np.dtype:
+        return np.dtype(self._data.dtype)
+
+    def _input_dtype(self, channel: int) -> np.dtype:
         return np.dtype(self._data.dtype)
 
     def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:

@@ -284,6 +284,70 @@ class ScratchChannelsImageSet(_Checks):
         channel.path.unlink(missing_ok=True)
         del self._names[index]
 
+    def _input_dtype(self, channel: int) -> np.dtype:
+        raise NotImplementedError
+
+    def channel_dtype(self, channel: int) -> np.dtype:
+        """The type of ``channel``'s values: the input's for input channels, ``add_channel``'s for added ones."""
+        self._check_channel(channel)
+        if channel < self._n_input:
+            return self._input_dtype(channel)
+        return self._added[channel - self._n_input].dtype
+
+    def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
+        """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
+
+        Channels are never converted: the file holds one image (series) per run
+        of consecutive channels of the same type.  Input and added channels of
+        one type (uint16 input, uint16 labels) give one TCZYX image as before;
+        float32 input with uint16 labels gives image 0 with the input channels
+        and image 1 with the labels, both of the same T, Z, Y, X, channel names
+        and voxel size.  :class:`TiffImageSet` reads such a file back as one
+        image set with all channels in the same order.  The input is read a
+        plane at a time, so memory does not grow with the data.
+
+        Parameters
+        ----------
+        path
+            The output file; it may not be the input file.
+        labels_only
+            Write only the channels made with :meth:`add_channel`.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        ValueError
+            ``path`` is the input file, or ``labels_only`` with no added channel.
+        """
+        path = Path(path)
+        if path.exists() and path.resolve() == self.path.resolve():
+            raise ValueError(f"the output {str(path)!r} is the input file; the input file is never overwritten")
+        channels = list(range(self._n_input if labels_only else 0, self.channel_count))
+        if not channels:
+            raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
+        runs: list[list[int]] = []
+        for c in channels:
+            if runs and self.channel_dtype(runs[-1][-1]) == self.channel_dtype(c):
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        images = [
+            OmeImage(self._planes(run), (self.time_point_count, len(run), self.plane_count, *self.plane_shape),
+                     self.channel_dtype(run[0]), [self._names[c] for c in run])
+            for run in runs
+        ]
+        return write_ome_images(path, images, voxel_size=self.voxel_size)
+
+    def _planes(self, channels: list[int]) -> Iterator[NDArray]:
+        for t in range(self.time_point_count):
+            for c in channels:
+                for z in range(self.plane_count):
+                    yield self.get_channeldata(c, z, t)
+
     def _close_scratch(self) -> None:
         for channel in self._added:
             channel.close()
@@ -356,68 +420,11 @@ class TiffImageSet(ScratchChannelsImageSet):
         """The type of the first input channel (see :meth:`channel_dtype` for each)."""
         return self._reader.layout.dtype
 
-    def channel_dtype(self, channel: int) -> np.dtype:
-        """The type of ``channel``'s values: the file's for input channels, ``add_channel``'s for added ones."""
-        self._check_channel(channel)
-        if channel < self._n_input:
-            return self._input_dtypes[channel]
-        return self._added[channel - self._n_input].dtype
+    def _input_dtype(self, channel: int) -> np.dtype:
+        return self._input_dtypes[channel]
 
     def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
         return self._reader.plane(time_point, channel, plane)
-
-    def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
-        """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
-
-        Channels are never converted: the file holds one image (series) per run
-        of consecutive channels of the same type.  Input and added channels of
-        one type (uint16 input, uint16 labels) give one TCZYX image as before;
-        float32 input with uint16 labels gives image 0 with the input channels
-        and image 1 with the labels, both of the same T, Z, Y, X, channel names
-        and voxel size.  :class:`TiffImageSet` reads such a file back as one
-        image set with all channels in the same order.
-
-        Parameters
-        ----------
-        path
-            The output file; it may not be the input file.
-        labels_only
-            Write only the channels made with :meth:`add_channel`.
-
-        Returns
-        -------
-        Path
-            ``path``.
-
-        Raises
-        ------
-        ValueError
-            ``path`` is the input file, or ``labels_only`` with no added channel.
-        """
-        path = Path(path)
-        if path.exists() and path.resolve() == self.path.resolve():
-            raise ValueError(f"the output {str(path)!r} is the input file; the input file is never overwritten")
-        channels = list(range(self._n_input if labels_only else 0, self.channel_count))
-        if not channels:
-            raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
-        runs: list[list[int]] = []
-        for c in channels:
-            if runs and self.channel_dtype(runs[-1][-1]) == self.channel_dtype(c):
-                runs[-1].append(c)
-            else:
-                runs.append([c])
-        images = [
-            OmeImage(self._planes(run), (self.time_point_count, len(run), self.plane_count, *self.plane_shape),
-                     self.channel_dtype(run[0]), [self._names[c] for c in run])
-            for run in runs
-        ]
-        return write_ome_images(path, images, voxel_size=self.voxel_size)
-
-    def _planes(self, channels: list[int]) -> Iterator[NDArray]:
-        for t in range(self.time_point_count):
-            for c in channels:
-                for z in range(self.plane_count):
-                    yield self.get_channeldata(c, z, t)
 
     def close(self) -> None:
         """Close the input file and delete the scratch files."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import SettingsError, check_index
 from ..host import ImageSet
-from .settings import Settings, SettingsError
+from .settings import Settings
 
 __all__ = ["Plan", "Unit", "make_plan"]
 
@@ -54,11 +55,7 @@ def make_plan(settings: Settings, imageset: ImageSet) -> Plan:
         When the channel or a plane is outside the image set.
     """
     n_channels, n_planes = imageset.channel_count, imageset.plane_count
-    if settings.input_channel >= n_channels:
-        raise SettingsError(
-            "INPUT_CHANNEL", settings.input_channel,
-            f"the image set has channels 0..{n_channels - 1} ({', '.join(imageset.channel_names)})",
-        )
+    check_index("INPUT_CHANNEL", settings.input_channel, n_channels, names=imageset.channel_names)
     first = 0 if settings.first_plane == -1 else settings.first_plane
     last = n_planes - 1 if settings.last_plane == -1 else settings.last_plane
     for name, value in (("FIRST_PLANE", settings.first_plane), ("LAST_PLANE", settings.last_plane)):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import PairError
+from ..errors import PairError, check_index
 from ..io.imagesets import TiffImageSet
 
 __all__ = ["PairError", "Pairs", "count_objects", "crop", "read_pairs"]
@@ -123,9 +123,8 @@ def read_pairs(
                     f"mask {Path(mask_path).name} holds {msk.input_dtype} values; masks must be integer label images "
                     "(0 background, 1, 2, ... one value per object), not probabilities or binary floats"
                 )
-            if not 0 <= channel < img.channel_count:
-                raise PairError(
-                    f"channel={channel}: image {Path(image_path).name} has channels 0..{img.channel_count - 1}")
+            check_index("--channel", channel, img.channel_count, what=f"image {Path(image_path).name}",
+                        noun="channels")
             dim = ndim or (3 if img.plane_count > 1 else 2)
             if pairs_ndim is not None and dim != pairs_ndim:
                 raise PairError(f"{Path(image_path).name} is {dim}D but earlier images are {pairs_ndim}D; give --dim")
