@@ -209,12 +209,13 @@ def _add_jobs(sub) -> None:
 
 def _job(args) -> int:
     from .analyses.jobs import JOBS, run_job_on_file
-    from .headless import stdout_to_log
+    from .headless import stdout_to_log, tqdm_progress
 
     settings = JOBS[args.job].schema.values_from_args(args)
-    with stdout_to_log():
+    progress, bar = tqdm_progress(args.job, disable=args.quiet)
+    with bar, stdout_to_log():
         written = run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes,
-                                  series=args.series)
+                                  series=args.series, progress=progress)
     for path in written:
         print(path)
     return 0

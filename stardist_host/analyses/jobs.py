@@ -24,10 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import AnalysisError, SettingsError
+from ..errors import AnalysisError, Cancelled, SettingsError
 from ..host import ImageSet, active_imageset
 from ..io.files import claim_outputs
 from ..schema import Field, Schema, raise_all
+from ..segmentation.segment import Cancel, Progress
 from .common import write_csv
 
 __all__ = ["JOBS", "Job", "run_job", "run_job_on_file", "run_analysis_script"]
@@ -267,16 +268,62 @@ def _validated(job: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any]) -> list[Path]:
+class _Watched:
+    """The image set as a job sees it: each plane read checks ``cancel`` first; progress follows the time points.
+
+    ``progress(done, total)`` counts the time points finished: a time point is
+    done when the job starts reading the next one, and all are at the end.
+    """
+
+    def __init__(self, imageset: ImageSet, total: int, *, progress: Progress | None, cancel: Cancel | None) -> None:
+        self._inner, self._total, self._progress, self._cancel = imageset, total, progress, cancel
+        self._seen: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def get_channeldata(self, channel: int, plane: int, time_point: int):
+        if self._cancel is not None and self._cancel():
+            raise Cancelled("cancelled")
+        if time_point not in self._seen:
+            self._seen.add(time_point)
+            if self._progress is not None:
+                self._progress(min(len(self._seen) - 1, self._total), self._total)
+        return self._inner.get_channeldata(channel, plane, time_point)
+
+
+def _remove_added(imageset: ImageSet, before: int) -> None:
+    """Take away the channels a failed or cancelled job added, so that none is left half-written."""
+    added = list(range(before, imageset.channel_count))
+    if not added:
+        return
+    if hasattr(imageset, "remove_channel"):
+        for index in reversed(added):
+            imageset.remove_channel(index)
+        return
+    log.warning("channel(s) %s were added by the job that stopped and are incomplete: delete them", added)
+
+
+def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any], *, progress: Progress | None = None,
+         cancel: Cancel | None = None) -> list[Path]:
     kwargs = {k: v for k, v in values.items() if k not in _OUTPUT_SETTINGS}
-    written = JOBS[job].function(imageset, out, **kwargs)
+    single = values.get("current_time_point") or job == "overlay"
+    total = 1 if single else imageset.time_point_count
+    before = imageset.channel_count
+    try:
+        written = JOBS[job].function(_Watched(imageset, total, progress=progress, cancel=cancel), out, **kwargs)
+    except BaseException:
+        _remove_added(imageset, before)
+        raise
+    if progress is not None:
+        progress(total, total)
     for path in written:
         log.info("wrote %s", path)
     return written
 
 
 def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem: str,
-            settings: Mapping[str, Any]) -> list[Path]:
+            settings: Mapping[str, Any], *, progress: Progress | None = None, cancel: Cancel | None = None) -> list[Path]:
     """Check the settings and the outputs, then run ``job``; return the files written.
 
     Parameters
@@ -291,6 +338,14 @@ def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem
         Prefix of the files' names.
     settings
         The job's settings by lower-case name; missing ones take their default.
+    progress
+        Called as ``progress(done, total)`` as time points are finished
+        (:func:`~stardist_host.segmentation.segment.percent_progress` adapts a
+        host's percent callback).
+    cancel
+        Called before each plane is read; True stops the job with
+        :class:`~stardist_host.errors.Cancelled`, and channels the job added are
+        removed again (where the image set has ``remove_channel``).
 
     Raises
     ------
@@ -298,15 +353,18 @@ def run_job(job: str, imageset: ImageSet, output_folder: str | os.PathLike, stem
         Naming every unknown or bad setting.
     OutputError
         An output exists (without OVERWRITE), is a folder or cannot be written.
+    Cancelled
+        ``cancel()`` returned True.
     """
     values = _validated(job, settings)
     out = Path(output_folder) / stem
     with claim_outputs(JOBS[job].tables(out, values), inputs=(), overwrite=values["overwrite"]):
-        return _run(job, imageset, out, values)
+        return _run(job, imageset, out, values, progress=progress, cancel=cancel)
 
 
 def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.PathLike, settings: Mapping[str, Any],
-                    *, axes: str | None = None, series: int | None = None) -> list[Path]:
+                    *, axes: str | None = None, series: int | None = None, progress: Progress | None = None,
+                    cancel: Cancel | None = None) -> list[Path]:
     """Run ``job`` on a TIFF file; where it adds channels, save <input>_<job>.ome.tif beside the tables.
 
     Every output is checked and locked before the input is opened.
@@ -325,7 +383,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     with claim_outputs(outputs, inputs=(input,), overwrite=values["overwrite"]):
         with open_imageset(input, axes=axes, series=series, scratch_dir=folder) as imageset:
             before = imageset.channel_count
-            written = _run(job, imageset, folder / stem, values)
+            written = _run(job, imageset, folder / stem, values, progress=progress, cancel=cancel)
             if imageset.channel_count > before:
                 written.append(imageset.save(image))
     return written
