@@ -184,3 +184,34 @@ def test_measured_rule_switches_to_processes(model_2d, monkeypatch):
         got = dict(predictor.predict(range(8), lambda i: planes[i]))
         assert len(predictor._thread_nms) >= 1 and predictor.pool is not None  # began on threads, then processes
     assert all(np.array_equal(got[i], got[0]) for i in range(8))
+
+
+def test_no_room_in_shared_memory_keeps_nms_on_threads(model_2d, monkeypatch, caplog):
+    import shutil
+
+    monkeypatch.setattr(nms_workers, "STARTUP_SECONDS", 0.0)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000) if p == "/dev/shm" else real(p))
+    planes = [_sample(2)[:128, :128]] * 4
+    expected = dict(pipeline.predict_units(model_2d, range(4), lambda i: planes[i], nms_processes=False))
+    with pipeline.UnitPredictor(model_2d, nms_workers=2, nms_processes=True, batch_size=1) as predictor:
+        got = dict(predictor.predict(range(4), lambda i: planes[i]))
+        assert predictor.pool is None  # given up after the first block did not fit
+    assert all(np.array_equal(got[i], expected[i]) for i in range(4))
+    assert "NMS continues on threads" in caplog.text and "/dev/shm" in caplog.text
+
+
+def _report_can_spawn(queue):
+    queue.put(nms_workers.can_spawn())
+
+
+def test_a_daemon_process_does_not_start_workers():
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_report_can_spawn, args=(queue,), daemon=True)
+    child.start()
+    assert queue.get(timeout=60) is False  # as in a SEPARATE_PROCESS child: daemons may not have children
+    child.join()
+    assert nms_workers.can_spawn() is True

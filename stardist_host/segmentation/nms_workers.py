@@ -97,9 +97,29 @@ def resolve_workers(workers: int | None, *, memory: int | None = None) -> int:
 
 
 def can_spawn() -> bool:
-    """Whether worker processes can start: ``sys.executable`` is a Python, not an embedding host application."""
+    """Whether worker processes can start: ``sys.executable`` is a Python, not an embedding host application,
+    and this process is not a daemon (as a SEPARATE_PROCESS child is: daemons may not have children)."""
+    import multiprocessing
+
     name = os.path.basename(sys.executable or "").lower()
-    return name.startswith(("python", "pypy"))
+    return name.startswith(("python", "pypy")) and not multiprocessing.current_process().daemon
+
+
+def _check_shared_room(size: int) -> None:
+    """Refuse a block that the shared-memory file system cannot hold.
+
+    On Linux a block is a sparse file in /dev/shm: creating it succeeds whatever
+    its size, and copying into it past the file system's limit (64 MB in a
+    default Docker container) kills the process with SIGBUS.  A MemoryError here
+    makes the caller keep NMS on threads instead.
+    """
+    if not os.path.isdir("/dev/shm"):
+        return
+    import shutil
+
+    free = shutil.disk_usage("/dev/shm").free
+    if size > free:
+        raise MemoryError(f"a {size / 1e6:.0f} MB block does not fit the {free / 1e6:.0f} MB free in /dev/shm")
 
 
 # --- in the worker process ------------------------------------------------------------------
@@ -193,6 +213,7 @@ class NmsPool:
         """
         dtype = np.result_type(prob, dist)
         size = (prob.size + dist.size) * dtype.itemsize
+        _check_shared_room(size)
         shm = SharedMemory(create=True, size=max(1, size))
         try:
             np.ndarray(prob.shape, dtype, buffer=shm.buf)[...] = prob

@@ -310,8 +310,17 @@ class UnitPredictor:
             self._nms.shutdown(wait=True, cancel_futures=True)
 
     def _start_pool(self) -> None:
-        self.pool = procs.NmsPool(compat.nms_config(self.model), workers=self.nms_workers)
-        self.pool.warm_up()
+        try:
+            self.pool = procs.NmsPool(compat.nms_config(self.model), workers=self.nms_workers)
+            self.pool.warm_up()
+        except Exception as err:  # no processes here (limits, a broken pool): NMS stays on threads
+            self._no_processes(err)
+
+    def _no_processes(self, err: BaseException) -> None:
+        log.warning("NMS worker processes failed (%s: %s); NMS continues on threads", type(err).__name__, err)
+        pool, self.pool, self.nms_processes = self.pool, None, False
+        if pool is not None:
+            pool.close()
 
     def _use_processes(self) -> bool:
         """Whether this unit's NMS goes to worker processes; starts them when the measured rule says so."""
@@ -415,9 +424,13 @@ class UnitPredictor:
             return
         for prepared, (prob, dist) in zip(batch, outputs):
             self._to_come -= 1
+            future = None
             if self._use_processes():
-                future = self.predictor.submit_to(self.pool, prepared, prob, dist)
-            else:
+                try:
+                    future = self.predictor.submit_to(self.pool, prepared, prob, dist)
+                except Exception as err:  # e.g. shared memory full: this and later units on threads
+                    self._no_processes(err)
+            if future is None:
                 future = self._nms.submit(self._timed_instances, prepared, prob, dist)
             _forward_result(future, prepared.future)
 
