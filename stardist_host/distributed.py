@@ -117,6 +117,7 @@ class Job:
     percentiles: tuple[float, float]
     n_tiles: tuple[int, ...] | None
     scale: tuple[float, ...] | None
+    gpu_memory_limit_mb: int | None = None
 
 
 # One entry per kind ("model", "source", "target"): a worker keeps the model and its open
@@ -147,7 +148,7 @@ def _model(job: Job):
         from .segmentation.device import configure_device
         from .segmentation.models import load_model
 
-        configure_device(job.use_gpu)
+        configure_device(job.use_gpu, memory_limit_mb=job.gpu_memory_limit_mb)
         return load_model(job.model_name, ndim=job.ndim, path=job.model_path)
 
     return _cached("model", (job.model_name, job.model_path, job.ndim, job.use_gpu), load)
@@ -274,13 +275,22 @@ def segment_unit(job: Job, unit: Unit) -> dict:
 
 
 def renumber_unit(job: Job, unit: Unit, offset: int) -> dict:
-    """Add ``offset`` to the unit's labels (background stays 0), then record it (``*.offset.json``)."""
+    """Add ``offset`` to the unit's labels (background stays 0), then record it (``*.offset.json``).
+
+    Each plane is recorded as it is rewritten (``*.zZ.offset.json``) and skipped
+    when already recorded, so a run killed halfway through a volume and resumed
+    adds the offset to every plane exactly once.
+    """
     planes = _planes(job.target)
     dtype = np.dtype(job.dtype)
     for z in unit.planes:
+        done = f"{_key(unit)}.z{z}.offset.json"
+        if _read_json(job.target.journal / done) is not None:
+            continue
         plane = planes.read(unit.time_point, z)
         if plane.any():
             planes.write(unit.time_point, z, np.where(plane > 0, plane.astype(np.int64) + offset, 0).astype(dtype))
+        _record(job.target.journal, done, {"offset": offset})
     _record(job.target.journal, f"{_key(unit)}.offset.json", {"offset": offset})
     return {"offset": offset}
 
@@ -382,7 +392,8 @@ def _run_tasks(client, fn, job: Job, items: list[tuple]) -> Iterator[tuple[tuple
 def _fingerprint(settings: Settings, source: Source, plan: Plan, name: str, dtype: np.dtype) -> dict:
     """What the labels depend on; a resume must match it."""
     values = dataclasses.asdict(settings)
-    for irrelevant in ("overwrite", "labels_only", "export_objects", "use_gpu", "current_time_point"):
+    for irrelevant in ("overwrite", "labels_only", "export_objects", "use_gpu", "current_time_point",
+                       "gpu_memory_limit_mb", "separate_process"):
         values.pop(irrelevant)
     values["n_tiles"] = list(values["n_tiles"]) if values["n_tiles"] else None
     return {"input": str(Path(source.path).resolve()), "level": source.level, "axes": source.axes,
@@ -511,14 +522,15 @@ def _load(settings: Settings):
     from .segmentation.device import configure_device
     from .segmentation.models import load_model
 
-    device = configure_device(settings.use_gpu)
+    device = configure_device(settings.use_gpu, memory_limit_mb=settings.gpu_memory_limit_mb)
     return load_model(settings.model_name, ndim=settings.ndim, path=settings.model_path), device
 
 
 def _job(settings: Settings, source: Source, target: Target, plan: Plan, dtype: np.dtype, scale) -> Job:
     return Job(source, target, plan.channel, settings.ndim, str(dtype), settings.model_name, settings.model_path,
                settings.use_gpu, settings.prob_thresh, settings.nms_thresh,
-               (settings.percentile_low, settings.percentile_high), settings.n_tiles, scale)
+               (settings.percentile_low, settings.percentile_high), settings.n_tiles, scale,
+               settings.gpu_memory_limit_mb)
 
 
 def _scale(model, imageset, ndim: int):

@@ -258,3 +258,34 @@ def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
     settings = Settings(ndim=2, current_time_point=False, unique_labels=True, label_dtype="uint16", use_gpu=False)
     with pytest.raises(LabelOverflowError, match=r"time point 0, plane 1: label 80000 does not fit .* LABEL_DTYPE='uint32'"):
         segment_file(settings, store, None)
+
+
+def test_renumbering_killed_halfway_through_a_volume_adds_the_offset_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from stardist_host.segmentation.plan import Unit
+
+    class Planes(dict):
+        def read(self, t, z):
+            return self[(t, z)].copy()
+
+        def write(self, t, z, plane):
+            self[(t, z)] = plane
+
+    planes = Planes({(0, z): np.array([[0, z + 1]], np.uint16) for z in range(4)})
+    monkeypatch.setattr(distributed, "_planes", lambda target: planes)
+    job = SimpleNamespace(target=SimpleNamespace(journal=tmp_path), dtype="uint16")
+    real = distributed._record
+
+    def killed_after_plane_1(journal, name, record):
+        real(journal, name, record)
+        if name.endswith(".z1.offset.json"):
+            raise KeyboardInterrupt  # stopped after planes 0 and 1 were rewritten and recorded
+
+    monkeypatch.setattr(distributed, "_record", killed_after_plane_1)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.renumber_unit(job, Unit(0, 0, 3), 10)
+    monkeypatch.setattr(distributed, "_record", real)
+    distributed.renumber_unit(job, Unit(0, 0, 3), 10)  # the resumed run
+    assert [int(planes[(0, z)][0, 1]) for z in range(4)] == [11, 12, 13, 14]
+    assert all(int(planes[(0, z)][0, 0]) == 0 for z in range(4))  # background stays 0
