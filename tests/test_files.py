@@ -125,7 +125,7 @@ def test_check_output_allows_overwrite_and_refuses_a_read_only_folder(tmp_path, 
 def test_output_lock_is_exclusive_and_released(tmp_path):
     out = tmp_path / "seg.ome.tif"
     with OutputLock(out):
-        assert (tmp_path / ".seg.ome.tif.lock").read_text() == str(os.getpid())
+        assert (tmp_path / ".seg.ome.tif.lock").read_text() == f"{os.getpid()} {files._host()}"
         with pytest.raises(OutputBusyError, match=rf"in use by another run \(process {os.getpid()}\)"):
             OutputLock(out).acquire()
     assert not (tmp_path / ".seg.ome.tif.lock").exists()
@@ -135,10 +135,19 @@ def test_output_lock_is_exclusive_and_released(tmp_path):
 
 def test_a_lock_of_a_dead_process_is_taken_over_and_logged(tmp_path, caplog):
     lock = tmp_path / ".seg.ome.tif.lock"
-    lock.write_text(str(_dead_pid()))
+    lock.write_text(str(_dead_pid()))  # an older lock without a host: this machine's
     with OutputLock(tmp_path / "seg.ome.tif"):
-        assert lock.read_text() == str(os.getpid())
+        assert lock.read_text() == f"{os.getpid()} {files._host()}"
     assert "no longer runs" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the dead lock removed, ours released
+
+
+def test_a_lock_from_another_machine_is_never_taken_over(tmp_path):
+    lock = tmp_path / ".seg.ome.tif.lock"
+    lock.write_text(f"{_dead_pid()} someotherhost")  # the same id means nothing on another machine
+    with pytest.raises(OutputBusyError, match="in use by another run \\(process \\d+ on someotherhost\\)"):
+        OutputLock(tmp_path / "seg.ome.tif").acquire()
+    assert lock.read_text().endswith("someotherhost")
 
 
 def test_remove_stale_removes_only_what_dead_runs_left(tmp_path, caplog):
@@ -146,7 +155,9 @@ def test_remove_stale_removes_only_what_dead_runs_left(tmp_path, caplog):
     stale_partial = tmp_path / f".seg.ome.tif.{dead}-0123abcd.partial"
     live_partial = tmp_path / f".seg.ome.tif.{alive}-0123abcd.partial"
     other_output = tmp_path / f".other.tif.{dead}-0123abcd.partial"
-    stale_scratch = tmp_path / f".stardist-host-{dead}-xyz"
+    stale_scratch = tmp_path / f".stardist-host-{dead}-{files._host()}-xyz"
+    other_machine = tmp_path / f".stardist-host-{dead}-someotherhost-xyz"
+    other_machine.mkdir()
     for p in (stale_partial, live_partial, other_output):
         p.write_bytes(b"x" * 1000)
     stale_scratch.mkdir()
@@ -156,7 +167,7 @@ def test_remove_stale_removes_only_what_dead_runs_left(tmp_path, caplog):
 
     removed = remove_stale(tmp_path, "seg.ome.tif")
     assert sorted(removed) == sorted([stale_partial, stale_scratch])
-    assert live_partial.exists() and other_output.exists() and user_file.exists()
+    assert live_partial.exists() and other_output.exists() and user_file.exists() and other_machine.exists()
     assert str(stale_partial) in caplog.text and "left by an interrupted run" in caplog.text
 
 

@@ -47,7 +47,18 @@ REPLACE_RETRIES = 5
 _RETRY_DELAY = 0.2  # seconds, doubled after each try
 
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
-_SCRATCH = re.compile(r"^\.?stardist-host-(?P<pid>\d+)-")
+_SCRATCH = re.compile(r"^\.?stardist-host-(?P<pid>\d+)-(?P<host>[A-Za-z0-9]*)-")
+
+
+def _host() -> str:
+    """This machine's name as file names carry it: a run's process id means something only on its own machine."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
+
+
+def _owner() -> str:
+    return f"{os.getpid()} {_host()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -187,26 +198,36 @@ class OutputLock:
         self._held = False
 
     def acquire(self) -> "OutputLock":
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = _read_pid(self.lock_path)
-                if owner is not None and not _pid_alive(owner):
-                    log.warning("removing %s, left by a run (process %d) that no longer runs", self.lock_path, owner)
-                    self.lock_path.unlink(missing_ok=True)
+                owner, host = _read_owner(self.lock_path)
+                if owner is not None and host == _host() and not _pid_alive(owner):
+                    self._take_over(owner)
                     continue
+                where = f"process {owner}" + (f" on {host}" if host and host != _host() else "")
                 raise OutputBusyError(
-                    f"output {str(self.path)!r} is in use by another run (process {owner}); wait for it to end "
+                    f"output {str(self.path)!r} is in use by another run ({where}); wait for it to end "
                     f"or choose another output (if no run is active, delete {str(self.lock_path)!r})"
                 ) from None
             except OSError as err:
                 raise OutputError(f"output {str(self.path)!r} cannot be written: {err.strerror or err}") from err
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(_owner())
             self._held = True
             return self
         raise OutputBusyError(f"output {str(self.path)!r} is in use by another run")
+
+    def _take_over(self, owner: int) -> None:
+        """Remove a dead run's lock; renamed first, so that of two runs doing this at once only one removes it."""
+        grave = self.lock_path.with_name(f"{self.lock_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.stale")
+        try:
+            os.replace(self.lock_path, grave)
+        except OSError:
+            return  # another run took it over first: try again
+        grave.unlink(missing_ok=True)
+        log.warning("removing %s, left by a run (process %d) that no longer runs", self.lock_path, owner)
 
     def release(self) -> None:
         if self._held:
@@ -238,20 +259,23 @@ def claim_outputs(
         yield checked
 
 
-def _read_pid(path: Path) -> int | None:
+def _read_owner(path: Path) -> tuple[int | None, str]:
+    """(process id, host) from a lock file; a lock without a host (older) counts as this host's."""
     try:
-        text = path.read_text().strip()
+        pid, _, host = path.read_text().strip().partition(" ")
     except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+        return None, ""
+    return (int(pid) if pid.isdigit() else None), (host or _host())
 
 
 def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Remove what killed runs left in ``folder``, and return what was removed.
 
-    That is ``.NAME.PID-RANDOM.partial`` files (for ``name`` only, if given)
-    and ``.stardist-host-PID-*`` scratch folders whose process no longer runs.
-    Each is named in the log.
+    That is ``.NAME.PID-RANDOM.partial`` files of output ``name`` (call it
+    while holding that output's :class:`OutputLock`) and this machine's
+    ``.stardist-host-PID-HOST-*`` scratch folders whose process no longer runs.
+    A folder shared between machines (NFS, SMB) keeps what other machines'
+    runs write.  Each removal is named in the log.
     """
     removed = []
     try:
@@ -260,10 +284,12 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
         return removed
     for entry in entries:
         partial, scratch = _PARTIAL.match(entry.name), _SCRATCH.match(entry.name)
+        if partial and (name is None or partial["name"] != name):
+            continue  # another output's partial file: only that output's run, holding its lock, may remove it
+        if scratch and scratch["host"] != _host():
+            continue  # a run on another machine that shares this folder
         match = partial or scratch
-        if match is None or (partial and name is not None and partial["name"] != name):
-            continue
-        if _pid_alive(int(match["pid"])):
+        if match is None or _pid_alive(int(match["pid"])):
             continue
         size = entry.stat().st_size if entry.is_file() else sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
         log.warning("removing %s (%.1f MB) left by an interrupted run", entry, size / 1e6)
@@ -277,4 +303,4 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
 
 def scratch_dir(parent: str | os.PathLike | None = None) -> tempfile.TemporaryDirectory:
     """A hidden scratch folder ``.stardist-host-PID-*`` that :func:`remove_stale` recognises once its run is gone."""
-    return tempfile.TemporaryDirectory(prefix=f".stardist-host-{os.getpid()}-", dir=parent)
+    return tempfile.TemporaryDirectory(prefix=f".stardist-host-{os.getpid()}-{_host()}-", dir=parent)
