@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import LabelOverflowError, OutputError, SettingsError, StardistHostError, UnitFailedError, require
-from .io.files import OutputLock, atomic_write, check_output, claim_outputs
+from .io.files import OutputLock, atomic_write, check_output, claim_outputs, file_stem
 from .segmentation.plan import Plan, Unit, make_plan
 from .segmentation.segment import Progress, SegmentResult, UnitResult, label_dtype_for, normalise
 from .segmentation.settings import Settings
@@ -671,7 +671,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
     from .io.objects import export_objects
     from .io.opening import open_imageset
 
-    stem = out.name.split(".")[0]
+    stem = file_stem(out)
     extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
     check_output(out, inputs=(source.path,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     store = tiff_journal(out)

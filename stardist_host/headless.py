@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, OutputError, StardistHostError, check_index
 from .host import active_imageset
-from .io.files import check_output, claim_outputs
+from .io.files import check_output, claim_outputs, file_stem
 from .io.objects import FORMATS as OBJECT_FILES
 from .io.objects import export_objects
 from .segmentation.segment import Progress, SegmentResult, run
@@ -212,7 +212,7 @@ def segment_file(
     if output is None:
         raise OutputError(f"{str(input)!r} is not an OME-Zarr store: give the output OME-TIFF (e.g. result.ome.tif)")
     out = Path(output)
-    stem = out.name.split(".")[0]
+    stem = file_stem(out)
     extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
     check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):

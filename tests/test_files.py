@@ -189,3 +189,15 @@ def test_claim_outputs_checks_every_output_before_locking_any(tmp_path):
         assert claimed == [tmp_path / "a.csv", tmp_path / "b.csv"]
         assert sorted(p.name for p in tmp_path.glob(".*.lock")) == [".a.csv.lock", ".b.csv.lock"]
     assert not list(tmp_path.glob(".*.lock"))
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("2024.05.01_embryo1.tif", "2024.05.01_embryo1"),
+    ("seg.ome.tif", "seg"),
+    ("Series.OME.TIFF", "Series"),
+    ("tl.zarr", "tl"),
+    ("scan.czi", "scan"),
+    ("notes", "notes"),
+])
+def test_file_stem_keeps_the_dots_of_a_name(name, stem):
+    assert files.file_stem(name) == stem

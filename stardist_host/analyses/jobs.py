@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import AnalysisError, Cancelled, SettingsError
 from ..host import ImageSet, active_imageset
-from ..io.files import claim_outputs
+from ..io.files import claim_outputs, file_stem
 from ..schema import Field, Schema, raise_all
 from ..segmentation.segment import Cancel, Progress
 from .common import write_csv
@@ -375,7 +375,7 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     folder = Path(output_folder)
     if not folder.is_dir():
         raise SettingsError("OUTPUT_FOLDER", str(folder), "this folder does not exist")
-    stem = Path(input).name.split(".")[0]
+    stem = file_stem(input)
     outputs = JOBS[job].tables(folder / stem, values)
     image = folder / f"{stem}_{job}.ome.tif"
     if JOBS[job].adds_channel(values):

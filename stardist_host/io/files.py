@@ -33,6 +33,7 @@ from ..errors import OutputBusyError, OutputError
 __all__ = [
     "atomic_write",
     "check_output",
+    "file_stem",
     "claim_outputs",
     "OutputLock",
     "remove_stale",
@@ -74,6 +75,22 @@ def _pid_alive(pid: int) -> bool:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+_KNOWN_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".btf", ".czi", ".lif", ".nd2",
+                   ".png", ".jpg", ".csv")
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """A file's name without its format's suffix: ``2024.05.01_embryo.ome.tif`` -> ``2024.05.01_embryo``.
+
+    Only known image and table suffixes are taken off, so dots inside the name stay.
+    """
+    name = Path(path).name
+    for suffix in _KNOWN_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
 
 
 def _kept_name(path: Path) -> Path:
