@@ -67,3 +67,20 @@ def test_float32_input_gives_labels_every_analysis_accepts(tmp_path):
     assert main(["atlas", *common, "--atlas-file", str(atlas)]) == 0
     tracks = (results / "seg_tracks.csv").read_text(encoding="utf-8").splitlines()
     assert len(tracks) > 20 * 3  # about 29 nuclei, each over the 3 time points
+
+
+def test_a_damaged_compressed_plane_stops_in_one_line_and_removes_the_channel(tmp_path, caplog):
+    data = np.random.default_rng(1).integers(0, 4000, (3, 64, 64)).astype(np.uint16)
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, data, compression="zlib", photometric="minisblack", metadata={"axes": "TYX"})
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].pages[1]
+        offset, size = page.dataoffsets[0], page.databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + size] = b"\xff" * size  # the same length: only decoding can tell
+    path.write_bytes(bytes(raw))
+    caplog.set_level(logging.ERROR, logger="stardist_host")
+    out = tmp_path / "out.ome.tif"
+    assert main(["segment", str(path), str(out), "--all-time-points", "--cpu"]) == 2
+    assert "damaged.tif is damaged: plane t=1, c=0, z=0 cannot be decoded" in caplog.text
+    assert "Traceback" not in caplog.text and not out.exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stardist_host import MemoryImageSet, Settings
-from stardist_host.errors import IndexRangeError
+from stardist_host.errors import IndexRangeError, ReadOnlyInputError
 from stardist_host.host import check_imageset
 from stardist_host.io.regionhost import RegionImageSet, region
 from stardist_host.testing.conformance import ImageSetConformance
@@ -174,10 +174,13 @@ def test_remove_channel_exists_only_where_the_host_can_remove():
     removed = []
     ims = region_set(host, remove_channel=removed.append)
     new = ims.add_channel("labels", np.uint16)
-    with pytest.raises(ValueError, match=r"channel 0 cannot be removed: only the last channel \(2\) can"):
+    with pytest.raises(ReadOnlyInputError, match=r"channel 0 is one of the host's own channels \(0..1\)"):
         ims.remove_channel(0)
     ims.remove_channel(new)
     assert removed == [2] and ims.channel_count == 2 and ims.channel_names == ["Channel 0", "Channel 1"]
+    with pytest.raises(ReadOnlyInputError):  # with nothing added, the last channel is the host's own
+        ims.remove_channel(1)
+    assert removed == [2]
 
 
 @pytest.mark.parametrize(

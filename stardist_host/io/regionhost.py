@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import check_index
+from ..errors import ReadOnlyInputError, check_index
 
 __all__ = ["RegionImageSet", "region", "ORDERS"]
 
@@ -184,6 +184,7 @@ class RegionImageSet:
         self.plane_count = _positive("plane_count", plane_count)
         self.time_point_count = _positive("time_point_count", time_point_count)
         self._channel_count = _positive("channel_count", channel_count)
+        self._input_count = self._channel_count  # the host's own channels, which are never removed
         self.origin = tuple(int(v) for v in origin)
         self.order = order
         names = list(channel_names) if channel_names is not None else [f"Channel {i}" for i in range(channel_count)]
@@ -269,6 +270,11 @@ class RegionImageSet:
         return index
 
     def _remove_channel(self, index: int) -> None:
+        if index < self._input_count:
+            raise ReadOnlyInputError(
+                f"channel {index!r} is one of the host's own channels (0..{self._input_count - 1}); "
+                "only channels made with add_channel can be removed"
+            )
         if index != self._channel_count - 1:
             raise ValueError(
                 f"channel {index!r} cannot be removed: only the last channel ({self._channel_count - 1}) can"

@@ -263,7 +263,13 @@ class _Part:
             data = out.astype(self.dtype, copy=False)  # to native byte order
         else:
             with lock:  # tifffile's own file handle is not shared safely between threads
-                data = self.series.pages[page].asarray()
+                try:
+                    data = self.series.pages[page].asarray()
+                except Exception as err:  # a damaged compressed plane: the codec's own error, whatever it is
+                    raise TiffError(
+                        f"{self.path.name} is damaged: plane t={t}, c={c}, z={z} cannot be decoded "
+                        f"({type(err).__name__}: {err}); copy the file again"
+                    ) from err
         return data[..., c] if self.samples else data
 
 
