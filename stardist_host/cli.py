@@ -51,7 +51,11 @@ def _add_segment(sub) -> None:
 
     add_input_options(p)
     add_scale_options(p)
-    schema(2).add_arguments(p, overrides=SEGMENT_DIM_DEFAULTS)
+    # --dim is known only once parsed: take the 3D choices of EXPORT_OBJECTS (a superset); Settings checks them
+    exports = schema(3).by_name["EXPORT_OBJECTS"]
+    overrides = {**SEGMENT_DIM_DEFAULTS, "EXPORT_OBJECTS": {"type": exports.parse, "help": exports.cli_help()
+                                                            + "; 'csv' with --dim 3 only"}}
+    schema(2).add_arguments(p, overrides=overrides)
     p.set_defaults(func=_segment)
 
 

@@ -84,3 +84,13 @@ def test_a_damaged_compressed_plane_stops_in_one_line_and_removes_the_channel(tm
     assert main(["segment", str(path), str(out), "--all-time-points", "--cpu"]) == 2
     assert "damaged.tif is damaged: plane t=1, c=0, z=0 cannot be decoded" in caplog.text
     assert "Traceback" not in caplog.text and not out.exists()
+
+
+def test_3d_object_table_from_the_command_and_refused_in_2d(tmp_path, caplog, sample_3d, sample_2d):
+    out = tmp_path / "vol.ome.tif"
+    assert main(["segment", "--dim", "3", str(sample_3d), str(out), "--cpu", "--export-objects", "csv"]) == 0
+    labels = tifffile.imread(out)[1]  # C, Z, Y, X: the sample's channel, then the labels
+    rows = (tmp_path / "vol_objects.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) - 1 == len(np.unique(labels)) - 1 > 20  # one row per nucleus
+    assert main(["segment", str(sample_2d), str(tmp_path / "flat.ome.tif"), "--export-objects", "csv"]) == 2
+    assert "EXPORT_OBJECTS=('csv',): must be a list of any of 'roi', 'geojson'" in caplog.text

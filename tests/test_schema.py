@@ -70,6 +70,8 @@ def test_cli_options_are_the_definition(command):
         assert (field.unit in action.help) if field.unit else True
         if field.name in SEGMENT_DIM_DEFAULTS and command == "segment":
             assert action.default is None  # Settings fills in the definition's default for --dim
+        elif field.name == "EXPORT_OBJECTS" and command == "segment":
+            assert action.type == schema(3).by_name[field.name].parse  # every --dim's choices; Settings checks
         elif field.type == "bool":
             assert action.default is field.default and action.const is (not field.default)
         else:
