@@ -366,3 +366,22 @@ class TestOmeZarrConformance(ImageSetConformance):
             return OmeZarrImageSet(path)
 
         return make
+
+
+@pytest.mark.parametrize("damage", ["no path", "short scale"])
+def test_damaged_metadata_is_one_clear_error(tmp_path, damage):
+    import json
+
+    store = tmp_path / "img.zarr"
+    write_store(store, zyx(), "zyx", version="0.4", scale={"z": 2.0, "y": 0.5, "x": 0.5},
+                units={n: "micrometer" for n in "zyx"})
+    meta_file = next(p for p in (store / "zarr.json", store / ".zattrs") if p.exists())
+    meta = json.loads(meta_file.read_text())
+    ms = (meta.get("attributes", {}).get("ome") or meta.get("attributes") or meta)["multiscales"][0]
+    if damage == "no path":
+        del ms["datasets"][0]["path"]
+    else:
+        ms["datasets"][0]["coordinateTransformations"][0]["scale"] = [1.0]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match="img.zarr"):
+        OmeZarrImageSet(store)

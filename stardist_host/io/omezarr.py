@@ -112,7 +112,7 @@ def _read_meta(group, where: str) -> _Meta:
             shape = tuple(int(n) for n in group[ds["path"]].shape)
         except KeyError:
             raise InputFileError(
-                f"{where}: level {i} names the array {ds['path']!r}, which is not in the store"
+                f"{where}: level {i} names the array {ds.get('path')!r}, which is not in the store"
             ) from None
         if len(shape) != len(axes):
             raise InputFileError(f"{where}: level {i} ({ds['path']!r}) has {len(shape)} dimensions but the metadata "
@@ -319,20 +319,26 @@ class OmeZarrImageSet:
         self.path = Path(path)
         where = repr(str(self.path))
         group = _open_input(self.path)
-        self._meta = meta = _read_meta(group, where)
-        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(meta.levels):
-            listed = ", ".join(f"{lv.index} ({lv.path!r}, {'x'.join(map(str, lv.shape))})" for lv in meta.levels)
-            raise InputFileError(f"level={level!r}: {where} has resolution levels {listed}")
-        self._level = meta.levels[int(level)]
-        self._roles = roles = _axis_roles(meta.axes, self._level.shape, where)
-        self._array = group[self._level.path]
-        shape = self._level.shape
-        self.time_point_count = shape[roles["T"]] if "T" in roles else 1
-        self.plane_count = shape[roles["Z"]] if "Z" in roles else 1
-        self.plane_shape = (shape[roles["Y"]], shape[roles["X"]])
-        self._n_input = shape[roles["C"]] if "C" in roles else 1
-        self._names = _channel_names(meta.omero, self._n_input)
-        self.voxel_size = _voxel_size(meta, self._level, roles, where)
+        try:  # damaged metadata (a dataset without a path, a scale of the wrong length ...): one clear error
+            self._meta = meta = _read_meta(group, where)
+            if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(meta.levels):
+                listed = ", ".join(f"{lv.index} ({lv.path!r}, {'x'.join(map(str, lv.shape))})" for lv in meta.levels)
+                raise InputFileError(f"level={level!r}: {where} has resolution levels {listed}")
+            self._level = meta.levels[int(level)]
+            self._roles = roles = _axis_roles(meta.axes, self._level.shape, where)
+            self._array = group[self._level.path]
+            shape = self._level.shape
+            self.time_point_count = shape[roles["T"]] if "T" in roles else 1
+            self.plane_count = shape[roles["Z"]] if "Z" in roles else 1
+            self.plane_shape = (shape[roles["Y"]], shape[roles["X"]])
+            self._n_input = shape[roles["C"]] if "C" in roles else 1
+            self._names = _channel_names(meta.omero, self._n_input)
+            self.voxel_size = _voxel_size(meta, self._level, roles, where)
+        except InputFileError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            raise InputFileError(f"{where}: its OME-Zarr metadata is damaged or not as NGFF describes it "
+                                 f"({type(err).__name__}: {err})") from err
         self.current_time_point = check_index(
             "current_time_point", current_time_point, self.time_point_count, what=where, noun="time points"
         )
@@ -439,7 +445,10 @@ class OmeZarrImageSet:
         """Relative path from labels/<name> to the image, as image-label's "source" wants it."""
         if self._labels_path.resolve() == self.path.resolve():
             return "../../"
-        rel = os.path.relpath(self.path.resolve(), (self._labels_path / "labels" / "x").resolve())
+        try:
+            rel = os.path.relpath(self.path.resolve(), (self._labels_path / "labels" / "x").resolve())
+        except ValueError:  # Windows: the labels store on another drive has no relative path to the image
+            return self.path.resolve().as_uri() + "/"
         return Path(rel).as_posix() + "/"
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
