@@ -274,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     global _argv
     _argv = list(argv) if argv is not None else None
+    if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout in a legacy code page cannot refuse a file name
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:

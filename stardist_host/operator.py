@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .errors import SettingsError
 from .host import active_imageset
+from .schema import raise_all
 from .segmentation.segment import Progress, SegmentResult, run
 from .segmentation.settings import Settings, schema
 
@@ -64,5 +65,9 @@ def main(*, ndim: int = 2, progress: Progress | None = None, cancel: Callable[[]
     SettingsError
         Naming every unknown or bad setting at once.
     """
+    definition = schema(ndim)
+    unknown = [SettingsError(k, v, definition.unknown_text(k)) for k, v in params.items() if k not in definition.by_name]
+    if unknown:  # a script's block passes over other names; an operator's parameters are all meant as settings
+        raise_all(unknown)
     settings = Settings.from_script(params, ndim=ndim)
-    return run(settings, active_imageset(), progress=progress, **({} if cancel is None else {"cancel": cancel}))
+    return run(settings, active_imageset(), progress=progress, cancel=cancel)

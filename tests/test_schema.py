@@ -171,6 +171,8 @@ def test_operator_main_validates_and_segments_the_active_imageset(monkeypatch, m
     try:
         with pytest.raises(SettingsErrors, match=r"INPUT_CHANNEL=-1: .* \| PROB_THRESH=2: "):
             main(INPUT_CHANNEL=-1, PROB_THRESH=2)
+        with pytest.raises(SettingsErrors, match=r"model_name='x': is not a setting.*\| prob_thresh=5: "):
+            main(model_name="x", prob_thresh=5)  # lower case: refused, not passed over as a script's globals are
         assert calls == []
         progress = print
         assert main(ndim=3, INPUT_CHANNEL=1, PROB_THRESH=0.6, USE_GPU=False, SEPARATE_PROCESS=False,
