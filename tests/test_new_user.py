@@ -94,3 +94,17 @@ def test_3d_object_table_from_the_command_and_refused_in_2d(tmp_path, caplog, sa
     assert len(rows) - 1 == len(np.unique(labels)) - 1 > 20  # one row per nucleus
     assert main(["segment", str(sample_2d), str(tmp_path / "flat.ome.tif"), "--export-objects", "csv"]) == 2
     assert "EXPORT_OBJECTS=('csv',): must be a list of any of 'roi', 'geojson'" in caplog.text
+
+
+def test_malformed_ome_metadata_is_a_warning_not_a_damaged_file(tmp_path, caplog):
+    data = np.random.default_rng(2).integers(0, 500, (3, 32, 32)).astype(np.uint16)
+    good = tmp_path / "good.ome.tif"
+    tifffile.imwrite(good, data, ome=True, metadata={"axes": "ZYX", "Channel": {"Name": ["A"]}})
+    bad = tmp_path / "bad.ome.tif"
+    bad.write_bytes(good.read_bytes().replace(b'Name="A"', b'Name="&"'))  # an unescaped & in the XML
+    from stardist_host.io.tiff import TiffReader
+
+    reader = TiffReader(bad, axes="ZYX")  # the pixels are intact: read with the axes given
+    assert [np.array_equal(reader.plane(0, 0, z), tifffile.imread(bad)[z]) for z in range(3)] == [True] * 3
+    reader.close()
+    assert "some of its metadata cannot be read" in caplog.text

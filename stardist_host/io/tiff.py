@@ -355,7 +355,7 @@ class TiffReader:
             elif self._tif.is_imagej:
                 part.names, part.voxel = _imagej_metadata(self._tif)
                 part.names = self._imagej_channel_names(part.axes, part.shape)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError) as err:  # damaged metadata: go on
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, SyntaxError) as err:  # damaged: go on
             log.warning("%s: could not read its physical sizes or channel names (%s)", self.path.name, err)
         if len(part.names) != part.sizes["C"] or not all(part.names):
             part.names = []
@@ -435,7 +435,14 @@ def _open(path: Path) -> tifffile.TiffFile:
         raise TiffError(f"{path.name} is not a TIFF file that can be read: {err}") from err
     finally:
         logger.removeHandler(caught)
-    if caught.messages:
+    # offsets beyond the end mean lost data; anything else (malformed OME-XML, odd ImageJ metadata) is
+    # metadata tifffile could not use: the pixels are there, so say so and go on with what the file says
+    damage = [m for m in caught.messages if any(word in m for word in ("offset", "truncat", "corrupt"))]
+    for message in caught.messages:
+        if message not in damage:
+            log.warning("%s: some of its metadata cannot be read (%s); reading it without", path.name, message)
+    if damage:
+        caught.messages = damage
         ij = _imagej_truncated(tif, os.path.getsize(path))
         pages = len(tif.pages)
         tif.close()
