@@ -385,3 +385,14 @@ def test_damaged_metadata_is_one_clear_error(tmp_path, damage):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match="img.zarr"):
         OmeZarrImageSet(store)
+
+
+def test_removing_an_attached_label_image_keeps_the_earlier_result(stack):
+    first = OmeZarrImageSet(stack)
+    first.set_channeldata(first.add_channel("nuclei", np.uint16), 2, 0, np.full((16, 12), 4, np.uint16))
+    resumed = OmeZarrImageSet(stack)
+    index = resumed.open_label_channel("nuclei")  # as a resumed run continues an interrupted one's labels
+    resumed.remove_channel(index)  # the resumed run failed: it lets go of the label image, nothing more
+    assert resumed.channel_count == 1
+    again = OmeZarrImageSet(stack)
+    np.testing.assert_array_equal(again.get_channeldata(again.open_label_channel("nuclei"), 2, 0), 4)

@@ -345,6 +345,7 @@ class OmeZarrImageSet:
         self._labels_path = Path(labels_store) if labels_store is not None else self.path
         self._labels_root = None  # opened for writing at the first add_channel only
         self._overwrite = bool(overwrite)
+        self._attached: set[str] = set()  # label images of earlier runs (open_label_channel): never deleted
         self._added: list[tuple[str, Any]] = []  # (name, zarr array) of each label channel
 
     # ------------------------------------------------------------------ description
@@ -522,12 +523,14 @@ class OmeZarrImageSet:
         if name in (n for n, _ in self._added):
             raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
         self._added.append((name, array))
+        self._attached.add(name)
         return self.channel_count - 1
 
     def remove_channel(self, index: int) -> None:
         """Delete a label channel made by :meth:`add_channel`: its ``labels/<name>`` and its labels list entry.
 
-        Later channels move down by one.
+        Later channels move down by one.  A label image attached with
+        :meth:`open_label_channel` (an earlier run's) is only let go of, never deleted.
 
         Raises
         ------
@@ -541,6 +544,9 @@ class OmeZarrImageSet:
             raise ReadOnlyInputError(f"channel {index} comes from the input {self.path.name}, which is never modified; "
                                   "only channels made with add_channel can be removed")
         name, _ = self._added.pop(index - self._n_input)
+        if name in self._attached:  # an earlier run's label image, attached to continue it: let go, keep it
+            self._attached.discard(name)
+            return
         labels = self._labels_group()
         del labels[name]
         _set_labels_list(labels, self._meta.version, [n for n in _labels_list(labels, self._meta.version) if n != name])
