@@ -63,6 +63,11 @@ class TiffLayout:
         return sizes
 
 
+def _example_axes(ndim: int) -> str:
+    """An axes string of ``ndim`` letters, as the error's example: ZYX, TZYX, TZCYX."""
+    return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(ndim, "TZCYX")
+
+
 def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str | None) -> str:
     """The axes to use: the user's where given, else the file's, else an error."""
     if axes is not None:
@@ -84,8 +89,8 @@ def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str 
     if unknown:
         raise TiffError(
             f"{path.name} does not say what its dimension(s) {', '.join(unknown)} of shape {shape} mean "
-            f"(axes read from the file: {file_axes!r}); give the axes yourself, "
-            f"e.g. axes='{'Z' * (len(shape) - 2)}YX' for a Z stack or 'T' + 'YX' for a time series"
+            f"(axes read from the file: {file_axes!r}); give the axes yourself, one letter per dimension, "
+            f"e.g. axes='{_example_axes(len(shape))}'"
         )
     return resolved
 
