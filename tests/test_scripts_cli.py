@@ -332,6 +332,7 @@ def test_doctor_fails_with_the_reason(monkeypatch, tmp_path, capsys):
 
 def test_cli_segments_a_file_bioio_reads_and_keeps_its_channels(tmp_path):
     """A non-TIFF input goes through bioio (here a PNG, read by bioio-imageio) to the same OME-TIFF output."""
+    pytest.importorskip("bioio_imageio")  # the "bioio" extra, in the test extras; absent from a bare stack
     from skimage.io import imsave
 
     from stardist_host.io.opening import open_imageset
