@@ -295,9 +295,10 @@ def test_memory_budgets_follow_available_memory(monkeypatch):
     assert device.host_memory_budget() == 2**28
     monkeypatch.setenv("STARDIST_HOST_MEMORY", "5e8")
     assert device.host_memory_budget() == device.memory_budget() == 500_000_000
-    monkeypatch.setenv("STARDIST_HOST_MEMORY", "lots")
-    with pytest.raises(ValueError, match=r"STARDIST_HOST_MEMORY='lots': must be a number of bytes"):
-        device.memory_budget()
+    for bad in ("lots", "inf", "-1"):
+        monkeypatch.setenv("STARDIST_HOST_MEMORY", bad)
+        with pytest.raises(ValueError, match=rf"STARDIST_HOST_MEMORY='{bad}': must be a positive number of bytes"):
+            device.memory_budget()
 
 
 def test_no_code_outside_the_compat_module_uses_private_stardist_names():

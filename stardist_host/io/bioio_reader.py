@@ -103,6 +103,12 @@ def _voxel_size(img, where: str) -> tuple | None:
     return tuple(sizes)
 
 
+def _close_reader(image) -> None:
+    close = getattr(getattr(image, "reader", None), "close", None)
+    if callable(close):
+        close()
+
+
 class BioioImageSet(ScratchChannelsImageSet):
     """A read-only image set over one scene of a file that bioio reads; new channels kept in scratch files.
 
@@ -151,7 +157,11 @@ class BioioImageSet(ScratchChannelsImageSet):
         self.path = Path(path)
         where = repr(str(self.path))
         self._image = img = _open(self.path, reader)
-        self.scene = _choose_scene(img, scene, where)
+        try:
+            self.scene = _choose_scene(img, scene, where)
+        except BaseException:  # no scene chosen: the file is not kept open
+            _close_reader(img)
+            raise
         img.set_scene(self.scene)
         dims = img.dims
         samples = int(dims.S) if "S" in dims.order else 1
@@ -198,9 +208,7 @@ class BioioImageSet(ScratchChannelsImageSet):
     def close(self) -> None:
         """Delete the scratch files and close the file."""
         self._close_scratch()
-        close = getattr(self._image.reader, "close", None)
-        if callable(close):
-            close()
+        _close_reader(self._image)
 
     def __enter__(self) -> BioioImageSet:
         return self

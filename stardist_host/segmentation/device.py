@@ -95,9 +95,12 @@ def _env_bytes(name: str) -> int | None:
     if not text:
         return None
     try:
-        return int(float(text))
-    except ValueError:
-        raise SettingsError(name, text, "must be a number of bytes, e.g. 4e9") from None
+        value = int(float(text))
+    except (ValueError, OverflowError):  # not a number, or inf
+        value = 0
+    if value <= 0:
+        raise SettingsError(name, text, "must be a positive number of bytes, e.g. 4e9")
+    return value
 
 
 def host_memory_available() -> int:
