@@ -127,7 +127,7 @@ def test_errors_in_the_child_arrive_as_raised_in_process(case, monkeypatch):
     if case == "model":
         assert "MODEL_NAME='no_such_model'" in str(errors[True])
     else:
-        assert str(errors[True]).startswith("STARDIST_HOST_MEMORY='lots': must be a number of bytes")
+        assert str(errors[True]).startswith("STARDIST_HOST_MEMORY='lots': must be a positive number of bytes")
         assert errors[True].setting == "STARDIST_HOST_MEMORY"
     assert "Traceback" in str(errors[True].__cause__)  # the child's traceback
 
