@@ -240,6 +240,9 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="hide any GPU")
     p.add_argument("--rss", type=int, nargs=2, metavar=("N", "SIZE"), help=argparse.SUPPRESS)
     p.add_argument("--huge", type=float, metavar="GB", help="segment a synthetic stack of this many GiB")
+    p.add_argument("--case", choices=("256", "1024", "3d"), action="append",
+                   help="run only this case (repeatable); default all three, then the memory check")
+    p.add_argument("--planes", type=int, metavar="N", help="planes (volumes) per case instead of the default")
     args = p.parse_args()
 
     from stardist_host.segmentation.device import configure_device
@@ -263,12 +266,19 @@ def main() -> None:
     from stardist.data import test_image_nuclei_3d
 
     counts = (8, 2, 2) if args.smoke else (64, 4, 4) if args.quick else (128, 8, 8)
+    if args.planes:
+        counts = (args.planes,) * 3
     volume = test_image_nuclei_3d()
-    cases = [(model2d, _planes(counts[0], 256), "2D 256x256"), (model2d, _planes(counts[1], 1024), "2D 1024x1024"),
-             (model3d, [np.roll(volume, 5 * i, axis=2) for i in range(counts[2])], "3D 31x61x57")]
-    for model, images, label in cases:
+    cases = {"256": (model2d, lambda: _planes(counts[0], 256), "2D 256x256"),
+             "1024": (model2d, lambda: _planes(counts[1], 1024), "2D 1024x1024"),
+             "3d": (model3d, lambda: [np.roll(volume, 5 * i, axis=2) for i in range(counts[2])], "3D 31x61x57")}
+    for name in args.case or cases:
+        model, make, label = cases[name]
+        images = make()
         compare(model, images, label, headless=not args.no_headless)
         gpu_proxy(model, images, label)
+    if args.case:
+        return
 
     sizes = (64, 256) if not (args.quick or args.smoke) else (32, 128)
     mem = []
