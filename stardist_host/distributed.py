@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import LabelOverflowError, OutputError, SettingsError, StardistHostError, UnitFailedError, require
-from .io.files import OutputLock, atomic_write, check_output, claim_outputs, file_stem
+from .io.files import OutputLock, atomic_write
 from .segmentation.plan import Plan, Unit, make_plan
 from .segmentation.segment import Progress, SegmentResult, UnitResult, label_dtype_for, normalise
 from .segmentation.settings import Settings
@@ -667,15 +667,11 @@ def _result(channel, name, model, device, results, computed, ndim) -> SegmentRes
 
 def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time_point: int, workers, scheduler,
                   resume: bool, progress) -> SegmentResult:
-    from .io.objects import FORMATS as OBJECT_FILES
-    from .io.objects import export_objects
+    from .headless import claim_tiff_output, write_tiff_output
     from .io.opening import open_imageset
 
-    stem = file_stem(out)
-    extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
-    check_output(out, inputs=(source.path,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
     store = tiff_journal(out)
-    with claim_outputs([out, *extras], inputs=(source.path,), overwrite=settings.overwrite):
+    with claim_tiff_output(settings, source.path, out) as stem:
         with open_imageset(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
             imageset.current_time_point = current_time_point
             plan = make_plan(settings, imageset)
@@ -695,11 +691,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             results, computed = _execute(job, plan, model, settings, workers=workers, scheduler=scheduler,
                                          progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
-            if settings.export_objects:
-                export_objects(imageset, label_channel=channel, out_dir=out.parent, stem=stem,
-                               formats=settings.export_objects, ndim=settings.ndim,
-                               time_points=list(plan.time_points), overwrite=settings.overwrite)
-            imageset.save(out, labels_only=settings.labels_only)
+            write_tiff_output(settings, imageset, out, stem, label_channel=channel, time_points=plan.time_points)
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
     return _result(channel, name, model, device, results, computed, settings.ndim)
 

@@ -140,6 +140,29 @@ def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Progress, Any]:
     return progress, bar
 
 
+@contextlib.contextmanager
+def claim_tiff_output(settings: Settings, input: str | os.PathLike, out: Path) -> Iterator[str]:
+    """Check and lock an output OME-TIFF and the object files EXPORT_OBJECTS adds beside it; yield their stem.
+
+    Everything is checked before the block runs, that is before the model loads.
+    """
+    stem = file_stem(out)
+    extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
+    check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
+    with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):
+        yield stem
+
+
+def write_tiff_output(settings: Settings, imageset, out: Path, stem: str, *, label_channel: int,
+                      time_points: Sequence[int]) -> None:
+    """The objects files EXPORT_OBJECTS asks for, then the OME-TIFF (all channels, or LABELS_ONLY the labels)."""
+    if settings.export_objects:
+        export_objects(imageset, label_channel=label_channel, out_dir=out.parent, stem=stem,
+                       formats=settings.export_objects, ndim=settings.ndim, time_points=list(time_points),
+                       overwrite=settings.overwrite)
+    imageset.save(out, labels_only=settings.labels_only)
+
+
 def segment_file(
     settings: Settings,
     input: str | os.PathLike,
@@ -212,22 +235,15 @@ def segment_file(
     if output is None:
         raise OutputError(f"{str(input)!r} is not an OME-Zarr store: give the output OME-TIFF (e.g. result.ome.tif)")
     out = Path(output)
-    stem = file_stem(out)
-    extras = [out.parent / OBJECT_FILES[f].format(stem=stem) for f in settings.export_objects]
-    check_output(out, inputs=(input,), overwrite=settings.overwrite, suffixes=(".tif", ".tiff"))
-    with claim_outputs([out, *extras], inputs=(input,), overwrite=settings.overwrite):
+    with claim_tiff_output(settings, input, out) as stem:
         check_no_journal(out, overwrite=settings.overwrite)
         with open_imageset(input, axes=axes, series=series, scratch_dir=out.parent) as imageset:
             check_index("--time-point", current_time_point, imageset.time_point_count, what=imageset.path.name,
                         noun="time points")
             imageset.current_time_point = current_time_point
             result = run(settings, imageset, progress=progress)
-            if settings.export_objects:
-                export_objects(imageset, label_channel=result.channel, out_dir=out.parent, stem=stem,
-                               formats=settings.export_objects, ndim=settings.ndim,
-                               time_points=sorted({u.unit.time_point for u in result.units}),
-                               overwrite=settings.overwrite)
-            imageset.save(out, labels_only=settings.labels_only)
+            write_tiff_output(settings, imageset, out, stem, label_channel=result.channel,
+                              time_points=sorted({u.unit.time_point for u in result.units}))
     return result
 
 
