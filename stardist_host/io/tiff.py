@@ -40,7 +40,6 @@ BIGTIFF_LIMIT = 2**32 - 2**25  # 4 GiB less room for the directories and metadat
 _HOST_AXES = "TCZYX"
 # tifffile's axes codes that we accept, and what they become
 _AXIS_ALIASES = {"S": "C", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
-_UNKNOWN_AXES = set("IQ")  # pages or samples of unknown meaning
 
 
 @dataclass(frozen=True)
