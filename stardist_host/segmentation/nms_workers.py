@@ -1,17 +1,21 @@
 """NMS and rendering in worker processes, fed through shared memory.
 
-stardist's NMS holds Python's GIL, so threads run it no faster than one core.
-Here each plane's (volume's) network output goes into one
-``multiprocessing.shared_memory`` block (one copy, no pickling of the
-arrays); a worker process attaches to it, picks the candidates, runs NMS and
-renders the labels with the same stardist calls as the model's own
-``_instances_from_prediction`` (:func:`~stardist_host.segmentation.stardist_compat.instances_from_config`),
-and sends the labels back.  Workers rebuild what they need from
+One NMS call is C code that holds Python's GIL while it runs (its inner loops
+are OpenMP-parallel), so two threads never run two NMS calls at once; worker
+processes do.  The parent picks each plane's (volume's) candidates from the
+network output, as stardist's sparse prediction does (cheap: a threshold and a
+gather), and copies them, a tenth or less of the output, into one
+``multiprocessing.shared_memory`` block; the labels come back through a second
+block the parent also owns.  No array is pickled.  A worker attaches to both,
+runs NMS and renders the labels with the same stardist calls as the model's own
+``_instances_from_prediction``
+(:func:`~stardist_host.segmentation.stardist_compat.instances_from_config`).
+Workers rebuild what they need from
 :func:`~stardist_host.segmentation.stardist_compat.nms_config` (grid, axes,
 rays): they never import TensorFlow, and they start with the ``spawn``
 method, so no TensorFlow state is forked.
 
-The parent owns every block: it unlinks it once the worker's result (or
+The parent owns every block: it unlinks both once the worker's result (or
 error, or cancellation) is in.  :meth:`NmsPool.close` cancels queued work,
 waits for running work (at most one unit per worker) and unlinks what is left.
 """
@@ -135,21 +139,31 @@ def _init_worker(threads: int) -> None:
     from . import stardist_compat  # noqa: F401  (imports stardist's NMS now, not in the first unit)
 
 
-def _labels(config: dict, block: str, layout: tuple, shape: tuple[int, ...], bounds: tuple[int, ...],
-            prob_thresh: float, nms_thresh: float) -> NDArray:
-    """In a worker: labels from the network output in shared memory block ``block``."""
+def _views(buf, layout: tuple) -> list[NDArray]:
+    """Arrays in a shared block: ``layout`` is ((shape, dtype, offset), …)."""
+    return [np.ndarray(shape, dtype, buffer=buf, offset=offset) for shape, dtype, offset in layout]
+
+
+def _labels(config: dict, block: str, layout: tuple, out_block: str, shape: tuple[int, ...],
+            nms_thresh: float) -> str:
+    """In a worker: NMS and rendering of the candidates in ``block``; the labels go into ``out_block`` as int32.
+
+    Returns the dtype stardist gave the labels, which the parent restores.
+    """
     from . import stardist_compat as compat
 
-    shm = SharedMemory(name=block)
+    shm, out = SharedMemory(name=block), SharedMemory(name=out_block)
     try:
-        (prob_shape, dist_shape, dtype) = layout
-        prob = np.ndarray(prob_shape, dtype, buffer=shm.buf)
-        dist = np.ndarray(dist_shape, dtype, buffer=shm.buf, offset=prob.nbytes)
-        points, probs, dists = compat.candidates_in_bounds(config, bounds, prob, dist, prob_thresh)
-        del prob, dist  # views of the block: released before it closes
-        return compat.instances_from_config(config, shape, points, probs, dists, nms_thresh=nms_thresh)
+        points, probs, dists = _views(shm.buf, layout)
+        labels = compat.instances_from_config(config, shape, points, probs, dists, nms_thresh=nms_thresh)
+        del points, probs, dists  # views of the block: released before it closes
+        target = np.ndarray(shape, np.int32, buffer=out.buf)
+        target[...] = labels  # label numbers count objects of one unit: far below 2**31
+        del target
+        return labels.dtype.str
     finally:
         shm.close()
+        out.close()
 
 
 def _imported(names: tuple[str, ...]) -> list[str]:
@@ -196,39 +210,69 @@ class NmsPool:
         """Which of the modules ``names`` a worker has imported (after its work so far)."""
         return self._executor.submit(_imported, tuple(names)).result()
 
-    def submit(self, prob: NDArray, dist: NDArray, *, shape: tuple[int, ...], bounds: tuple[int, ...],
-               prob_thresh: float, nms_thresh: float) -> Future:
-        """Labels of one unit, computed in a worker from its network output (copied once into shared memory).
+    def submit(self, points: NDArray, probs: NDArray, dists: NDArray, *, shape: tuple[int, ...],
+               nms_thresh: float) -> Future:
+        """Labels of one unit, computed in a worker from its candidates (copied once into shared memory).
 
         Parameters
         ----------
-        prob, dist
-            The network's outputs for one (padded) unit: (…, 1) and (…, n_rays).
+        points, probs, dists
+            The unit's candidates, from
+            :func:`~stardist_host.segmentation.stardist_compat.candidates`.
         shape
-            The unit's shape before padding.
-        bounds
-            From :func:`~stardist_host.segmentation.stardist_compat.crop_bounds`.
-        prob_thresh, nms_thresh
-            Thresholds.
+            The unit's shape (the labels' shape).
+        nms_thresh
+            Overlap threshold of NMS.
         """
-        dtype = np.result_type(prob, dist)
-        size = (prob.size + dist.size) * dtype.itemsize
-        _check_shared_room(size)
-        shm = SharedMemory(create=True, size=max(1, size))
+        layout, offset = [], 0
+        for array in (points, probs, dists):
+            layout.append((array.shape, array.dtype.str, offset))
+            offset += -(-array.nbytes // 8) * 8  # each array 8-byte aligned
+        out_size = math.prod(shape) * 4
+        _check_shared_room(offset + out_size)
+        shm = SharedMemory(create=True, size=max(1, offset))
+        self._blocks[shm.name] = shm
         try:
-            np.ndarray(prob.shape, dtype, buffer=shm.buf)[...] = prob
-            np.ndarray(dist.shape, dtype, buffer=shm.buf, offset=prob.size * dtype.itemsize)[...] = dist
-            self._blocks[shm.name] = shm
-            future = self._executor.submit(_labels, self.config, shm.name, (prob.shape, dist.shape, dtype.str),
-                                           tuple(shape), tuple(bounds), prob_thresh, nms_thresh)
+            out = SharedMemory(create=True, size=max(1, out_size))
+            self._blocks[out.name] = out
+            for view, array in zip(_views(shm.buf, tuple(layout)), (points, probs, dists)):
+                view[...] = array
+            del view
+            work = self._executor.submit(_labels, self.config, shm.name, tuple(layout), out.name, tuple(shape),
+                                         nms_thresh)
         except BaseException:
-            self._release(shm.name, shm)
+            self._release(shm.name)
+            if "out" in locals():
+                self._release(out.name)
             raise
-        future.add_done_callback(lambda _f, name=shm.name: self._release(name))
-        return future
+        result: Future = Future()
+        work.add_done_callback(lambda f: self._finish(f, result, shm.name, out.name, tuple(shape)))
+        return result
 
-    def _release(self, name: str, shm: SharedMemory | None = None) -> None:
-        shm = self._blocks.pop(name, shm)
+    def _finish(self, work: Future, result: Future, block: str, out_block: str, shape: tuple[int, ...]) -> None:
+        """When a worker is done: the labels copied out of their block, both blocks released, then ``result`` set."""
+        labels = error = None
+        try:
+            if not work.cancelled() and work.exception() is None:
+                view = np.ndarray(shape, np.int32, buffer=self._blocks[out_block].buf)
+                labels = view.astype(work.result())  # a copy, in the dtype stardist gave
+                del view
+            elif not work.cancelled():
+                error = work.exception()
+        except BaseException as err:  # noqa: BLE001 (an error in a callback would only be logged)
+            error = err
+        finally:
+            self._release(block)
+            self._release(out_block)
+        if work.cancelled():
+            result.cancel()
+        elif error is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(labels)
+
+    def _release(self, name: str) -> None:
+        shm = self._blocks.pop(name, None)
         if shm is None:
             return
         shm.close()

@@ -196,9 +196,9 @@ class BatchedPredictor:
 
     def submit_to(self, pool: procs.NmsPool, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
         """:meth:`instances` in a worker process of ``pool`` (the same stardist calls, without the model)."""
-        bounds = compat.crop_bounds(prepared.resizer, self.axes)
-        return pool.submit(prob, dist, shape=prepared.image.shape, bounds=bounds, prob_thresh=self.prob_thresh,
-                           nms_thresh=self.nms_thresh)
+        points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist,
+                                                 self.prob_thresh)
+        return pool.submit(points, probs, dists, shape=prepared.image.shape, nms_thresh=self.nms_thresh)
 
 
 def _done(value) -> Future:

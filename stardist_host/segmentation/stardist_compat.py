@@ -33,8 +33,6 @@ __all__ = [
     "candidates",
     "instances",
     "nms_config",
-    "crop_bounds",
-    "candidates_in_bounds",
     "instances_from_config",
     "tile_overlap",
     "block_grid",
@@ -136,10 +134,11 @@ def _above(grid, prob: NDArray, dist: NDArray, prob_thresh: float) -> tuple[NDAr
     from stardist.nms import _ind_prob_thresh
 
     prob = prob[..., 0]
-    dist = np.maximum(1e-3, dist)  # as predict_instances: no zero or negative ray lengths
     inds = _ind_prob_thresh(prob, prob_thresh, b=2)
     points = np.stack(np.where(inds), axis=1) * np.asarray(grid).reshape(1, -1)
-    return points, prob[inds].copy(), dist[inds].copy()
+    # as predict_instances, no zero or negative ray lengths; taken after the selection, which is
+    # the same element by element and touches only the candidates' rays (a tenth of a 1024² plane's)
+    return points, prob[inds].copy(), np.maximum(1e-3, dist[inds])
 
 
 def nms_config(model) -> dict:
@@ -154,19 +153,6 @@ def nms_config(model) -> dict:
     if out["n_dim"] == 3:
         out["rays_json"] = dict(config.rays_json)
     return out
-
-
-def crop_bounds(resizer, axes: str) -> tuple[int, ...]:
-    """The bounds ``resizer.filter_points`` keeps points below: the padded shape less the end padding."""
-    return tuple(int(resizer.padded_shape[a] - resizer.pad[a][1]) for a in axes if a in "ZYX")
-
-
-def candidates_in_bounds(config: dict, bounds: tuple[int, ...], prob: NDArray, dist: NDArray,
-                         prob_thresh: float) -> tuple[NDArray, NDArray, NDArray]:
-    """:func:`candidates` without the model and resizer: ``bounds`` from :func:`crop_bounds`."""
-    points, probs, dists = _above(config["grid"], prob, dist, prob_thresh)
-    keep = np.where(np.all(points < np.asarray(bounds).reshape(1, -1), 1))  # as filter_points
-    return points[keep], probs[keep], dists[keep]
 
 
 def instances_from_config(config: dict, shape: tuple[int, ...], points: NDArray, probs: NDArray, dists: NDArray, *,
@@ -184,7 +170,7 @@ def instances_from_config(config: dict, shape: tuple[int, ...], points: NDArray,
     shape
         The plane's (volume's) shape.
     points, probs, dists
-        Candidates, from :func:`candidates_in_bounds`.
+        Candidates, from :func:`candidates`.
     nms_thresh
         Overlap threshold of NMS.
     """
