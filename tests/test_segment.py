@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from conftest import FakeModel, OwnThreadImageSet, blobs_tczyx, sample_planes_tczyx
 from csbdeep.utils import normalize
 from stardist.data import test_image_nuclei_2d as stardist_sample_2d
@@ -262,6 +265,19 @@ def test_nan_pixels_normalised_over_finite_ones_and_set_to_zero(caplog):
     assert "time point 2, plane 5: 2 NaN or Inf pixel(s), the first at (3, 4) (y, x)" in caplog.text
     assert got[3, 4] == 0 and got[7, 1] == 0 and np.isfinite(got).all()
     assert got[0, 0] == 0 and got[9, 9] == pytest.approx(1)  # min and max of the finite pixels
+
+
+@given(dtype=st.sampled_from(["uint8", "uint16", "int16", "uint32", "float32", "float64"]),
+       shape=st.sampled_from([(17, 23), (64, 64), (3, 19, 11)]), seed=st.integers(0, 2**16),
+       low=st.floats(0, 20), high=st.floats(80, 100))
+@hypothesis_settings(max_examples=60, deadline=None)
+def test_normalise_equals_csbdeeps_normalize_bit_for_bit(dtype, shape, seed, low, high):
+    rng = np.random.default_rng(seed)
+    top = 1000 if np.dtype(dtype).kind in "iu" else 1.0
+    image = (rng.random(shape) * top).astype(dtype)
+    image.flat[0] = 0  # a spread that is signal for every type
+    got = normalise(image, (low, high))
+    assert got.dtype == np.float32 and got.tobytes() == normalize(image, low, high, axis=None).tobytes()
 
 
 def test_no_signal_planes_give_no_nuclei_without_the_model(caplog):

