@@ -2,6 +2,7 @@
 shared memory and processes are released on success, error and cancel; worker counts and the switch rule."""
 
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -119,6 +120,28 @@ def test_a_failing_read_stops_workers_and_releases_shared_memory(model_2d):
     assert _children() <= before  # the workers ended
 
 
+def test_a_dying_worker_process_costs_no_unit(model_3d, caplog):
+    volume = _sample(3)
+    expected = dict(pipeline.predict_units(model_3d, [0], lambda i: volume, nms_processes=False))[0]
+
+    def read(i):
+        if i == 1:  # volume 0's NMS (about a second) is running in a worker now: kill the workers
+            time.sleep(0.3)
+            for pid in workers:
+                psutil.Process(pid).kill()
+        return volume
+
+    before = _children()
+    with pipeline.UnitPredictor(model_3d, nms_workers=2, nms_processes=True, batch_size=1) as predictor:
+        [f.result() for f in predictor.pool.warm_up()]
+        workers = _children() - before
+        assert len(workers) == 2
+        got = dict(predictor.predict(range(3), read))
+        assert predictor.pool is None  # given up: the later units ran on threads
+    assert all(np.array_equal(got[i], expected) for i in range(3))
+    assert "an NMS worker process died" in caplog.text
+
+
 def test_cancel_stops_the_worker_processes(model_2d):
     before = _children()
     planes = [_sample(2)[:128, :128]] * 8
@@ -151,6 +174,22 @@ def test_worker_count_from_cores_memory_and_environment(monkeypatch):
     monkeypatch.delenv(nms_workers.ENV_WORKERS)
     with pytest.raises(SettingsError, match=r"^nms_workers=0: must be a whole number"):
         nms_workers.resolve_workers(0)
+
+
+def test_on_a_cpu_nms_stays_on_threads_unless_workers_are_chosen(model_2d, monkeypatch):
+    monkeypatch.delenv(nms_workers.ENV_WORKERS, raising=False)
+    assert not pipeline.network_on_gpu()  # the tests run on the CPU
+    with pipeline.UnitPredictor(model_2d) as predictor:
+        assert predictor.nms_processes is False  # the network's threads fill the cores
+    with pipeline.UnitPredictor(model_2d, nms_workers=2) as predictor:
+        assert predictor.nms_processes is None  # chosen: started when the first units show they pay
+    monkeypatch.setenv(nms_workers.ENV_WORKERS, "2")
+    with pipeline.UnitPredictor(model_2d) as predictor:
+        assert predictor.nms_processes is None and predictor.nms_workers == 2
+    monkeypatch.delenv(nms_workers.ENV_WORKERS)
+    monkeypatch.setattr(pipeline, "network_on_gpu", lambda: True)
+    with pipeline.UnitPredictor(model_2d) as predictor:
+        assert predictor.nms_processes is None  # a GPU leaves the cores to NMS
 
 
 def test_environment_forces_threads(model_2d, monkeypatch):

@@ -7,7 +7,7 @@ import os
 
 from ..errors import SettingsError
 
-__all__ = ["configure_device", "visible_gpus", "memory_budget", "host_memory_budget", "host_memory_available",
+__all__ = ["configure_device", "network_on_gpu", "visible_gpus", "memory_budget", "host_memory_budget", "host_memory_available",
            "gpu_memory_total", "DEFAULT_GPU_BYTES"]
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,13 @@ def visible_gpus() -> list[str]:
     import tensorflow as tf
 
     return [g.name for g in tf.config.list_physical_devices("GPU")]
+
+
+def network_on_gpu() -> bool:
+    """Whether TensorFlow runs the network on a GPU: one is visible (after :func:`configure_device`)."""
+    import tensorflow as tf
+
+    return bool(tf.config.get_visible_devices("GPU"))
 
 
 def configure_device(use_gpu: bool = True, *, memory_limit_mb: int | None = None) -> str:

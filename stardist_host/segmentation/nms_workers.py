@@ -27,6 +27,7 @@ import math
 import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
 
@@ -74,6 +75,11 @@ def auto_workers(*, cores: int | None = None, memory: int | None = None) -> int:
     cores = available_cores() if cores is None else cores
     memory = host_memory_budget() if memory is None else memory
     return max(1, min(cores, _MAX_AUTO, memory // 2 // WORKER_BYTES))
+
+
+def workers_from_environment() -> bool:
+    """Whether :data:`ENV_WORKERS` sets the worker count."""
+    return bool(os.environ.get(ENV_WORKERS, "").strip())
 
 
 def resolve_workers(workers: int | None, *, memory: int | None = None) -> int:
@@ -192,6 +198,8 @@ class NmsPool:
         self.workers = workers
         self.threads = threads or max(1, available_cores() // workers)
         self._blocks: dict[str, SharedMemory] = {}
+        #: The error that broke the pool (a worker process died), or None.
+        self.broken: BaseException | None = None
         self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                              initializer=_init_worker, initargs=(self.threads,))
         log.info("NMS in %d worker process(es), %d OpenMP thread(s) each", workers, self.threads)
@@ -259,6 +267,8 @@ class NmsPool:
                 del view
             elif not work.cancelled():
                 error = work.exception()
+                if isinstance(error, BrokenProcessPool):
+                    self.broken = error
         except BaseException as err:  # noqa: BLE001 (an error in a callback would only be logged)
             error = err
         finally:

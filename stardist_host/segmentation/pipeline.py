@@ -13,12 +13,17 @@ non-maximum suppression (NMS) then runs while the network waits.  Here:
   not ``predict``);
 - worker threads turn each plane's probabilities and distances into labels
   with stardist's own thresholding, NMS and rendering
-  (:mod:`stardist_host.segmentation.stardist_compat`); once the NMS time
-  measured on the first unit shows that worker processes pay for their
-  start-up (:func:`~stardist_host.segmentation.nms_workers.worth_processes`),
-  the rest goes to worker processes through shared memory
-  (:mod:`stardist_host.segmentation.nms_workers`), since stardist's NMS holds
-  the GIL and threads cannot use more than one core for it.
+  (:mod:`stardist_host.segmentation.stardist_compat`).  When the network runs
+  on a GPU and the NMS time measured on the first unit shows that worker
+  processes pay for their start-up
+  (:func:`~stardist_host.segmentation.nms_workers.worth_processes`), the rest
+  goes to worker processes through shared memory
+  (:mod:`stardist_host.segmentation.nms_workers`): one NMS call holds the GIL,
+  so threads never run two at once.  On a CPU the network's own threads
+  already fill the cores, and NMS stays on threads (measured by
+  ``benchmarks/bench_inference.py``: threads were faster at every size).
+  A worker process that dies takes no unit with it: the unit is redone on a
+  thread and the rest stay there.
 
 So the labels are those of ``predict_instances`` on the same input, up to the
 last bits of float32 arithmetic in a batched call.  Units that need tiling, Z
@@ -36,6 +41,7 @@ import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -45,7 +51,7 @@ from numpy.typing import NDArray
 from ..errors import Cancelled
 from . import nms_workers as procs
 from . import stardist_compat as compat
-from .device import host_memory_budget, memory_budget
+from .device import host_memory_budget, memory_budget, network_on_gpu
 
 __all__ = ["BatchedPredictor", "UnitPredictor", "predict_units", "auto_n_tiles", "batch_limit", "memory_budget",
            "is_out_of_memory", "plan_blocks", "BlockPlan", "BIG_PIXELS"]
@@ -207,16 +213,18 @@ def _done(value) -> Future:
     return future
 
 
+def _copy_outcome(source: Future, target: Future) -> None:
+    """Give the done ``source``'s result, error or cancellation to ``target``."""
+    if source.cancelled():
+        target.cancel()
+        return
+    err = source.exception()
+    target.set_exception(err) if err is not None else target.set_result(source.result())
+
+
 def _forward_result(source: Future, target: Future) -> None:
     """Copy ``source``'s outcome to ``target`` when it is done."""
-    def copy(f: Future) -> None:
-        if f.cancelled():
-            target.cancel()
-            return
-        err = f.exception()
-        target.set_exception(err) if err is not None else target.set_result(f.result())
-
-    source.add_done_callback(copy)
+    source.add_done_callback(lambda f: _copy_outcome(f, target))
 
 
 class UnitPredictor:
@@ -245,10 +253,11 @@ class UnitPredictor:
         The environment variable ``STARDIST_HOST_NMS_WORKERS`` overrides it.
         1: NMS stays on ``workers`` threads in this process.
     nms_processes
-        None: start the worker processes once the NMS time of the first unit
-        shows that they pay for their start-up
-        (:func:`~stardist_host.segmentation.nms_workers.worth_processes`);
-        True: at once; False: never (threads only).
+        None: on a GPU, or where the worker count was chosen (``nms_workers``
+        or the environment), start the worker processes once the NMS time of
+        the first unit shows that they pay for their start-up
+        (:func:`~stardist_host.segmentation.nms_workers.worth_processes`); on
+        a CPU otherwise, threads.  True: at once; False: never (threads only).
     budget
         Bytes the network may use; None: :func:`~stardist_host.segmentation.device.memory_budget`.
     memory
@@ -274,6 +283,9 @@ class UnitPredictor:
         self.budget = memory_budget() if budget is None else budget
         self.memory = host_memory_budget() if memory is None else memory
         self.nms_workers = procs.resolve_workers(nms_workers, memory=self.memory)
+        if nms_processes is None and not (nms_workers is not None or procs.workers_from_environment()
+                                          or network_on_gpu()):
+            nms_processes = False  # the network's threads fill the cores: processes would only compete with it
         if memory is None and self.nms_workers > 1 and nms_processes is not False:
             self.memory = max(self.memory - procs.pool_bytes(self.nms_workers), 0)  # the workers' own memory
         self.nms_processes = nms_processes if procs.can_spawn() else False
@@ -324,6 +336,8 @@ class UnitPredictor:
 
     def _use_processes(self) -> bool:
         """Whether this unit's NMS goes to worker processes; starts them when the measured rule says so."""
+        if self.pool is not None and self.pool.broken is not None:
+            self._no_processes(self.pool.broken)
         if self.pool is None and self.nms_processes is None and self.nms_workers > 1 and self._thread_nms:
             seconds = min(self._thread_nms)  # the least disturbed by the network sharing the cores
             if procs.worth_processes(seconds, self._to_come, self.nms_workers):
@@ -427,12 +441,30 @@ class UnitPredictor:
             future = None
             if self._use_processes():
                 try:
-                    future = self.predictor.submit_to(self.pool, prepared, prob, dist)
-                except Exception as err:  # e.g. shared memory full: this and later units on threads
+                    future = self._or_on_thread(self.predictor.submit_to(self.pool, prepared, prob, dist),
+                                                prepared, prob, dist)
+                except Exception as err:  # e.g. shared memory full, a dead worker: this and later units on threads
                     self._no_processes(err)
             if future is None:
                 future = self._nms.submit(self._timed_instances, prepared, prob, dist)
             _forward_result(future, prepared.future)
+
+    def _or_on_thread(self, future: Future, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
+        """``future``'s outcome, or the unit redone on a thread where its worker process died."""
+        out: Future = Future()
+
+        def done(f: Future) -> None:
+            if f.cancelled() or not isinstance(f.exception(), BrokenProcessPool):
+                _copy_outcome(f, out)
+                return
+            log.warning("an NMS worker process died (%s): its unit is redone on a thread", f.exception())
+            try:
+                _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), out)
+            except RuntimeError as err:  # the threads are shut down: the run is ending
+                out.set_exception(err)
+
+        future.add_done_callback(done)
+        return out
 
     def _scaled(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)
