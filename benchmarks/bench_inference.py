@@ -12,12 +12,15 @@ In one run, on the same planes and model (the bundled 2D_demo / 3D_demo):
 (c) pipeline: ``stardist_host.segmentation.pipeline.predict_units`` (batched network,
     reading and NMS overlapped), which gives the labels of (a);
 (d) headless: ``python -m stardist_host.cli segment`` on a TIFF of those planes, the
-    whole process timed, for N planes and for 1: (T(N) - T(1)) / (N - 1) is the
-    marginal cost of a plane, start-up and model loading aside;
+    whole process timed (the shorter of two runs), for N planes and for 1:
+    (T(N) - T(1)) / (N - 1) is the marginal cost of a plane, start-up and model
+    loading aside;
 GPU proxy: the network replaced by its stored outputs for the same planes, so that
     only the CPU side a GPU would wait on is timed: candidates, NMS and rendering
-    on one thread in-process, and in 1 and 2 worker processes
-    (:mod:`stardist_host.segmentation.nms_workers`).
+    on one thread in-process, and in worker processes
+    (:mod:`stardist_host.segmentation.nms_workers`): 1 and 2 workers with one
+    OpenMP thread each (what processes add), and 1 worker with every core's threads
+    (what stardist's own OpenMP loops already get from the cores).
 
 It prints planes per second for each, the ratios (a)/(c) (speed-up),
 (c)/(b) (distance from the floor), (d)/(c) (headless cost per plane over the
@@ -30,10 +33,13 @@ stack of that size plane by plane and segments it, printing time and memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,8 +89,11 @@ def _objects_differing(a: np.ndarray, b: np.ndarray) -> int:
     return int(len(np.unique(a[a > 0])) - len(exact))
 
 
-def compare(model, images: list[np.ndarray], label: str, *, headless: bool = True) -> dict:
-    """Time (a) plain, (b) floor, (c) pipeline on the same images; check (c) gives (a)'s labels."""
+def compare(model, images: list[np.ndarray], label: str, *, marginal: float = math.nan) -> dict:
+    """Time (a) plain, (b) floor, (c) pipeline on the same images; check (c) gives (a)'s labels.
+
+    ``marginal`` is (d), from :func:`headless_marginal`, measured before this process started TensorFlow.
+    """
     from stardist_host.segmentation.pipeline import BatchedPredictor, batch_limit, memory_budget, predict_units
 
     normed = [_norm(x) for x in images]
@@ -101,27 +110,59 @@ def compare(model, images: list[np.ndarray], label: str, *, headless: bool = Tru
     batch = batch_limit(prepared[0].x.size, model.config.n_dim, memory_budget())  # as the pipeline batches
     t_floor = _time(lambda: [predictor.network(prepared[i:i + batch]) for i in range(0, len(prepared), batch)])
 
-    piped: dict = {}
-    t_pipe = _time(lambda: piped.update(predict_units(model, range(len(images)), lambda i: _norm(images[i]))))
+    def pipeline(**options) -> tuple[float, dict]:
+        out: dict = {}
+        return _time(lambda: out.update(predict_units(model, range(len(images)), lambda i: _norm(images[i]),
+                                                      **options))), out
+
+    with gpu_busy() as busy:  # as segmentation runs it: NMS workers started when the first units show they pay
+        t_pipe, piped = pipeline()
+    # the two splits of the cores it chooses between: NMS on threads only, in worker processes from the start
+    # (their start-up included)
+    (t_threads, by_threads), (t_procs, by_procs) = pipeline(nms_processes=False), pipeline(nms_processes=True)
+    assert all(np.array_equal(piped[i], by_threads[i]) and np.array_equal(piped[i], by_procs[i]) for i in piped)
 
     # batched convolutions round differently in the last bits, which can move a boundary pixel
     differ = sum(_objects_differing(plain[i], piped[i]) for i in range(len(images)))
-    marginal = headless_marginal(images, model.config.n_dim, model.name) if headless else float("nan")
     total = sum(len(np.unique(p)) - 1 for p in plain)
     n = len(images)
     row = {
         "case": label, "n": n, "batch": batch, "plain_per_s": n / t_plain, "floor_per_s": n / t_floor,
-        "pipeline_per_s": n / t_pipe, "speedup_plain_over_pipeline": t_plain / t_pipe,
+        "pipeline_per_s": n / t_pipe, "pipeline_threads_per_s": n / t_threads, "pipeline_processes_per_s": n / t_procs,
+        "speedup_plain_over_pipeline": t_plain / t_pipe,
         "pipeline_over_floor": t_pipe / t_floor, "objects_differing": differ, "objects": total,
         "headless_per_s": 1 / marginal, "headless_over_pipeline": marginal / (t_pipe / n),
         "plain_over_headless": (t_plain / n) / marginal,
     }
     print(f"{label:>14} x{n:<4}: (a) plain {row['plain_per_s']:6.2f}/s  (b) floor {row['floor_per_s']:6.2f}/s  "
-          f"(c) pipeline {row['pipeline_per_s']:6.2f}/s  (d) headless {row['headless_per_s']:6.2f}/s  "
+          f"(c) pipeline {row['pipeline_per_s']:6.2f}/s (NMS on threads {row['pipeline_threads_per_s']:6.2f}/s, "
+          f"in processes {row['pipeline_processes_per_s']:6.2f}/s)  "
+          f"(d) headless {row['headless_per_s']:6.2f}/s  "
           f"(a)/(c) {row['speedup_plain_over_pipeline']:.2f}x  (c)/(b) {row['pipeline_over_floor']:.2f}  "
           f"(d)/(c) {row['headless_over_pipeline']:.2f}  (a)/(d) {row['plain_over_headless']:.2f}x  "
-          f"objects not identical to (a)'s: {differ} of {total}", flush=True)
+          f"objects not identical to (a)'s: {differ} of {total}"
+          + (f"  GPU busy during (c): {np.mean(busy):.0f}%" if busy else ""), flush=True)
+    row["gpu_busy_percent"] = float(np.mean(busy)) if busy else math.nan
     return row
+
+
+@contextlib.contextmanager
+def gpu_busy():
+    """Samples of the GPU's utilisation (percent, every 0.2 s, from ``nvidia-smi``) while the block runs;
+    none where no NVIDIA GPU is visible."""
+    samples: list[float] = []
+    smi = shutil.which("nvidia-smi")
+    if smi is None or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        yield samples
+        return
+    cmd = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as smi_run:
+        try:
+            yield samples
+        finally:
+            smi_run.terminate()
+            out = smi_run.communicate()[0]
+    samples.extend(float(v) for v in out.split() if v.replace(".", "", 1).isdigit())
 
 
 def _write_units(path: Path, images: list[np.ndarray]) -> None:
@@ -133,36 +174,52 @@ def _write_units(path: Path, images: list[np.ndarray]) -> None:
 
 
 def headless_marginal(images: list[np.ndarray], ndim: int, model_name: str) -> float:
-    """Seconds per unit of the headless script, from whole-process times for all units and for one."""
-    times = {}
+    """Seconds per unit of the headless script, from whole-process times for all units and for one.
+
+    Each is the shorter of two runs.  :func:`main` measures this first, before
+    this process loads TensorFlow and runs (a)-(c): a process started after
+    those took up to a quarter more CPU time for the same work (``getrusage``:
+    13.1 against 10.4 s), persistently, which would be charged to the headless path.
+    """
+    times: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (1, len(images)):
+        for n in (1, len(images)) * 2:
             path = Path(tmp) / f"in{n}.tif"
-            _write_units(path, images[:n])
+            if not path.exists():
+                _write_units(path, images[:n])
             cmd = [sys.executable, "-m", "stardist_host.cli", "segment", str(path), str(Path(tmp) / f"out{n}.ome.tif"),
-                   "--dim", str(ndim), "--all-time-points", "--model-name", model_name]
+                   "--dim", str(ndim), "--all-time-points", "--model-name", model_name, "--overwrite"]
             cmd += ["--cpu"] if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else []
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-            times[n] = time.perf_counter() - start
+            times[n] = min(times.get(n, math.inf), time.perf_counter() - start)
     return (times[len(images)] - times[1]) / max(len(images) - 1, 1)
+
+
+def proxy_configs(cores: int) -> list[tuple[int, int]]:
+    """(worker processes, OpenMP threads each) the proxy times: one and two workers on one thread each,
+    one worker given every core's threads, and on bigger machines one worker per core."""
+    configs = [(1, 1), (2, 1), (1, cores)]
+    if cores > 2:
+        configs += [(cores // 2, 2), (cores, 1)]
+    return list(dict.fromkeys(configs))
 
 
 def gpu_proxy(model, images: list[np.ndarray], label: str) -> dict:
     """Post-processing alone, on the network's stored outputs for ``images``: what a GPU would wait on."""
     from stardist_host.segmentation import stardist_compat as compat
-    from stardist_host.segmentation.nms_workers import NmsPool
+    from stardist_host.segmentation.nms_workers import NmsPool, available_cores
     from stardist_host.segmentation.pipeline import BatchedPredictor
 
     predictor = BatchedPredictor(model)
     prepared = [predictor.prepare(i, _norm(x)) for i, x in enumerate(images)]
     outputs = [predictor.network([p])[0] for p in prepared]  # the real network's outputs, stored
-    n = len(images)
+    n, cores = len(images), available_cores()
     t_thread = _time(lambda: [predictor.instances(p, *o) for p, o in zip(prepared, outputs)])
-    row = {"case": label, "n": n, "thread_per_s": n / t_thread}
-    for workers in (1, 2):
+    row = {"case": label, "n": n, "cores": cores, "in_process_per_s": n / t_thread}
+    for workers, threads in proxy_configs(cores):
         start = time.perf_counter()
-        with NmsPool(compat.nms_config(model), workers=workers) as pool:
+        with NmsPool(compat.nms_config(model), workers=workers, threads=threads) as pool:
             [f.result() for f in pool.warm_up()]
             startup = time.perf_counter() - start
             [predictor.submit_to(pool, prepared[0], *outputs[0]).result() for _ in range(workers)]  # first calls
@@ -173,12 +230,14 @@ def gpu_proxy(model, images: list[np.ndarray], label: str) -> dict:
                 if len(window) >= 2 * workers + 2:
                     window.pop(0).result()
             [f.result() for f in window]
-            row[f"workers{workers}_per_s"] = n / (time.perf_counter() - start)
-            row[f"workers{workers}_startup_s"] = startup
-    row["two_over_one"] = row["workers2_per_s"] / row["workers1_per_s"]
-    print(f"{label:>14} x{n:<4}: GPU proxy (stored network outputs): 1 thread {row['thread_per_s']:6.2f}/s  "
-          f"1 worker {row['workers1_per_s']:6.2f}/s  2 workers {row['workers2_per_s']:6.2f}/s  "
-          f"2/1 workers {row['two_over_one']:.2f}x  (start-up {row['workers2_startup_s']:.1f} s)", flush=True)
+            row[f"w{workers}x{threads}_per_s"] = n / (time.perf_counter() - start)
+            row[f"w{workers}x{threads}_startup_s"] = startup
+    row["two_over_one"] = row["w2x1_per_s"] / row["w1x1_per_s"]
+    row["two_over_openmp"] = row["w2x1_per_s"] / row[f"w1x{cores}_per_s"]
+    configs = "  ".join(f"{w}x{t} {row[f'w{w}x{t}_per_s']:6.2f}/s" for w, t in proxy_configs(cores))
+    print(f"{label:>14} x{n:<4}: GPU proxy (stored network outputs; workers x OpenMP threads): "
+          f"in-process {row['in_process_per_s']:6.2f}/s  {configs}  2x1/1x1 {row['two_over_one']:.2f}x  "
+          f"2x1/1x{cores} {row['two_over_openmp']:.2f}x  (start-up {row['w2x1_startup_s']:.1f} s)", flush=True)
     return row
 
 
@@ -191,6 +250,24 @@ def _write_stack(path: Path, n: int, size: int) -> None:
                      photometric="minisblack", bigtiff=True, metadata={"axes": "TYX"})
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM where Linux gives it, else ``ru_maxrss``.
+
+    On Linux ``ru_maxrss`` survives ``fork`` and ``exec``: a child of this
+    benchmark would report at least this (large) process's size at the fork.
+    VmHWM belongs to the program the child now runs.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
 def rss_run(n: int, size: int, use_gpu: bool) -> dict:
     """In this (fresh) process: write an n-plane stack, segment it through the TIFF image set, report peak RSS."""
     from stardist_host import Settings, TiffImageSet
@@ -201,13 +278,12 @@ def rss_run(n: int, size: int, use_gpu: bool) -> dict:
         _write_stack(path, n, size)
         start = time.perf_counter()
         with TiffImageSet(path) as ims:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            before = peak_rss_mb()
             result = run(Settings(current_time_point=False, use_gpu=use_gpu), ims)
             ims.save(Path(tmp) / "out.ome.tif")
         seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"planes": n, "size": size, "nuclei": result.total, "seconds": seconds, "peak_rss_mb": peak_mb,
-            "rss_before_run_mb": before / 1024}
+    return {"planes": n, "size": size, "nuclei": result.total, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+            "rss_before_run_mb": before}
 
 
 def huge_run(gigabytes: float, size: int, use_gpu: bool) -> dict:
@@ -226,7 +302,7 @@ def huge_run(gigabytes: float, size: int, use_gpu: bool) -> dict:
         ims.save(out)
     seconds = time.perf_counter() - start
     row = {"planes": n, "size": size, "gib": gigabytes, "nuclei": result.total, "seconds": seconds,
-           "planes_per_s": n / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "planes_per_s": n / seconds, "peak_rss_mb": peak_rss_mb()}
     path.unlink()
     out.unlink()
     return row
@@ -243,40 +319,65 @@ def main() -> None:
     p.add_argument("--case", choices=("256", "1024", "3d"), action="append",
                    help="run only this case (repeatable); default all three, then the memory check")
     p.add_argument("--planes", type=int, metavar="N", help="planes (volumes) per case instead of the default")
+    p.add_argument("--compete", action="store_true",
+                   help="keep one core busy with a second process throughout, as another user's job would")
+    p.add_argument("--tf-threads", type=int, metavar="N",
+                   help="TensorFlow's intra-op threads (default: one per core), to measure other splits of the cores")
     args = p.parse_args()
-
-    from stardist_host.segmentation.device import configure_device
-
     if args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # for the headless processes too
-    device = configure_device(not args.cpu)
-    if args.rss:
-        print(json.dumps(rss_run(*args.rss, use_gpu=not args.cpu)))
+    if args.rss or args.huge:
+        from stardist_host.segmentation.device import configure_device
+
+        configure_device(not args.cpu)
+        print(json.dumps(rss_run(*args.rss, use_gpu=not args.cpu) if args.rss else
+                         huge_run(args.huge, 256, use_gpu=not args.cpu)))
         return
-    if args.huge:
-        print(json.dumps(huge_run(args.huge, 256, use_gpu=not args.cpu)))
-        return
+    if args.compete:
+        # a second process that keeps one core busy for the whole run, (a)-(d) alike
+        rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            return _cases(args)
+        finally:
+            rival.kill()
+    _cases(args)
 
-    import platform
 
-    from stardist_host.segmentation.models import load_model
+def _cases(args) -> None:
+    """The cases of ``args`` ((d) first for each), then the memory check."""
+    from stardist.data import test_image_nuclei_3d  # no TensorFlow yet
 
-    print(f"device: {device}; {os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}")
-    model2d, model3d = load_model("2D_demo", ndim=2), load_model("3D_demo", ndim=3)
-    from stardist.data import test_image_nuclei_3d
-
-    counts = (8, 2, 2) if args.smoke else (64, 4, 4) if args.quick else (128, 8, 8)
+    counts = (8, 2, 2) if args.smoke else (64, 8, 4) if args.quick else (128, 24, 8)
     if args.planes:
         counts = (args.planes,) * 3
     volume = test_image_nuclei_3d()
-    cases = {"256": (model2d, lambda: _planes(counts[0], 256), "2D 256x256"),
-             "1024": (model2d, lambda: _planes(counts[1], 1024), "2D 1024x1024"),
-             "3d": (model3d, lambda: [np.roll(volume, 5 * i, axis=2) for i in range(counts[2])], "3D 31x61x57")}
-    for name in args.case or cases:
-        model, make, label = cases[name]
-        images = make()
-        compare(model, images, label, headless=not args.no_headless)
-        gpu_proxy(model, images, label)
+    cases = {"256": (2, lambda: _planes(counts[0], 256), "2D 256x256"),
+             "1024": (2, lambda: _planes(counts[1], 1024), "2D 1024x1024"),
+             "3d": (3, lambda: [np.roll(volume, 5 * i, axis=2) for i in range(counts[2])], "3D 31x61x57")}
+    names = args.case or list(cases)
+    images = {name: cases[name][1]() for name in names}
+    # (d) first, while this process is light (see headless_marginal)
+    marginal = {name: math.nan if args.no_headless else
+                headless_marginal(images[name], cases[name][0], f"{cases[name][0]}D_demo") for name in names}
+
+    if args.tf_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.tf_threads)
+    import platform
+
+    from stardist_host.segmentation.device import configure_device
+    from stardist_host.segmentation.models import load_model
+
+    device = configure_device(not args.cpu)
+    print(f"device: {device}; {os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}"
+          + (f"; TensorFlow intra-op threads {args.tf_threads} ((d) with the default)" if args.tf_threads else "")
+          + ("; a second process keeps one core busy" if args.compete else ""))
+    models = {2: load_model("2D_demo", ndim=2), 3: load_model("3D_demo", ndim=3)}
+    for name in names:
+        ndim, _, label = cases[name]
+        compare(models[ndim], images[name], label, marginal=marginal[name])
+        gpu_proxy(models[ndim], images[name], label)
     if args.case:
         return
 

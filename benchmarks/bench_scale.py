@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_inference  # this folder is on the path of a script run from it
 import numpy as np
 
 
@@ -48,17 +49,12 @@ def make_store(path: Path, planes: int, size: int) -> Path:
     return path
 
 
-def _peak_rss_mb() -> float:
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-
-
 def run_once(store: Path, workers: int) -> dict:
     """Segment every plane with ``workers`` local worker processes; time, per-unit record times, peak memory."""
+    import cloudpickle
     import distributed
+
+    cloudpickle.register_pickle_by_value(bench_inference)  # the workers cannot import it: send the function itself
 
     from stardist_host import distributed as dist
     from stardist_host.segmentation.settings import Settings
@@ -71,7 +67,7 @@ def run_once(store: Path, workers: int) -> dict:
         result = dist.segment_distributed(settings, store, None, scheduler=cluster.scheduler_address,
                                           progress=lambda done, total: finished.append(time.perf_counter()))
         wall = time.perf_counter() - start
-        peaks = sorted(client.run(_peak_rss_mb).values())
+        peaks = sorted(client.run(bench_inference.peak_rss_mb).values())
     first = finished[1] - start if len(finished) > 1 else wall  # finished[0] is the call before any unit
     units = len(result.units)
     steady = (units - 1) / (wall - first) if wall > first and units > 1 else float("nan")
