@@ -86,6 +86,19 @@ def test_workers_never_import_tensorflow(model_2d, pools):
     assert pool.imported(("stardist.nms",)) == ["stardist.nms"]
 
 
+def test_workers_get_their_share_of_the_cores_and_sleeping_openmp_threads(model_2d, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with nms_workers.NmsPool(compat.nms_config(model_2d), workers=1, threads=3) as pool:
+        assert pool.call(os.getenv, "OMP_NUM_THREADS") == "3"
+        assert pool.call(os.getenv, "OMP_WAIT_POLICY") == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept
+    with nms_workers.NmsPool(compat.nms_config(model_2d), workers=1, threads=1) as pool:
+        assert pool.call(os.getenv, "OMP_WAIT_POLICY") == "ACTIVE"
+        assert pool.call(os.getenv, "OMP_NUM_THREADS") == "1"
+
+
 def test_pipeline_with_worker_processes_gives_the_thread_labels(model_2d, model_3d):
     before = _children()
     planes = [_sample(2)[i * 40:i * 40 + 128, :128] for i in range(4)]

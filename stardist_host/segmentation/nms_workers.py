@@ -136,9 +136,17 @@ def _check_shared_room(size: int) -> None:
 
 
 def _init_worker(threads: int) -> None:
-    """Before stardist loads OpenMP: this worker's share of the cores."""
+    """Before stardist loads OpenMP: this worker's share of the cores, and OpenMP threads that sleep at barriers.
+
+    With a spinning wait (libgomp's default), a worker's two OpenMP threads
+    ran NMS at a third of the speed of one thread while another process kept
+    one of the two cores busy (34 against 74 planes/s, 256²); sleeping, at
+    nearly the speed of one (62/s), and as fast as spinning on idle cores
+    (``benchmarks/README.md``).  A user's own ``OMP_WAIT_POLICY`` is kept.
+    """
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import stardist.geometry  # noqa: F401
     import stardist.nms  # noqa: F401
 
@@ -214,9 +222,13 @@ class NmsPool:
         """Start every worker now (spawning and importing take about a second), so that the first units do not wait."""
         return [self._executor.submit(_imported, ("stardist.nms",)) for _ in range(self.workers)]
 
+    def call(self, function, *args):
+        """``function(*args)`` run in a worker (a module-level function, for checks such as the tests')."""
+        return self._executor.submit(function, *args).result()
+
     def imported(self, names: tuple[str, ...]) -> list[str]:
         """Which of the modules ``names`` a worker has imported (after its work so far)."""
-        return self._executor.submit(_imported, tuple(names)).result()
+        return self.call(_imported, tuple(names))
 
     def submit(self, points: NDArray, probs: NDArray, dists: NDArray, *, shape: tuple[int, ...],
                nms_thresh: float) -> Future:
