@@ -72,7 +72,7 @@ def test_worker_labels_equal_the_in_process_ones(request, pools, ndim):
     pool = pools(model)
     got = predictor.submit_to(pool, prepared, prob, dist).result()
     assert expected.max() > 10 and np.array_equal(got, expected)
-    assert pool.blocks_held == 0  # both shared memory blocks were released with the result
+    assert pool.blocks_held == 0  # the shared memory block was released with the result
 
 
 def test_workers_never_import_tensorflow(model_2d, pools):

@@ -5,8 +5,8 @@ are OpenMP-parallel), so two threads never run two NMS calls at once; worker
 processes do.  The parent picks each plane's (volume's) candidates from the
 network output, as stardist's sparse prediction does (cheap: a threshold and a
 gather), and copies them, a tenth or less of the output, into one
-``multiprocessing.shared_memory`` block; the labels come back through a second
-block the parent also owns.  No array is pickled.  A worker attaches to both,
+``multiprocessing.shared_memory`` block, which also has room for the labels
+the worker writes back.  No array is pickled.  A worker attaches to it,
 runs NMS and renders the labels with the same stardist calls as the model's own
 ``_instances_from_prediction``
 (:func:`~stardist_host.segmentation.stardist_compat.instances_from_config`).
@@ -15,7 +15,7 @@ Workers rebuild what they need from
 rays): they never import TensorFlow, and they start with the ``spawn``
 method, so no TensorFlow state is forked.
 
-The parent owns every block: it unlinks both once the worker's result (or
+The parent owns every block: it unlinks it once the worker's result (or
 error, or cancellation) is in.  :meth:`NmsPool.close` cancels queued work,
 waits for running work (at most one unit per worker) and unlinks what is left.
 """
@@ -158,26 +158,22 @@ def _views(buf, layout: tuple) -> list[NDArray]:
     return [np.ndarray(shape, dtype, buffer=buf, offset=offset) for shape, dtype, offset in layout]
 
 
-def _labels(config: dict, block: str, layout: tuple, out_block: str, shape: tuple[int, ...],
-            nms_thresh: float) -> str:
-    """In a worker: NMS and rendering of the candidates in ``block``; the labels go into ``out_block`` as int32.
+def _labels(config: dict, block: str, layout: tuple, nms_thresh: float) -> str:
+    """In a worker: NMS and rendering of the candidates in ``block``; the labels go into its last array (int32).
 
     Returns the dtype stardist gave the labels, which the parent restores.
     """
     from . import stardist_compat as compat
 
-    shm, out = SharedMemory(name=block), SharedMemory(name=out_block)
+    shm = SharedMemory(name=block)
     try:
-        points, probs, dists = _views(shm.buf, layout)
-        labels = compat.instances_from_config(config, shape, points, probs, dists, nms_thresh=nms_thresh)
-        del points, probs, dists  # views of the block: released before it closes
-        target = np.ndarray(shape, np.int32, buffer=out.buf)
+        points, probs, dists, target = _views(shm.buf, layout)
+        labels = compat.instances_from_config(config, target.shape, points, probs, dists, nms_thresh=nms_thresh)
         target[...] = labels  # label numbers count objects of one unit: far below 2**31
-        del target
+        del points, probs, dists, target  # views of the block: released before it closes
         return labels.dtype.str
     finally:
         shm.close()
-        out.close()
 
 
 def _imported(names: tuple[str, ...]) -> list[str]:
@@ -244,37 +240,35 @@ class NmsPool:
         nms_thresh
             Overlap threshold of NMS.
         """
+        labels = np.empty(0, np.int32)  # stands for the labels' place: (shape, int32)
         layout, offset = [], 0
-        for array in (points, probs, dists):
-            layout.append((array.shape, array.dtype.str, offset))
-            offset += -(-array.nbytes // 8) * 8  # each array 8-byte aligned
-        out_size = math.prod(shape) * 4
-        _check_shared_room(offset + out_size)
+        for array, array_shape in ((points, points.shape), (probs, probs.shape), (dists, dists.shape),
+                                   (labels, tuple(shape))):
+            layout.append((array_shape, array.dtype.str, offset))
+            offset += -(-math.prod(array_shape) * array.itemsize // 8) * 8  # each array 8-byte aligned
+        _check_shared_room(offset)
+        # one block per unit, the candidates in and the labels out: each block costs system calls and
+        # messages to multiprocessing's resource tracker, which the parent pays for every unit
         shm = SharedMemory(create=True, size=max(1, offset))
         self._blocks[shm.name] = shm
         try:
-            out = SharedMemory(create=True, size=max(1, out_size))
-            self._blocks[out.name] = out
-            for view, array in zip(_views(shm.buf, tuple(layout)), (points, probs, dists)):
+            for view, array in zip(_views(shm.buf, tuple(layout[:3])), (points, probs, dists)):
                 view[...] = array
             del view
-            work = self._executor.submit(_labels, self.config, shm.name, tuple(layout), out.name, tuple(shape),
-                                         nms_thresh)
+            work = self._executor.submit(_labels, self.config, shm.name, tuple(layout), nms_thresh)
         except BaseException:
             self._release(shm.name)
-            if "out" in locals():
-                self._release(out.name)
             raise
         result: Future = Future()
-        work.add_done_callback(lambda f: self._finish(f, result, shm.name, out.name, tuple(shape)))
+        work.add_done_callback(lambda f: self._finish(f, result, shm.name, layout[3]))
         return result
 
-    def _finish(self, work: Future, result: Future, block: str, out_block: str, shape: tuple[int, ...]) -> None:
-        """When a worker is done: the labels copied out of their block, both blocks released, then ``result`` set."""
+    def _finish(self, work: Future, result: Future, block: str, place: tuple) -> None:
+        """When a worker is done: the labels copied out of the block, the block released, then ``result`` set."""
         labels = error = None
         try:
             if not work.cancelled() and work.exception() is None:
-                view = np.ndarray(shape, np.int32, buffer=self._blocks[out_block].buf)
+                view, = _views(self._blocks[block].buf, (place,))
                 labels = view.astype(work.result())  # a copy, in the dtype stardist gave
                 del view
             elif not work.cancelled():
@@ -285,7 +279,6 @@ class NmsPool:
             error = err
         finally:
             self._release(block)
-            self._release(out_block)
         if work.cancelled():
             result.cancel()
         elif error is not None:
