@@ -172,16 +172,7 @@ def write_imagej_rois(path: str | os.PathLike, labels_per_plane: Iterable[PlaneL
         and time point as hyperstack position (``z_position = plane + 1``,
         ``t_position = time_point + 1``; channel 0, i.e. all channels).
     """
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        writer = _RoiZip(tmp)
-        try:
-            for t, z, labels in labels_per_plane:
-                writer.add(t, z, outlines(labels))
-        finally:
-            writer.close()
-    log.info("%d ImageJ ROIs written to %s", writer.count, path)
-    return path
+    return _write_outlines(path, _RoiZip, labels_per_plane, "ImageJ ROIs")
 
 
 def write_geojson(
@@ -206,15 +197,20 @@ def write_geojson(
         ("detection"), ``label``, ``plane``, ``time_point`` and
         ``classification`` (``{"name": ...}``).
     """
+    return _write_outlines(path, lambda tmp: _GeoJson(tmp, classification), labels_per_plane, "GeoJSON detections")
+
+
+def _write_outlines(path: str | os.PathLike, make_writer, labels_per_plane: Iterable[PlaneLabels], what: str) -> Path:
+    """Every plane's outlines through ``make_writer(temporary path)`` (``add``, ``close``, ``count``), atomically."""
     path = Path(path)
     with atomic_write(path) as tmp:
-        writer = _GeoJson(tmp, classification)
+        writer = make_writer(tmp)
         try:
             for t, z, labels in labels_per_plane:
                 writer.add(t, z, outlines(labels))
         finally:
             writer.close()
-    log.info("%d GeoJSON detections written to %s", writer.count, path)
+    log.info("%d %s written to %s", writer.count, what, path)
     return path
 
 

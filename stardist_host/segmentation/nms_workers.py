@@ -240,12 +240,11 @@ class NmsPool:
         nms_thresh
             Overlap threshold of NMS.
         """
-        labels = np.empty(0, np.int32)  # stands for the labels' place: (shape, int32)
+        places = [(a.shape, a.dtype) for a in (points, probs, dists)] + [(tuple(shape), np.dtype(np.int32))]
         layout, offset = [], 0
-        for array, array_shape in ((points, points.shape), (probs, probs.shape), (dists, dists.shape),
-                                   (labels, tuple(shape))):
-            layout.append((array_shape, array.dtype.str, offset))
-            offset += -(-math.prod(array_shape) * array.itemsize // 8) * 8  # each array 8-byte aligned
+        for place_shape, dtype in places:
+            layout.append((place_shape, dtype.str, offset))
+            offset += -(-math.prod(place_shape) * dtype.itemsize // 8) * 8  # each array 8-byte aligned
         _check_shared_room(offset)
         # one block per unit, the candidates in and the labels out: each block costs system calls and
         # messages to multiprocessing's resource tracker, which the parent pays for every unit

@@ -43,6 +43,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -438,33 +439,26 @@ class UnitPredictor:
             return
         for prepared, (prob, dist) in zip(batch, outputs):
             self._to_come -= 1
-            future = None
             if self._use_processes():
                 try:
-                    future = self._or_on_thread(self.predictor.submit_to(self.pool, prepared, prob, dist),
-                                                prepared, prob, dist)
+                    work = self.predictor.submit_to(self.pool, prepared, prob, dist)
                 except Exception as err:  # e.g. shared memory full, a dead worker: this and later units on threads
                     self._no_processes(err)
-            if future is None:
-                future = self._nms.submit(self._timed_instances, prepared, prob, dist)
-            _forward_result(future, prepared.future)
+                else:
+                    work.add_done_callback(partial(self._from_worker, prepared=prepared, prob=prob, dist=dist))
+                    continue
+            _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), prepared.future)
 
-    def _or_on_thread(self, future: Future, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
-        """``future``'s outcome, or the unit redone on a thread where its worker process died."""
-        out: Future = Future()
-
-        def done(f: Future) -> None:
-            if f.cancelled() or not isinstance(f.exception(), BrokenProcessPool):
-                _copy_outcome(f, out)
-                return
-            log.warning("an NMS worker process died (%s): its unit is redone on a thread", f.exception())
-            try:
-                _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), out)
-            except RuntimeError as err:  # the threads are shut down: the run is ending
-                out.set_exception(err)
-
-        future.add_done_callback(done)
-        return out
+    def _from_worker(self, work: Future, *, prepared: _Prepared, prob: NDArray, dist: NDArray) -> None:
+        """A worker's labels to ``prepared.future``; the unit redone on a thread where its worker process died."""
+        if work.cancelled() or not isinstance(work.exception(), BrokenProcessPool):
+            _copy_outcome(work, prepared.future)
+            return
+        log.warning("an NMS worker process died (%s): its unit is redone on a thread", work.exception())
+        try:
+            _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), prepared.future)
+        except RuntimeError as err:  # the threads are shut down: the run is ending
+            prepared.future.set_exception(err)
 
     def _scaled(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)
