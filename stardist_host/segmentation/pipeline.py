@@ -182,7 +182,6 @@ class BatchedPredictor:
         self.prob_thresh = float(model.thresholds.prob if prob_thresh is None else prob_thresh)
         self.nms_thresh = float(model.thresholds.nms if nms_thresh is None else nms_thresh)
         self.ndim = model.config.n_dim
-        self.axes = str(model.config.axes)
         self._forward = compat.network_function(model)
 
     def prepare(self, unit, image: NDArray) -> _Prepared:
