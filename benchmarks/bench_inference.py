@@ -333,14 +333,13 @@ def main() -> None:
         print(json.dumps(rss_run(*args.rss, use_gpu=not args.cpu) if args.rss else
                          huge_run(args.huge, 256, use_gpu=not args.cpu)))
         return
-    if args.compete:
-        # a second process that keeps one core busy for the whole run, (a)-(d) alike
-        rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            return _cases(args)
-        finally:
+    # with --compete, a second process keeps one core busy for the whole run, (a)-(d) alike
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.compete else None
+    try:
+        _cases(args)
+    finally:
+        if rival is not None:
             rival.kill()
-    _cases(args)
 
 
 def _cases(args) -> None:
