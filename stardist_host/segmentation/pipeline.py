@@ -329,7 +329,9 @@ class UnitPredictor:
             self._no_processes(err)
 
     def _no_processes(self, err: BaseException) -> None:
-        log.warning("NMS worker processes failed (%s: %s); NMS continues on threads", type(err).__name__, err)
+        # a dead worker shows as BrokenProcessPool here or in its unit's future (_from_worker), by timing: one wording
+        what = "an NMS worker process died" if isinstance(err, BrokenProcessPool) else "NMS worker processes failed"
+        log.warning("%s (%s: %s); NMS continues on threads", what, type(err).__name__, err)
         pool, self.pool, self.nms_processes = self.pool, None, False
         if pool is not None:
             pool.close()
