@@ -23,6 +23,7 @@ PERCENTILE_LOW = 1.0  # normalisation percentiles
 PERCENTILE_HIGH = 99.8
 N_TILES = None  # None: automatic; e.g. (1, 2, 2) for large volumes
 USE_GPU = True  # False: run on the CPU
+PRECISION = "auto"  # "mixed": faster network in 16-bit where the CPU/GPU has it natively; "float32"; "auto": mixed where native
 SEPARATE_PROCESS = "auto"  # True: TensorFlow in its own process, ended with the run; "auto": in a host
 GPU_MEMORY_LIMIT_MB = None  # e.g. 4096: most GPU memory TensorFlow takes; None: as it needs
 UNIQUE_LABELS = False  # True: labels unique across all time points, not per volume

@@ -169,25 +169,29 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", default=None, help="write the scores to this .csv or .json file")
     p.add_argument("--save-to-card", action="store_true", help="record the scores in the model's model_card.json and README.md")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where there is a GPU")
+    from .segmentation.settings import schema
+
+    precision = schema(2).by_name["PRECISION"]
+    p.add_argument("--precision", choices=precision.choices, default=precision.default,
+                   help=precision.cli_help() + "; compare the scores of float32 and mixed on your own annotated data")
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args) -> int:
     from pathlib import Path
 
-    from .segmentation.device import configure_device
-    from .segmentation.models import load_model
+    from .segmentation.models import load_for_run
     from .training.evaluation import evaluate, format_table, write_scores
     from .training.pairs import read_pairs
     from .training.train import record_test_scores
 
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
-    configure_device(not args.cpu)
-    model = load_model(args.model_name, ndim=pairs.ndim, path=args.model_path)
+    model, _, precision = load_for_run(args.model_name, ndim=pairs.ndim, path=args.model_path, use_gpu=not args.cpu,
+                                       precision=args.precision)
     rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
-            "region": args.region, "n_objects": n_objects}
-    print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects:")
+            "region": args.region, "n_objects": n_objects, "precision": precision}
+    print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects, network in {precision}:")
     print(format_table(rows))
     if args.out:
         write_scores(rows, args.out, **what)

@@ -118,6 +118,7 @@ class Job:
     n_tiles: tuple[int, ...] | None
     scale: tuple[float, ...] | None
     gpu_memory_limit_mb: int | None = None
+    precision: str = "auto"
 
 
 # One entry per kind ("model", "source", "target"): a worker keeps the model and its open
@@ -143,15 +144,18 @@ def _release(kind: str) -> None:
         close()
 
 
+def _model_key(job: Job) -> tuple:
+    return job.model_name, job.model_path, job.ndim, job.use_gpu, job.precision
+
+
 def _model(job: Job):
     def load():
-        from .segmentation.device import configure_device
-        from .segmentation.models import load_model
+        from .segmentation.models import load_for_run
 
-        configure_device(job.use_gpu, memory_limit_mb=job.gpu_memory_limit_mb)
-        return load_model(job.model_name, ndim=job.ndim, path=job.model_path)
+        return load_for_run(job.model_name, ndim=job.ndim, path=job.model_path, use_gpu=job.use_gpu,
+                            memory_limit_mb=job.gpu_memory_limit_mb, precision=job.precision)[0]
 
-    return _cached("model", (job.model_name, job.model_path, job.ndim, job.use_gpu), load)
+    return _cached("model", _model_key(job), load)
 
 
 def _predictor(job: Job):
@@ -519,18 +523,18 @@ def check_no_journal(output: str | os.PathLike, *, overwrite: bool) -> None:
 
 
 def _load(settings: Settings):
-    from .segmentation.device import configure_device
-    from .segmentation.models import load_model
+    """The model, the device and the precision, in the client (a local run's worker keeps using them)."""
+    from .segmentation.models import load_for_run
 
-    device = configure_device(settings.use_gpu, memory_limit_mb=settings.gpu_memory_limit_mb)
-    return load_model(settings.model_name, ndim=settings.ndim, path=settings.model_path), device
+    return load_for_run(settings.model_name, ndim=settings.ndim, path=settings.model_path, use_gpu=settings.use_gpu,
+                        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
 
 
 def _job(settings: Settings, source: Source, target: Target, plan: Plan, dtype: np.dtype, scale) -> Job:
     return Job(source, target, plan.channel, settings.ndim, str(dtype), settings.model_name, settings.model_path,
                settings.use_gpu, settings.prob_thresh, settings.nms_thresh,
                (settings.percentile_low, settings.percentile_high), settings.n_tiles, scale,
-               settings.gpu_memory_limit_mb)
+               settings.gpu_memory_limit_mb, settings.precision)
 
 
 def _scale(model, imageset, ndim: int):
@@ -634,7 +638,7 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
             raise OutputError(f"{str(target.folder)!r} exists already; choose another OUTPUT_CH_NAME, or replace it "
                               "with --overwrite (scripts: OVERWRITE = True)")
         with OutputLock(store):  # one run per store: the labels list is read and rewritten
-            model, device = _load(settings)
+            model, device, precision = _load(settings)
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 _start_journal(target.journal, fingerprint)
@@ -643,13 +647,13 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
                                          progress=progress)
             shutil.rmtree(target.journal)  # complete: no journal means a finished label image
     log.info("labels in %s (%s)", target.folder, "the input store" if in_input else "a separate store")
-    return _result(channel, name, model, device, results, computed, settings.ndim)
+    return _result(channel, name, model, device, precision, results, computed, settings.ndim)
 
 
 def _execute(job: Job, plan: Plan, model, settings: Settings, *, workers, scheduler, progress):
     with dask_client(workers=workers, scheduler=scheduler) as client:
         if client is None:
-            _CACHE["model"] = ((job.model_name, job.model_path, job.ndim, job.use_gpu), model)
+            _CACHE["model"] = (_model_key(job), model)
         try:
             return _run_journalled(client, job, plan, unique=settings.unique_labels, progress=progress)
         finally:
@@ -658,8 +662,8 @@ def _execute(job: Job, plan: Plan, model, settings: Settings, *, workers, schedu
                     _release(kind)
 
 
-def _result(channel, name, model, device, results, computed, ndim) -> SegmentResult:
-    result = SegmentResult(channel, name, model.name, device, units=results, ndim=ndim)
+def _result(channel, name, model, device, precision, results, computed, ndim) -> SegmentResult:
+    result = SegmentResult(channel, name, model.name, device, units=results, ndim=ndim, precision=precision)
     result.computed = computed  # units segmented by this run (the others were done before a resume)
     log.info(result.summary())
     return result
@@ -681,7 +685,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             fingerprint = _fingerprint(settings, source, plan, name, dtype)
             resuming = check_journal(target.journal, str(store), fingerprint, resume=resume,
                                      overwrite=settings.overwrite, units=plan.units)
-            model, device = _load(settings)
+            model, device, precision = _load(settings)
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
@@ -693,7 +697,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             channel = _copy_labels(imageset, store, name, dtype, plan)
             write_tiff_output(settings, imageset, out, stem, label_channel=channel, time_points=plan.time_points)
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
-    return _result(channel, name, model, device, results, computed, settings.ndim)
+    return _result(channel, name, model, device, precision, results, computed, settings.ndim)
 
 
 def _copy_labels(imageset, store: Path, name: str, dtype: np.dtype, plan: Plan) -> int:

@@ -99,6 +99,18 @@ def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
     return check
 
 
+def _precision() -> str:
+    """What PRECISION="auto" runs the network in here, and why."""
+    from .segmentation.device import network_on_gpu
+    from .segmentation.precision import cpu_support, gpu_support
+
+    on_gpu = network_on_gpu()
+    support = gpu_support() if on_gpu else cpu_support()
+    if support.dtype is None:
+        return f'PRECISION="auto" runs the network in float32 on the {"GPU" if on_gpu else "CPU"}: {support.reason}'
+    return f'PRECISION="auto" runs the network in {support.dtype} (mixed precision): {support.reason}'
+
+
 def run_checks(*, use_gpu: bool = True) -> bool:
     """Run every check, print one line each, and return whether all passed."""
     from .segmentation.device import configure_device
@@ -108,6 +120,7 @@ def run_checks(*, use_gpu: bool = True) -> bool:
         ("host", _host),
         ("packages", _versions),
         ("device", lambda: configure_device(use_gpu)),
+        ("precision", _precision),
         ("GPUs", _gpus),
         ("bundled models", _bundled_models),
         ("2D sample", _sample_run(2, use_gpu)),

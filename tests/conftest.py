@@ -12,6 +12,10 @@ import pytest
 from scipy import ndimage
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# PRECISION="auto" runs float32 in the suite (also in the child processes and Dask workers it starts), so that
+# the tests comparing with stardist's predict_instances compare float32 with float32 on any CPU; the tests of
+# mixed precision (test_precision.py) set it to 1 where they need bfloat16.
+os.environ["STARDIST_HOST_NATIVE_BF16"] = "0"
 
 from stardist_host import MemoryImageSet  # noqa: E402
 from stardist_host.doctor import SAMPLE_2D, SAMPLE_3D, samples_dir  # noqa: E402
@@ -44,6 +48,18 @@ def blobs_tczyx(t: int = 3, c: int = 2, z: int = 4, size: int = 32, per_plane: i
         data[:, 0, :, 4 + 9 * i : 10 + 9 * i, 4:10] = 1000
     data[:, 1] = 7
     return data
+
+
+@pytest.fixture(autouse=True)
+def float32_after_each_test():
+    """TensorFlow's mixed-precision rewrite is process-wide: a test that switched it on leaves it off again."""
+    yield
+    import sys
+
+    if "tensorflow" in sys.modules:
+        from stardist_host.segmentation.precision import configure_precision
+
+        configure_precision("float32", on_gpu=False)
 
 
 @pytest.fixture

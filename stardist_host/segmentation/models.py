@@ -21,7 +21,8 @@ from ..errors import ModelError
 from ..resources import bundled_folder
 from .stardist_compat import prints_to_log
 
-__all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "read_config"]
+__all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
+           "read_config"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,29 @@ def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None):
         f"bundled: {', '.join(bundled_models(ndim)) or 'none'}; registered: {', '.join(registered)}; "
         f"or set {path_setting} to the folder that holds your model folder"
     )
+
+
+def load_for_run(name: str, *, ndim: int, path: str | os.PathLike | None = None, use_gpu: bool = True,
+                 memory_limit_mb: int | None = None, precision: str = "auto") -> tuple[Any, str, str]:
+    """Set TensorFlow's device and precision up, then :func:`load_model`: the start of every run that predicts.
+
+    Every way of running (in this process, the SEPARATE_PROCESS child, each
+    Dask worker, ``evaluate``) starts here, so that each runs the network as
+    the settings say.
+
+    Returns
+    -------
+    tuple
+        The model, the device (:func:`~stardist_host.segmentation.device.configure_device`)
+        and the precision the network runs in
+        (:func:`~stardist_host.segmentation.precision.configure_precision`).
+    """
+    from .device import configure_device
+    from .precision import configure_precision
+
+    device = configure_device(use_gpu, memory_limit_mb=memory_limit_mb)
+    dtype = configure_precision(precision)
+    return load_model(name, ndim=ndim, path=path), device, dtype
 
 
 def _load_folder(cls, folder: Path, ndim: int, path_setting: str):

@@ -62,6 +62,7 @@ class SegmentResult:
     device: str
     units: list[UnitResult] = field(default_factory=list)
     ndim: int = 2
+    precision: str = ""  # the network's: "float32", "bfloat16" or "float16"; empty where not known
 
     @property
     def total(self) -> int:
@@ -79,7 +80,7 @@ class SegmentResult:
             f"{self.total} nuclei in {len(self.units)} {what}(s) "
             f"(per {what}: min {min(counts)}, mean {np.mean(counts):.1f}, max {max(counts)}); "
             f"labels in channel {self.channel} {self.channel_name!r}; model {self.model}"
-            f"{f' on {self.device}' if self.device else ''}, "
+            f"{f' on {self.device}' if self.device else ''}{f' in {self.precision}' if self.precision else ''}, "
             f"{secs / len(self.units):.3f} s per {what}"
         )
 
@@ -278,6 +279,7 @@ def segment(
     unique_labels: bool = False,
     label_dtype: str = "auto",
     device: str = "",
+    precision: str = "",
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     pipeline: bool = True,
@@ -312,8 +314,9 @@ def segment(
         restarting at 1 in each plane (volume).
     label_dtype
         "auto", "uint16" or "uint32" (see :func:`label_dtype_for`).
-    device
-        Where TensorFlow runs, for the summary.
+    device, precision
+        Where TensorFlow runs and the network's precision
+        (:func:`~stardist_host.segmentation.models.load_for_run`), for the summary.
     progress
         Called as ``progress(done, total)`` after each plane or volume is written.
     cancel
@@ -341,7 +344,7 @@ def segment(
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
-    result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim)
+    result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision)
     log.info(
         "segmenting channel %d, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
         plan.channel, len(units), "plane" if plan.ndim == 2 else "volume",
@@ -460,11 +463,11 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
     The one path of an in-process run and of the child process of a
     SEPARATE_PROCESS run (there ``imageset`` stands in for the host's).
     """
-    from .device import configure_device
-    from .models import load_model
+    from .models import load_for_run
 
-    device = configure_device(settings.use_gpu, memory_limit_mb=settings.gpu_memory_limit_mb)
-    model = load_model(settings.model_name, ndim=settings.ndim, path=settings.model_path)
+    model, device, precision = load_for_run(
+        settings.model_name, ndim=settings.ndim, path=settings.model_path, use_gpu=settings.use_gpu,
+        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
     return segment(
         imageset,
         model,
@@ -477,6 +480,7 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         unique_labels=settings.unique_labels,
         label_dtype=settings.label_dtype,
         device=device,
+        precision=precision,
         progress=progress,
         cancel=cancel,
     )

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ..errors import SettingsError
 from ..schema import Field, Schema, markdown_table, raise_all
+from .precision import PRECISIONS
 
 __all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "schema", "readme_table"]
 
@@ -76,6 +77,9 @@ def schema(ndim: int) -> Schema:
               allowed=f"must be None (automatic) or {ndim} whole numbers >= 1, e.g. {example}"),
         Field("USE_GPU", "bool", True, "False: run on the CPU even where there is a GPU", flag="--cpu",
               allowed="must be True or False"),
+        Field("PRECISION", "choice", "auto", "arithmetic of the network: \"mixed\" runs it in bfloat16 on CPUs with "
+              "AMX or AVX512_BF16 and in float16 on GPUs with tensor cores, faster with nearly the same labels; "
+              "\"auto\": mixed where the hardware has it natively, else float32", choices=PRECISIONS),
         Field("SEPARATE_PROCESS", "choice", "auto", "True: load the model and predict in a separate process that "
               "ends with the run, so TensorFlow and its GPU memory stay out of the host application; \"auto\": True "
               "inside a host, False headless", choices=SEPARATE_PROCESS_CHOICES, check=_true_false_or_auto,
@@ -127,6 +131,7 @@ class Settings:
     percentile_high: float = 99.8
     n_tiles: tuple[int, ...] | None = None
     use_gpu: bool = True
+    precision: str = "auto"
     separate_process: bool | str = "auto"
     gpu_memory_limit_mb: int | None = None
     unique_labels: bool = False

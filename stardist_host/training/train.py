@@ -590,6 +590,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
         Data or choices that cannot train a model; raised before anything is written.
     """
     from ..segmentation.device import configure_device
+    from ..segmentation.precision import configure_precision
     from .evaluation import predict_all, score
 
     folder = settings.folder
@@ -608,6 +609,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     _check_objects(train_pairs, val_pairs, validation)
 
     device = configure_device(settings.use_gpu)
+    configure_precision("float32")  # training, its thresholds and validation scores: float32, whatever ran before
     seed_everything(settings.seed)
     from stardist.models import StarDist2D, StarDist3D
 
