@@ -62,6 +62,21 @@ def test_cpu_support_needs_onednn_and_known_flags(tmp_path, monkeypatch):
     assert support.dtype is None and "does not tell the CPU's flags" in support.reason and ENV in support.reason
 
 
+@pytest.mark.parametrize("env, system, tensorflow_says, expected", [
+    ("0", "Linux", True, False), ("1", "Windows", False, True),
+    ("", "Linux", False, True),  # TensorFlow 2.10 on Linux: oneDNN on, though IsMklEnabled says False
+    ("", "Windows", False, False), ("", "Windows", True, True),
+])
+def test_onednn_from_the_environment_else_the_platform_s_default(monkeypatch, env, system, tensorflow_says, expected):
+    from tensorflow.python.util import _pywrap_util_port
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", env)
+    monkeypatch.setattr(prec.platform, "system", lambda: system)
+    monkeypatch.setattr(prec.platform, "machine", lambda: "x86_64" if system == "Linux" else "AMD64")
+    monkeypatch.setattr(_pywrap_util_port, "IsMklEnabled", lambda: tensorflow_says)
+    assert prec._onednn_enabled() is expected
+
+
 @pytest.mark.parametrize("value, dtype", [("0", None), ("1", "bfloat16")])
 def test_environment_overrides_the_detection(tmp_path, monkeypatch, value, dtype):
     monkeypatch.setenv(ENV, value)

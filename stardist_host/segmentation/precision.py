@@ -65,9 +65,18 @@ def _cpu_flags(cpuinfo: str) -> set[str] | None:
 
 
 def _onednn_enabled() -> bool:
-    """Whether this TensorFlow runs its CPU kernels through oneDNN (the bfloat16 rewrite needs it)."""
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip() == "0":
-        return False
+    """Whether this TensorFlow runs its CPU kernels through oneDNN (the bfloat16 rewrite needs it).
+
+    ``TF_ENABLE_ONEDNN_OPTS`` decides where it is set.  Unset, TensorFlow 2.9 and
+    newer use oneDNN on Linux x86-64 (2.10's ``IsMklEnabled`` says False there
+    although it does: it reports a build option); elsewhere TensorFlow's own
+    answer is taken.
+    """
+    flag = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
+    if flag in ("0", "false", "1", "true"):
+        return flag in ("1", "true")
+    if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+        return True
     try:
         from tensorflow.python.util import _pywrap_util_port
 
