@@ -7,7 +7,7 @@
 
 In one run, on the same planes and model (the bundled 2D_demo / 3D_demo):
 
-(a) plain: ``model.predict_instances`` once per plane, as a script would loop;
+(a) plain: ``model.predict_instances`` once per plane in float32, as a script would loop;
 (b) floor: the network alone, in batches, called directly (no NMS, no reading);
 (c) pipeline: ``stardist_host.segmentation.pipeline.predict_units`` (batched network,
     reading and NMS overlapped), which gives the labels of (a);
@@ -15,6 +15,9 @@ In one run, on the same planes and model (the bundled 2D_demo / 3D_demo):
     whole process timed (the shorter of two runs), for N planes and for 1:
     (T(N) - T(1)) / (N - 1) is the marginal cost of a plane, start-up and model
     loading aside;
+(b)-(d) each in float32 and in mixed precision (PRECISION="mixed" for (b) and (c),
+    the default "auto" for (d)), with the objects of mixed matched to those of float32
+    (F1 at IoU 0.5); the CPU's bfloat16 flags are printed first;
 GPU proxy: the network replaced by its stored outputs for the same planes, so that
     only the CPU side a GPU would wait on is timed: candidates, NMS and rendering
     on one thread in-process, and in worker processes
@@ -89,22 +92,53 @@ def _objects_differing(a: np.ndarray, b: np.ndarray) -> int:
     return int(len(np.unique(a[a > 0])) - len(exact))
 
 
-def compare(model, images: list[np.ndarray], label: str, *, marginal: float = math.nan) -> dict:
-    """Time (a) plain, (b) floor, (c) pipeline on the same images; check (c) gives (a)'s labels.
+def _f1(truth: list[np.ndarray], predicted: list[np.ndarray]) -> float:
+    from stardist.matching import matching_dataset
 
-    ``marginal`` is (d), from :func:`headless_marginal`, measured before this process started TensorFlow.
+    return float(matching_dataset(truth, predicted, thresh=0.5, show_progress=False).f1)
+
+
+def compare(model, images: list[np.ndarray], label: str, *, marginal: dict[str, float]) -> dict:
+    """Time (a) plain in float32, then (b) floor and (c) pipeline in each precision, on the same images.
+
+    Checks that (c) in float32 gives (a)'s labels (up to boundary pixels) and
+    matches mixed's objects to float32's.  ``marginal`` is (d) per precision,
+    from :func:`headless_marginal`, measured before this process started TensorFlow.
     """
+    from stardist_host.segmentation.precision import configure_precision
+
+    configure_precision("float32")
+    model.predict_instances(_norm(images[0]), show_tile_progress=False)  # graph building is not timed
+    plain: list[np.ndarray] = []
+    t_plain = _time(lambda: plain.extend(model.predict_instances(_norm(x), show_tile_progress=False)[0] for x in images))
+    n = len(images)
+    print(f"{label:>14} x{n:<4}: (a) plain float32 {n / t_plain:6.2f}/s", flush=True)
+    rows, labels = {}, {}
+    for choice in ("float32", "mixed"):
+        dtype = configure_precision(choice)
+        rows[dtype], labels[dtype] = _precision_case(model, images, label, t_plain, plain, dtype,
+                                                     marginal["float32" if choice == "float32" else "auto"])
+    if len(rows) > 1:  # mixed ran in a 16-bit type: its objects against float32's
+        (f32, mixed), keys = labels.values(), list(rows)
+        f1 = _f1(list(f32.values()), [mixed[i] for i in f32])
+        both = {"case": label, "f1_mixed_vs_float32": f1,
+                "headless_mixed_over_float32": rows[keys[0]]["headless_s"] / rows[keys[1]]["headless_s"],
+                "pipeline_mixed_over_float32": rows[keys[1]]["pipeline_per_s"] / rows[keys[0]]["pipeline_per_s"]}
+        print(f"{label:>14} x{n:<4}: {keys[1]} vs float32: objects F1@0.5 {f1:.4f}  (c) {both['pipeline_mixed_over_float32']:.2f}x  "
+              f"(d) {both['headless_mixed_over_float32']:.2f}x", flush=True)
+        rows["both"] = both
+    return rows
+
+
+def _precision_case(model, images, label, t_plain, plain, dtype, marginal) -> tuple[dict, dict]:
+    """(b) and (c) in the precision that is set (``dtype``), and the ratios to (a) and (d)."""
     from stardist_host.segmentation.pipeline import BatchedPredictor, batch_limit, memory_budget, predict_units
 
     normed = [_norm(x) for x in images]
-    predictor = BatchedPredictor(model)
+    predictor = BatchedPredictor(model)  # a compiled network of its own, built in this precision
     # warm up every path once, so that graph building is not timed
-    model.predict_instances(normed[0], show_tile_progress=False)
     predictor.network([predictor.prepare(0, normed[0])])
     dict(predict_units(model, [0], lambda i: normed[i]))
-
-    plain: list[np.ndarray] = []
-    t_plain = _time(lambda: plain.extend(model.predict_instances(_norm(x), show_tile_progress=False)[0] for x in images))
 
     prepared = [predictor.prepare(i, x) for i, x in enumerate(normed)]
     batch = batch_limit(prepared[0].x.size, model.config.n_dim, memory_budget())  # as the pipeline batches
@@ -127,23 +161,24 @@ def compare(model, images: list[np.ndarray], label: str, *, marginal: float = ma
     total = sum(len(np.unique(p)) - 1 for p in plain)
     n = len(images)
     row = {
-        "case": label, "n": n, "batch": batch, "plain_per_s": n / t_plain, "floor_per_s": n / t_floor,
+        "case": label, "precision": dtype, "n": n, "batch": batch, "plain_per_s": n / t_plain,
+        "floor_per_s": n / t_floor, "headless_s": marginal, "f1_vs_plain": _f1(plain, [piped[i] for i in range(n)]),
         "pipeline_per_s": n / t_pipe, "pipeline_threads_per_s": n / t_threads, "pipeline_processes_per_s": n / t_procs,
         "speedup_plain_over_pipeline": t_plain / t_pipe,
         "pipeline_over_floor": t_pipe / t_floor, "objects_differing": differ, "objects": total,
         "headless_per_s": 1 / marginal, "headless_over_pipeline": marginal / (t_pipe / n),
         "plain_over_headless": (t_plain / n) / marginal,
     }
-    print(f"{label:>14} x{n:<4}: (a) plain {row['plain_per_s']:6.2f}/s  (b) floor {row['floor_per_s']:6.2f}/s  "
+    print(f"{label:>14} x{n:<4}: {dtype:>8}: (b) floor {row['floor_per_s']:6.2f}/s  "
           f"(c) pipeline {row['pipeline_per_s']:6.2f}/s (NMS on threads {row['pipeline_threads_per_s']:6.2f}/s, "
           f"in processes {row['pipeline_processes_per_s']:6.2f}/s)  "
           f"(d) headless {row['headless_per_s']:6.2f}/s  "
           f"(a)/(c) {row['speedup_plain_over_pipeline']:.2f}x  (c)/(b) {row['pipeline_over_floor']:.2f}  "
           f"(d)/(c) {row['headless_over_pipeline']:.2f}  (a)/(d) {row['plain_over_headless']:.2f}x  "
-          f"objects not identical to (a)'s: {differ} of {total}"
+          f"objects not identical to (a)'s: {differ} of {total} (F1@0.5 {row['f1_vs_plain']:.4f})"
           + (f"  GPU busy during (c): {np.mean(busy):.0f}%" if busy else ""), flush=True)
     row["gpu_busy_percent"] = float(np.mean(busy)) if busy else math.nan
-    return row
+    return row, piped
 
 
 @contextlib.contextmanager
@@ -173,7 +208,7 @@ def _write_units(path: Path, images: list[np.ndarray]) -> None:
     tifffile.imwrite(path, np.stack(images).astype(np.uint16), photometric="minisblack", metadata={"axes": axes})
 
 
-def headless_marginal(images: list[np.ndarray], ndim: int, model_name: str) -> float:
+def headless_marginal(images: list[np.ndarray], ndim: int, model_name: str, precision: str = "auto") -> float:
     """Seconds per unit of the headless script, from whole-process times for all units and for one.
 
     Each is the shorter of two runs.  :func:`main` measures this first, before
@@ -188,7 +223,8 @@ def headless_marginal(images: list[np.ndarray], ndim: int, model_name: str) -> f
             if not path.exists():
                 _write_units(path, images[:n])
             cmd = [sys.executable, "-m", "stardist_host.cli", "segment", str(path), str(Path(tmp) / f"out{n}.ome.tif"),
-                   "--dim", str(ndim), "--all-time-points", "--model-name", model_name, "--overwrite"]
+                   "--dim", str(ndim), "--all-time-points", "--model-name", model_name, "--overwrite",
+                   "--precision", precision]
             cmd += ["--cpu"] if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else []
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
@@ -268,7 +304,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def rss_run(n: int, size: int, use_gpu: bool) -> dict:
+def rss_run(n: int, size: int, use_gpu: bool, precision: str = "auto") -> dict:
     """In this (fresh) process: write an n-plane stack, segment it through the TIFF image set, report peak RSS."""
     from stardist_host import Settings, TiffImageSet
     from stardist_host.segmentation.segment import run
@@ -279,11 +315,11 @@ def rss_run(n: int, size: int, use_gpu: bool) -> dict:
         start = time.perf_counter()
         with TiffImageSet(path) as ims:
             before = peak_rss_mb()
-            result = run(Settings(current_time_point=False, use_gpu=use_gpu), ims)
+            result = run(Settings(current_time_point=False, use_gpu=use_gpu, precision=precision), ims)
             ims.save(Path(tmp) / "out.ome.tif")
         seconds = time.perf_counter() - start
     return {"planes": n, "size": size, "nuclei": result.total, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_run_mb": before}
+            "rss_before_run_mb": before, "precision": result.precision}
 
 
 def huge_run(gigabytes: float, size: int, use_gpu: bool) -> dict:
@@ -314,7 +350,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="a handful of planes: checks that every part runs")
     p.add_argument("--no-headless", action="store_true", help="skip (d), the headless script end to end")
     p.add_argument("--cpu", action="store_true", help="hide any GPU")
-    p.add_argument("--rss", type=int, nargs=2, metavar=("N", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--rss", nargs=3, metavar=("N", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
     p.add_argument("--huge", type=float, metavar="GB", help="segment a synthetic stack of this many GiB")
     p.add_argument("--case", choices=("256", "1024", "3d"), action="append",
                    help="run only this case (repeatable); default all three, then the memory check")
@@ -330,7 +366,7 @@ def main() -> None:
         from stardist_host.segmentation.device import configure_device
 
         configure_device(not args.cpu)
-        print(json.dumps(rss_run(*args.rss, use_gpu=not args.cpu) if args.rss else
+        print(json.dumps(rss_run(int(args.rss[0]), int(args.rss[1]), not args.cpu, args.rss[2]) if args.rss else
                          huge_run(args.huge, 256, use_gpu=not args.cpu)))
         return
     # with --compete, a second process keeps one core busy for the whole run, (a)-(d) alike
@@ -356,8 +392,9 @@ def _cases(args) -> None:
     names = args.case or list(cases)
     images = {name: cases[name][1]() for name in names}
     # (d) first, while this process is light (see headless_marginal)
-    marginal = {name: math.nan if args.no_headless else
-                headless_marginal(images[name], cases[name][0], f"{cases[name][0]}D_demo") for name in names}
+    marginal = {name: {p: math.nan if args.no_headless else
+                       headless_marginal(images[name], cases[name][0], f"{cases[name][0]}D_demo", p)
+                       for p in ("float32", "auto")} for name in names}
 
     if args.tf_threads:
         import tensorflow as tf
@@ -367,28 +404,51 @@ def _cases(args) -> None:
 
     from stardist_host.segmentation.device import configure_device
     from stardist_host.segmentation.models import load_model
+    from stardist_host.segmentation.precision import BF16_FLAGS, _cpu_flags, cpu_support
 
     device = configure_device(not args.cpu)
+    flags = _cpu_flags("/proc/cpuinfo") or set()
+    print(f"CPU bfloat16 flags: {', '.join(sorted(flags & set(BF16_FLAGS))) or 'none'}; {cpu_support().reason}")
     print(f"device: {device}; {os.cpu_count()} CPU cores; {platform.processor() or platform.machine()}"
           + (f"; TensorFlow intra-op threads {args.tf_threads} ((d) with the default)" if args.tf_threads else "")
           + ("; a second process keeps one core busy" if args.compete else ""))
     models = {2: load_model("2D_demo", ndim=2), 3: load_model("3D_demo", ndim=3)}
     for name in names:
         ndim, _, label = cases[name]
-        compare(models[ndim], images[name], label, marginal=marginal[name])
-        gpu_proxy(models[ndim], images[name], label)
+        rows = compare(models[ndim], images[name], label, marginal=marginal[name])
+        proxy = gpu_proxy(models[ndim], images[name], label)
+        _ceiling(rows, proxy, label)
     if args.case:
         return
 
     sizes = (64, 256) if not (args.quick or args.smoke) else (32, 128)
-    mem = []
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--rss", str(n), "256"] + (["--cpu"] if args.cpu else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        mem.append(json.loads(out))
-        print(f"{'memory':>22}: {n} planes of 256x256 through TiffImageSet: peak RSS {mem[-1]['peak_rss_mb']:.0f} MB "
-              f"({mem[-1]['seconds']:.1f} s, {mem[-1]['nuclei']} nuclei)", flush=True)
-    print(f"{'memory ratio':>22}: {mem[1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.3f} (4x the planes)")
+    mem = {}
+    for precision in ("float32", "auto"):
+        for n in sizes:
+            cmd = [sys.executable, __file__, "--rss", str(n), "256", precision] + (["--cpu"] if args.cpu else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            got = mem[precision, n] = json.loads(out)
+            print(f"{'memory':>22}: {n} planes of 256x256 through TiffImageSet in {got['precision']}: peak RSS "
+                  f"{got['peak_rss_mb']:.0f} MB ({got['seconds']:.1f} s, {got['nuclei']} nuclei)", flush=True)
+    for precision in ("float32", "auto"):
+        ratio = mem[precision, sizes[1]]["peak_rss_mb"] / mem[precision, sizes[0]]["peak_rss_mb"]
+        print(f"{'memory ratio':>22}: {ratio:.3f} (4x the planes, {mem[precision, sizes[0]]['precision']})")
+    print(f"{'memory ratio':>22}: {mem['auto', sizes[1]]['peak_rss_mb'] / mem['float32', sizes[1]]['peak_rss_mb']:.3f} "
+          f"(PRECISION auto over float32, {sizes[1]} planes)")
+
+
+def _ceiling(rows: dict, proxy: dict, label: str) -> None:
+    """What the fastest precision's network and NMS allow, against the plain float32 loop.
+
+    On a CPU the network and NMS each use every core, so they add up rather than
+    overlap: the ceiling of (d) over (a) is (a) / ((b) + NMS alone), with NMS alone
+    from the proxy's in-process run.  With NMS free, (a) / (b) would be the bound.
+    """
+    fast = rows[[k for k in rows if k != "both"][-1]]
+    t_plain, t_net, t_nms = 1 / fast["plain_per_s"], 1 / fast["floor_per_s"], 1 / proxy["in_process_per_s"]
+    print(f"{label:>14}       : ceiling of {fast['precision']} over (a): {t_plain / (t_net + t_nms):.2f}x with network "
+          f"and NMS in turn ({1000 * t_net:.0f} + {1000 * t_nms:.0f} ms per unit), {t_plain / max(t_net, t_nms):.2f}x "
+          f"were they to overlap fully; (a)/(d) measured {fast['plain_over_headless']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

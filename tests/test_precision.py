@@ -84,6 +84,22 @@ def test_environment_overrides_the_detection(tmp_path, monkeypatch, value, dtype
     assert cpu_support(_cpuinfo(tmp_path, flags)) == Support(dtype, f"{ENV}={value}")
 
 
+@pytest.mark.parametrize("details, dtype, reason", [
+    ({"device_name": "Tesla T4", "compute_capability": (7, 5)}, "float16",
+     "Tesla T4 has tensor cores (compute capability 7.5)"),
+    ({"device_name": "Quadro P4000", "compute_capability": (6, 1)}, None,
+     "Quadro P4000 (compute capability 6.1) has no tensor cores (7.0 or newer)"),
+    ({}, None, "the compute capability of /physical_device:GPU:0 is unknown"),
+])
+def test_gpu_support_is_read_from_the_compute_capability(monkeypatch, details, dtype, reason):
+    import tensorflow as tf
+
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind=None: [gpu])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda device: details)
+    assert prec.gpu_support() == Support(dtype, reason)
+
+
 def test_choice_and_the_line_that_says_why(caplog):
     caplog.set_level(logging.INFO, logger="stardist_host")
     native, none = Support("bfloat16", "the CPU has AMX_BF16"), Support(None, "the CPU has neither X nor Y")
