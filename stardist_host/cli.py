@@ -72,7 +72,7 @@ def _segment(args) -> int:
     if args.resume and computed is not None:
         print(f"resumed: {len(result.units) - computed} of {len(result.units)} units were done before; "
               f"{computed} segmented now")
-    print(f"{args.output or args.input}: {result.summary()}")
+    print(f"{args.output or args.input}: {result.summary(cli=True)}")
     return 0
 
 
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:
-        with user_errors():
+        with user_errors(cli=True):
             return args.func(args)
     except SystemExit as stop:
         return int(stop.code or 0)

@@ -627,7 +627,7 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
     store, in_input = _labels_store(source, output)
     with OmeZarrImageSet(source.path, level=source.level, labels_store=store, current_time_point=current_time_point,
                          overwrite=settings.overwrite) as imageset:
-        plan = make_plan(settings, imageset)
+        plan, time_point_count = make_plan(settings, imageset), imageset.time_point_count
         name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
         dtype = label_dtype_for(settings.label_dtype, plan, tuple(imageset.plane_shape), settings.unique_labels)
         target = Target("ngff", str(store), name, source)
@@ -647,7 +647,7 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
                                          progress=progress)
             shutil.rmtree(target.journal)  # complete: no journal means a finished label image
     log.info("labels in %s (%s)", target.folder, "the input store" if in_input else "a separate store")
-    return _result(channel, name, model, device, precision, results, computed, settings.ndim)
+    return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)
 
 
 def _execute(job: Job, plan: Plan, model, settings: Settings, *, workers, scheduler, progress):
@@ -662,8 +662,9 @@ def _execute(job: Job, plan: Plan, model, settings: Settings, *, workers, schedu
                     _release(kind)
 
 
-def _result(channel, name, model, device, precision, results, computed, ndim) -> SegmentResult:
-    result = SegmentResult(channel, name, model.name, device, units=results, ndim=ndim, precision=precision)
+def _result(channel, name, model, device, precision, results, computed, ndim, time_point_count) -> SegmentResult:
+    result = SegmentResult(channel, name, model.name, device, units=results, ndim=ndim, precision=precision,
+                           time_point_count=time_point_count)
     result.computed = computed  # units segmented by this run (the others were done before a resume)
     log.info(result.summary())
     return result
@@ -678,7 +679,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
     with claim_tiff_output(settings, source.path, out) as stem:
         with open_imageset(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
             imageset.current_time_point = current_time_point
-            plan = make_plan(settings, imageset)
+            plan, time_point_count = make_plan(settings, imageset), imageset.time_point_count
             name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
             dtype = label_dtype_for(settings.label_dtype, plan, tuple(imageset.plane_shape), settings.unique_labels)
             target = Target("scratch", str(store), name, source)
@@ -695,9 +696,10 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             results, computed = _execute(job, plan, model, settings, workers=workers, scheduler=scheduler,
                                          progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
-            write_tiff_output(settings, imageset, out, stem, label_channel=channel, time_points=plan.time_points)
+            channel = write_tiff_output(settings, imageset, out, stem, label_channel=channel,
+                                        time_points=plan.time_points)  # now the channel of the file
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
-    return _result(channel, name, model, device, precision, results, computed, settings.ndim)
+    return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)
 
 
 def _copy_labels(imageset, store: Path, name: str, dtype: np.dtype, plan: Plan) -> int:

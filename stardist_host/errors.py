@@ -15,6 +15,7 @@ __all__ = [
     "StardistHostError",
     "SettingsError",
     "IndexRangeError",
+    "PlanError",
     "InputFileError",
     "TiffError",
     "ReadOnlyInputError",
@@ -43,7 +44,14 @@ EXIT_CANCELLED = 130
 
 
 class StardistHostError(Exception):
-    """Base of every error that is the user's to fix; its message says what to change."""
+    """Base of every error that is the user's to fix; its message says what to change.
+
+    The message names script settings; ``command_line``, where set, is the
+    same message naming command-line options instead (``--dim 2``), which
+    the ``stardist-host`` command shows.
+    """
+
+    command_line: str | None = None
 
 
 class SettingsError(StardistHostError, ValueError):
@@ -59,6 +67,17 @@ class SettingsError(StardistHostError, ValueError):
 
 class IndexRangeError(SettingsError, IndexError):
     """A channel, plane or time point index outside the image set."""
+
+
+class PlanError(StardistHostError, ValueError):
+    """Settings that do not fit the image set as a whole (a 3D run on single planes).
+
+    Worded for a script; ``command_line`` words it for the ``stardist-host`` command.
+    """
+
+    def __init__(self, message: str, command_line: str | None = None) -> None:
+        super().__init__(message)
+        self.command_line = command_line
 
 
 class InputFileError(StardistHostError, ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -19,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, OutputError, StardistHostError, check_index
+from .errors import (EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, NoImageSetError, OutputError, StardistHostError,
+                     check_index)
 from .host import active_imageset
 from .io.files import check_output, claim_outputs, file_stem
 from .io.objects import FORMATS as OBJECT_FILES
@@ -81,10 +83,12 @@ def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(*, cli: bool = False) -> Iterator[None]:
     """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
 
-    No traceback is shown for either: the message says what to change.
+    No traceback is shown for either: the message says what to change, in
+    the words of the command line (``cli``: its options) or of a script (its
+    settings) where the error has both.
     """
     try:
         yield
@@ -92,7 +96,7 @@ def user_errors() -> Iterator[None]:
         log.error("cancelled")
         raise SystemExit(EXIT_CANCELLED) from None
     except StardistHostError as err:
-        log.error("%s", err)
+        log.error("%s", err.command_line if cli and err.command_line else err)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
@@ -154,13 +158,17 @@ def claim_tiff_output(settings: Settings, input: str | os.PathLike, out: Path) -
 
 
 def write_tiff_output(settings: Settings, imageset, out: Path, stem: str, *, label_channel: int,
-                      time_points: Sequence[int]) -> None:
-    """The objects files EXPORT_OBJECTS asks for, then the OME-TIFF (all channels, or LABELS_ONLY the labels)."""
+                      time_points: Sequence[int]) -> int:
+    """The objects files EXPORT_OBJECTS asks for, then the OME-TIFF (all channels, or LABELS_ONLY the labels).
+
+    Returns the index of the label channel in the OME-TIFF.
+    """
     if settings.export_objects:
         export_objects(imageset, label_channel=label_channel, out_dir=out.parent, stem=stem,
                        formats=settings.export_objects, ndim=settings.ndim, time_points=list(time_points),
                        overwrite=settings.overwrite)
     imageset.save(out, labels_only=settings.labels_only)
+    return imageset.saved_channels(labels_only=settings.labels_only).index(label_channel)
 
 
 def segment_file(
@@ -214,6 +222,11 @@ def segment_file(
     resume
         Continue an interrupted run, redoing only its unfinished units.
 
+    Returns
+    -------
+    SegmentResult
+        For an OME-TIFF output, its ``channel`` is the label channel's index in that file.
+
     Raises
     ------
     OutputError
@@ -242,9 +255,9 @@ def segment_file(
                         noun="time points")
             imageset.current_time_point = current_time_point
             result = run(settings, imageset, progress=progress)
-            write_tiff_output(settings, imageset, out, stem, label_channel=result.channel,
-                              time_points=sorted({u.unit.time_point for u in result.units}))
-    return result
+            channel = write_tiff_output(settings, imageset, out, stem, label_channel=result.channel,
+                                        time_points=sorted({u.unit.time_point for u in result.units}))
+    return dataclasses.replace(result, channel=channel)  # the summary names the channel of the file
 
 
 def run_headless(
@@ -265,10 +278,13 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     """What a paste-and-edit script does after its USER SETTINGS block.
 
     With no command-line arguments it segments the host's active image set
-    (errors propagate to the host).  With ``INPUT.tif OUTPUT.tif`` (or
-    ``INPUT.zarr [OUTPUT.zarr]``, and ``--workers``, ``--scheduler``,
-    ``--resume`` as for ``stardist-host segment``) it runs headless on the file: a user error is logged as one line and the process
-    exits with status 2; a Ctrl-C exits with status 130.
+    (errors propagate to the host); where no host registered one, it logs
+    how to run headless as one line and exits with status 2.  With
+    ``INPUT.tif OUTPUT.tif`` (or ``INPUT.zarr [OUTPUT.zarr]``, and
+    ``--workers``, ``--scheduler``, ``--resume`` as for ``stardist-host
+    segment``) it runs headless on the file and prints the summary on stdout:
+    a user error is logged as one line and the process exits with status 2;
+    a Ctrl-C exits with status 130.
     """
     if namespace.get("__name__") == "__mp_main__":
         # a worker process of --workers re-imports the script as its main module: it must not run again
@@ -276,8 +292,13 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         setup_logging()
+        try:
+            imageset = active_imageset()
+        except NoImageSetError:
+            with user_errors():  # no host, so a command line without arguments: one line and status 2
+                raise
         settings = Settings.from_script(namespace, ndim=ndim)
-        return run(settings, active_imageset())
+        return run(settings, imageset)
 
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name or f"stardist_{ndim}d.py",
@@ -297,6 +318,8 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
     setup_logging(quiet=opts.quiet)
     with user_errors():
         settings = Settings.from_script(namespace, ndim=ndim)
-        return run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
-                            current_time_point=opts.time_point, quiet=opts.quiet, level=opts.level,
-                            workers=opts.workers, scheduler=opts.scheduler, resume=opts.resume)
+        result = run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
+                              current_time_point=opts.time_point, quiet=opts.quiet, level=opts.level,
+                              workers=opts.workers, scheduler=opts.scheduler, resume=opts.resume)
+    print(f"{opts.output or opts.input}: {result.summary(cli=False)}")  # as stardist-host segment, in script words
+    return result

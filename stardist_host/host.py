@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .errors import NoImageSetError
 
-__all__ = ["ImageSet", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset", "NoImageSetError"]
+__all__ = ["ImageSet", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset", "check_voxel_size",
+           "NoImageSetError"]
 
 @runtime_checkable
 class ImageSet(Protocol):
@@ -48,8 +50,8 @@ class ImageSet(Protocol):
     @property
     def channel_names(self) -> list[str]: ...
     @property
-    def voxel_size(self) -> tuple[float, float, float] | None:
-        """(z, y, x) in micrometres, or None where unknown."""
+    def voxel_size(self) -> tuple[float | None, float, float] | None:
+        """(z, y, x) in micrometres, z None where only the Z spacing is unknown; None where all are unknown."""
     @property
     def current_time_point(self) -> int: ...
 
@@ -83,6 +85,29 @@ def check_imageset(obj: object) -> ImageSet:
             f"(an image set needs {', '.join(MEMBERS)})"
         )
     return obj  # type: ignore[return-value]
+
+
+def check_voxel_size(voxel_size) -> tuple[float | None, float, float] | None:
+    """Return ``voxel_size`` as (z, y, x) floats, z None where the Z spacing is unknown, or None.
+
+    Raises
+    ------
+    ValueError
+        Not three positive finite numbers (z may be None), nor None.
+    """
+    if voxel_size is None:
+        return None
+    vs = tuple(voxel_size)
+    ok = len(vs) == 3 and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and 0 < v < float("inf")
+        for v in vs[1:]
+    ) and (vs[0] is None or isinstance(vs[0], (int, float, np.integer, np.floating)) and 0 < vs[0] < float("inf"))
+    if not ok:
+        raise ValueError(
+            f"voxel_size={voxel_size!r}: must be (z, y, x) in µm, three positive numbers (z may be None "
+            "where the Z spacing is unknown), or None"
+        )
+    return (None if vs[0] is None else float(vs[0]), float(vs[1]), float(vs[2]))
 
 
 def set_active_imageset(obj: ImageSet | None) -> None:

@@ -150,3 +150,10 @@ def test_tiff_input_channel_cannot_be_removed_and_scratch_goes(tmp_path):
         assert len(scratch) == 1
         ims.remove_channel(new)
         assert not scratch[0].exists() and ims.channel_count == 1
+
+
+def test_memory_imageset_voxel_size_may_lack_z():
+    ims = MemoryImageSet(blobs_tczyx(), voxel_size=(None, 0.5, 0.5))  # as TiffImageSet gives for a file without Z
+    assert ims.voxel_size == (None, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"voxel_size=\(1.0, 0.0, 0.5\): must be \(z, y, x\) in µm"):
+        MemoryImageSet(blobs_tczyx(), voxel_size=(1.0, 0.0, 0.5))

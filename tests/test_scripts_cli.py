@@ -52,6 +52,8 @@ def test_2d_script_headless_as_documented(tmp_path, sample_2d):
     assert not labels[1:].any()  # ... and only it (CURRENT_TIME_POINT = True)
     np.testing.assert_array_equal(data[:, :2, 0], tifffile.imread(sample_2d))
     assert "nuclei in 1 plane(s)" in proc.stderr and "Stardist_DAPI" in proc.stderr
+    assert proc.stdout.startswith(f"{out}: ")  # the summary, as stardist-host segment prints it, in script words
+    assert proc.stdout.rstrip().endswith("; time point 0 of 3; CURRENT_TIME_POINT = False for all")
 
 
 def test_3d_script_headless_as_documented(tmp_path, sample_3d):
@@ -60,6 +62,7 @@ def test_3d_script_headless_as_documented(tmp_path, sample_3d):
     assert proc.returncode == 0, proc.stderr
     labels = tifffile.imread(out)[1]
     assert labels.shape == (31, 61, 57) and len(np.unique(labels)) - 1 >= 30
+    assert "nuclei in 1 volume(s)" in proc.stdout and "time point" not in proc.stdout  # one time point: no note
 
 
 def test_bad_setting_in_script_stops_before_writing(tmp_path, sample_2d):
@@ -101,12 +104,15 @@ def test_cli_segment_time_point(tmp_path, sample_2d, capsys):
     assert main(["segment", str(sample_2d), str(out), "--time-point", "1", "--cpu"]) == 0
     labels = tifffile.imread(out)[:, 2]
     assert not labels[0].any() and not labels[2].any() and labels[1].max() >= 20
-    assert "nuclei in 1 plane(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "nuclei in 1 plane(s)" in printed
+    assert printed.rstrip().endswith("; time point 1 of 3; --all-time-points for all")
 
 
-def test_cli_unique_labels_across_time_points(tmp_path, sample_2d):
+def test_cli_unique_labels_across_time_points(tmp_path, sample_2d, capsys):
     out = tmp_path / "cli.tif"
     assert main(["segment", str(sample_2d), str(out), "--all-time-points", "--cpu", "--unique-labels"]) == 0
+    assert "time point" not in capsys.readouterr().out  # all segmented: no note
     labels = tifffile.imread(out)[:, 2]
     per_t = [set(np.unique(labels[t])) - {0} for t in range(3)]
     assert all(len(ids) >= 20 for ids in per_t)
@@ -351,3 +357,41 @@ def test_cli_segments_a_file_bioio_reads_and_keeps_its_channels(tmp_path):
     np.testing.assert_array_equal(written[0], expected)  # the input channel, exactly
     assert written.dtype == expected.dtype and len(np.unique(written[1])) - 1 >= 20  # and the nuclei
     assert main(["segment", str(png), str(tmp_path / "x.ome.tif"), "--axes", "YX"]) == 2
+
+
+def test_script_without_arguments_headless_says_how_in_one_line(tmp_path):
+    proc = _run([SCRIPT_2D], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no image set is active" in proc.stderr
+    assert "python scripts/stardist_2d.py INPUT.tif OUTPUT.tif" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", [[], ["--resume"]], ids=["single-process", "dask"])
+def test_labels_only_summary_names_the_channel_of_the_written_file(tmp_path, sample_2d, capsys, path):
+    import re
+
+    out = tmp_path / "labels.ome.tif"
+    assert main(["segment", str(sample_2d), str(out), "--labels-only", "--cpu", "-q", *path]) == 0
+    channel = int(re.search(r"labels in channel (\d+) 'Stardist_DAPI'", capsys.readouterr().out).group(1))
+    with tifffile.TiffFile(out) as tf:
+        pixels = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]
+        data = tf.series[0].asarray().reshape(pixels["SizeT"], pixels["SizeC"], pixels["SizeY"], pixels["SizeX"])
+    assert channel < pixels["SizeC"] == 1
+    assert data[0, channel].max() >= 20 and not data[1:, channel].any()  # the labels of time point 0
+
+
+@pytest.mark.parametrize("path", [[], ["--resume"]], ids=["single-process", "dask"])
+def test_cli_3d_on_single_planes_refused_before_the_model_loads(tmp_path, sample_2d, caplog, no_model, path):
+    assert main(["segment", str(sample_2d), str(tmp_path / "out.tif"), "--dim", "3", *path]) == 2
+    assert _errors(caplog) == ["--dim 3 needs Z planes, but the image set has one plane per time point: use --dim 2"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_3d_script_on_single_planes_names_the_2d_script(tmp_path, sample_2d):
+    proc = _run([SCRIPT_3D, sample_2d, tmp_path / "out.tif"])
+    assert proc.returncode == 2
+    assert ("the 3D script needs Z planes, but the image set has one plane per time point: use the 2D script "
+            "(stardist_2d.py)") in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..errors import ReadOnlyInputError, check_index
+from ..host import check_voxel_size
 from .files import scratch_dir as make_scratch_dir
 from .tiff import OmeImage, TiffReader, write_ome_images
 
@@ -86,7 +87,7 @@ class MemoryImageSet(_Checks):
     channel_names
         One name per channel (default ``"Channel 0"``, ...).
     voxel_size
-        (z, y, x) in micrometres, or None.
+        (z, y, x) in micrometres, z None where the Z spacing is unknown, or None.
     current_time_point
         The time point that "current time point only" means.
 
@@ -101,7 +102,7 @@ class MemoryImageSet(_Checks):
         data: NDArray,
         *,
         channel_names: Sequence[str] | None = None,
-        voxel_size: tuple[float, float, float] | None = None,
+        voxel_size: tuple[float | None, float, float] | None = None,
         current_time_point: int = 0,
     ) -> None:
         data = np.asarray(data)
@@ -114,7 +115,7 @@ class MemoryImageSet(_Checks):
             raise ValueError(f"{len(names)} channel names given for {c} channels")
         self._names = names
         self._n_input = c
-        self.voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
+        self.voxel_size = check_voxel_size(voxel_size)
         check_index("current_time_point", current_time_point, t, noun="time points")
         self.current_time_point = current_time_point
         self.time_point_count = t
@@ -294,6 +295,10 @@ class ScratchChannelsImageSet(_Checks):
             return self._input_dtype(channel)
         return self._added[channel - self._n_input].dtype
 
+    def saved_channels(self, *, labels_only: bool = False) -> list[int]:
+        """The channels :meth:`save` writes, in the file's order: all, or ``labels_only`` the added ones."""
+        return list(range(self._n_input if labels_only else 0, self.channel_count))
+
     def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
         """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
 
@@ -326,7 +331,7 @@ class ScratchChannelsImageSet(_Checks):
         path = Path(path)
         if path.exists() and path.resolve() == self.path.resolve():
             raise ValueError(f"the output {str(path)!r} is the input file; the input file is never overwritten")
-        channels = list(range(self._n_input if labels_only else 0, self.channel_count))
+        channels = self.saved_channels(labels_only=labels_only)
         if not channels:
             raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
         runs: list[list[int]] = []

@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..errors import ReadOnlyInputError, check_index
+from ..host import check_voxel_size
 
 __all__ = ["RegionImageSet", "region", "ORDERS"]
 
@@ -83,22 +84,6 @@ def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}={value!r}: must be a whole number of at least 1")
     return int(value)
-
-
-def _check_voxel_size(voxel_size) -> tuple[float | None, float, float] | None:
-    if voxel_size is None:
-        return None
-    vs = tuple(voxel_size)
-    ok = len(vs) == 3 and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and 0 < v < float("inf")
-        for v in vs[1:]
-    ) and (vs[0] is None or isinstance(vs[0], (int, float, np.integer, np.floating)) and 0 < vs[0] < float("inf"))
-    if not ok:
-        raise ValueError(
-            f"voxel_size={voxel_size!r}: must be (z, y, x) in µm, three positive numbers (z may be None "
-            "where the Z spacing is unknown), or None"
-        )
-    return (None if vs[0] is None else float(vs[0]), float(vs[1]), float(vs[2]))
 
 
 class RegionImageSet:
@@ -191,7 +176,7 @@ class RegionImageSet:
         if len(names) != self._channel_count:
             raise ValueError(f"{len(names)} channel names given for channel_count={channel_count}")
         self._names = [str(n) for n in names]
-        self.voxel_size = _check_voxel_size(voxel_size)
+        self.voxel_size = check_voxel_size(voxel_size)
         self.current_time_point = check_index(
             "current_time_point", current_time_point, self.time_point_count, noun="time points"
         )

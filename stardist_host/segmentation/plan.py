@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import SettingsError, check_index
+from ..errors import PlanError, SettingsError, check_index
 from ..host import ImageSet
 from .settings import Settings
 
@@ -51,10 +51,16 @@ def make_plan(settings: Settings, imageset: ImageSet) -> Plan:
 
     Raises
     ------
+    PlanError
+        A 3D run on an image set of single planes (before the model loads).
     SettingsError
         When the channel or a plane is outside the image set.
     """
     n_channels, n_planes = imageset.channel_count, imageset.plane_count
+    if settings.ndim == 3 and n_planes == 1:
+        single = "needs Z planes, but the image set has one plane per time point"
+        raise PlanError(f"the 3D script {single}: use the 2D script (stardist_2d.py)",
+                        command_line=f"--dim 3 {single}: use --dim 2")
     check_index("INPUT_CHANNEL", settings.input_channel, n_channels, names=imageset.channel_names)
     first = 0 if settings.first_plane == -1 else settings.first_plane
     last = n_planes - 1 if settings.last_plane == -1 else settings.last_plane

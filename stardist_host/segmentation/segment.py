@@ -23,7 +23,7 @@ from ..errors import Cancelled, LabelOverflowError, NoImageSetError
 from ..host import ImageSet, active_imageset, check_imageset
 from .pipeline import auto_n_tiles, predict_units
 from .plan import Plan, Unit, make_plan
-from .settings import Settings
+from .settings import Settings, schema
 
 __all__ = ["run", "segment", "segment_with_settings", "separate_process", "SegmentResult", "LabelOverflowError", "Cancelled", "label_dtype_for", "percent_progress",
            "normalise", "MIN_NUCLEUS", "NO_SIGNAL_FRACTION"]
@@ -54,7 +54,11 @@ class UnitResult:
 
 @dataclass
 class SegmentResult:
-    """The outcome of a run: where the labels went and how many were found."""
+    """The outcome of a run: where the labels went and how many were found.
+
+    ``channel`` is the label channel's index in the image set, or in the
+    written file for a headless run (:func:`stardist_host.headless.segment_file`).
+    """
 
     channel: int
     channel_name: str
@@ -63,26 +67,42 @@ class SegmentResult:
     units: list[UnitResult] = field(default_factory=list)
     ndim: int = 2
     precision: str = ""  # the network's: "float32", "bfloat16" or "float16"; empty where not known
+    time_point_count: int = 1  # of the image set, segmented or not
 
     @property
     def total(self) -> int:
         """Objects found over all planes or volumes."""
         return sum(u.count for u in self.units)
 
-    def summary(self) -> str:
-        """A few lines for the log or the console."""
+    def summary(self, *, cli: bool | None = None) -> str:
+        """One line for the log or the console.
+
+        Parameters
+        ----------
+        cli
+            Where only some of several time points were segmented, end with a
+            note that names how to segment all: True the command-line option
+            (``--all-time-points``), False the script setting; None: no note.
+        """
         if not self.units:
             return f"nothing segmented; channel {self.channel} {self.channel_name!r} is empty"
         counts = [u.count for u in self.units]
         what = "plane" if self.ndim == 2 else "volume"
         secs = sum(u.seconds for u in self.units)
-        return (
+        text = (
             f"{self.total} nuclei in {len(self.units)} {what}(s) "
             f"(per {what}: min {min(counts)}, mean {np.mean(counts):.1f}, max {max(counts)}); "
             f"labels in channel {self.channel} {self.channel_name!r}; model {self.model}"
             f"{f' on {self.device}' if self.device else ''}{f' in {self.precision}' if self.precision else ''}, "
             f"{secs / len(self.units):.3f} s per {what}"
         )
+        done = sorted({u.unit.time_point for u in self.units})
+        if cli is None or len(done) == self.time_point_count:
+            return text
+        setting = schema(self.ndim).by_name["CURRENT_TIME_POINT"]
+        how = setting.flag if cli else f"{setting.name} = False"
+        points = f"time point{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}"
+        return f"{text}; {points} of {self.time_point_count}; {how} for all"
 
 
 def percent_progress(callback: Callable[[int], None]) -> Progress:
@@ -344,7 +364,8 @@ def segment(
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
-    result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision)
+    result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision,
+                           time_point_count=imageset.time_point_count)
     log.info(
         "segmenting channel %d, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
         plan.channel, len(units), "plane" if plan.ndim == 2 else "volume",
