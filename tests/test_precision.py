@@ -6,6 +6,7 @@ that need bfloat16 set it to 1, so they run on any CPU whose oneDNN has bfloat16
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -263,8 +264,6 @@ def test_evaluate_takes_precision(bf16, tmp_path, capsys):
         assert main(["evaluate", "--model-name", "2D_demo", "--images", str(tmp_path / "img.tif"), "--masks",
                      str(tmp_path / "mask.tif"), "--cpu", "--precision", choice, "--out", str(out)]) == 0
         assert f"network in {dtype}:" in capsys.readouterr().out
-        import json
-
         written = json.loads(out.read_text())
         assert written["precision"] == dtype
         scores[choice] = {r["iou"]: r["f1"] for r in written["scores"]}
