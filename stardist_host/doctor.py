@@ -101,13 +101,11 @@ def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
 
 def _precision() -> str:
     """What PRECISION="auto" runs the network in here, and why."""
-    from .segmentation.device import network_on_gpu
-    from .segmentation.precision import cpu_support, gpu_support
+    from .segmentation.precision import native_support
 
-    on_gpu = network_on_gpu()
-    support = gpu_support() if on_gpu else cpu_support()
+    support, device = native_support()
     if support.dtype is None:
-        return f'PRECISION="auto" runs the network in float32 on the {"GPU" if on_gpu else "CPU"}: {support.reason}'
+        return f'PRECISION="auto" runs the network in float32 on the {device}: {support.reason}'
     return f'PRECISION="auto" runs the network in {support.dtype} (mixed precision): {support.reason}'
 
 

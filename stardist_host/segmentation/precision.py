@@ -25,7 +25,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-__all__ = ["PRECISIONS", "Support", "cpu_support", "gpu_support", "resolve", "configure_precision"]
+__all__ = ["PRECISIONS", "Support", "cpu_support", "gpu_support", "native_support", "resolve", "configure_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,18 @@ def gpu_support() -> Support:
     return Support("float16", f"{name} has tensor cores (compute capability {capability[0]}.{capability[1]})")
 
 
+def native_support(on_gpu: bool | None = None) -> tuple[Support, str]:
+    """What the device the network runs on computes natively, and that device ("CPU" or "GPU").
+
+    ``on_gpu`` None asks TensorFlow (:func:`~stardist_host.segmentation.device.network_on_gpu`).
+    """
+    from .device import network_on_gpu
+
+    if on_gpu is None:
+        on_gpu = network_on_gpu()
+    return (gpu_support(), "GPU") if on_gpu else (cpu_support(), "CPU")
+
+
 def resolve(choice: str, support: Support, *, device: str = "CPU") -> str:
     """The precision a run uses: "float32", "bfloat16" or "float16", logging why.
 
@@ -178,13 +190,11 @@ def configure_precision(choice: str = "auto", *, on_gpu: bool | None = None) -> 
     """
     import tensorflow as tf
 
-    if on_gpu is None:
-        on_gpu = bool(tf.config.get_visible_devices("GPU"))
     if choice == "float32":
-        support = Support(None, "float32 asked for")
+        support, device = Support(None, "float32 asked for"), "CPU"  # resolve() reads neither for float32
     else:
-        support = gpu_support() if on_gpu else cpu_support()
-    dtype = resolve(choice, support, device="GPU" if on_gpu else "CPU")
+        support, device = native_support(on_gpu)
+    dtype = resolve(choice, support, device=device)
     try:
         _set_rewrites(tf, dtype)
     except RuntimeError as err:  # an older TensorFlow: float32 rather than a failed run
