@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from .console import add_input_options, add_scale_options, setup_logging, stdout_to_log, tqdm_progress, user_errors
 from .errors import PairError
 
 __all__ = ["main"]
@@ -47,8 +48,6 @@ def _add_segment(sub) -> None:
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2: each plane alone; 3: each Z range as a volume (default 2)")
     p.add_argument("--time-point", type=int, default=0, metavar="T",
                    help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
-    from .headless import add_input_options, add_scale_options
-
     add_input_options(p)
     add_scale_options(p)
     # --dim is known only once parsed: take the 3D choices of EXPORT_OBJECTS (a superset); Settings checks them
@@ -208,8 +207,6 @@ def _add_jobs(sub) -> None:
                            f"setting of the same name in scripts/{job.script}, with the same default.")
         p.add_argument("input", help="input TIFF, e.g. the output of stardist-host segment; never modified")
         p.add_argument("output_folder", help="folder for the results")
-        from .headless import add_input_options
-
         add_input_options(p)
         job.schema.add_arguments(p)
         p.set_defaults(func=_job, job=name)
@@ -217,8 +214,6 @@ def _add_jobs(sub) -> None:
 
 def _job(args) -> int:
     from .analyses.jobs import JOBS, run_job_on_file
-    from .headless import stdout_to_log, tqdm_progress
-
     settings = JOBS[args.job].schema.values_from_args(args)
     progress, bar = tqdm_progress(args.job, disable=args.quiet)
     with bar, stdout_to_log():
@@ -274,8 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 on success, 2 after a user error (one log line), 130 after a
     cancel or Ctrl-C (the line "cancelled").
     """
-    from .headless import setup_logging, user_errors
-
     global _argv
     _argv = list(argv) if argv is not None else None
     if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout in a legacy code page cannot refuse a file name

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import (EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, NoImageSetError, OutputError, StardistHostError,
-                     check_index)
+from .console import add_input_options, add_scale_options, setup_logging, stdout_to_log, tqdm_progress, user_errors
+from .errors import NoImageSetError, OutputError, check_index
 from .host import active_imageset
 from .io.files import check_output, claim_outputs, file_stem
 from .io.objects import FORMATS as OBJECT_FILES
@@ -29,119 +28,9 @@ from .io.objects import export_objects
 from .segmentation.segment import Progress, SegmentResult, run
 from .segmentation.settings import Settings
 
-__all__ = ["add_input_options", "add_scale_options", "segment_file", "run_headless", "run_script", "setup_logging",
-           "user_errors", "tqdm_progress", "stdout_to_log"]
+__all__ = ["segment_file", "run_headless", "run_script"]
 
 log = logging.getLogger(__name__)
-
-#: Loggers of libraries that log progress at INFO on import or model load.
-_NOISY = ("absl", "tensorflow", "h5py", "matplotlib", "PIL")
-
-
-def add_input_options(parser: argparse.ArgumentParser) -> None:
-    """The options that say how to read an input TIFF: ``--axes`` and ``--series``."""
-    parser.add_argument("--axes", default=None,
-                        help="axes of the input where the file does not say, e.g. ZYX or TZCYX")
-    parser.add_argument("--series", type=int, default=None, metavar="N",
-                        help="the file's image (series) to read, 0 for the first, where it holds several of "
-                             "different sizes (default: all of the same size, as one image)")
-
-
-def add_scale_options(parser: argparse.ArgumentParser) -> None:
-    """The options of large inputs: ``--level`` (OME-Zarr), ``--workers``, ``--scheduler`` (Dask), ``--resume``."""
-    parser.add_argument("--level", type=int, default=0, metavar="N",
-                        help="OME-Zarr input: the resolution level to segment, 0 for the highest (default 0)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="segment on a local Dask cluster of N worker processes, one plane (volume) per task "
-                            '(needs pip install "stardist-host[dask]")')
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="segment on the running Dask cluster whose scheduler is at ADDRESS, e.g. "
-                            "tcp://10.0.0.5:8786 (a cluster of HPC jobs: dask-jobqueue)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run with the same settings, redoing only the planes "
-                             "(volumes) it did not finish")
-
-
-def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
-    """Log to stderr with times, unless the host (or the caller) set logging up already.
-
-    ``quiet`` leaves warnings and errors only: it also silences TensorFlow's C++
-    log, which reads ``TF_CPP_MIN_LOG_LEVEL`` once, when TensorFlow is imported
-    (so this runs first), and the Python loggers of absl and TensorFlow.
-    """
-    if quiet:
-        level = max(level, logging.WARNING)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("stardist_host").setLevel(level)
-    if level > logging.DEBUG:
-        for name in _NOISY:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def user_errors(*, cli: bool = False) -> Iterator[None]:
-    """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
-
-    No traceback is shown for either: the message says what to change, in
-    the words of the command line (``cli``: its options) or of a script (its
-    settings) where the error has both.
-    """
-    try:
-        yield
-    except (Cancelled, KeyboardInterrupt):
-        log.error("cancelled")
-        raise SystemExit(EXIT_CANCELLED) from None
-    except StardistHostError as err:
-        log.error("%s", err.command_line if cli and err.command_line else err)
-        raise SystemExit(EXIT_USER_ERROR) from None
-
-
-class _LogWriter(io.TextIOBase):
-    """A text stream that sends each line to the log at INFO (stardist and Keras print to stdout)."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log, self._line = logger, ""
-
-    def write(self, text: str) -> int:
-        self._line += text
-        *lines, self._line = self._line.split("\n")
-        for line in lines:
-            if line.strip():
-                self._log.info("%s", line.rstrip())
-        return len(text)
-
-    def flush(self) -> None:
-        if self._line.strip():
-            self._log.info("%s", self._line.rstrip())
-        self._line = ""
-
-
-@contextlib.contextmanager
-def stdout_to_log() -> Iterator[None]:
-    """Send what libraries print to stdout to the log instead, so that stdout holds only the result."""
-    writer = _LogWriter(logging.getLogger("stardist_host.stdout"))
-    try:
-        with contextlib.redirect_stdout(writer):
-            yield
-    finally:
-        writer.flush()
-
-
-def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Progress, Any]:
-    """A progress callback that drives a tqdm bar on stderr; returns (callback, bar)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=disable)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return progress, bar
 
 
 @contextlib.contextmanager
@@ -266,10 +155,8 @@ def run_headless(
     workers: int | None = None, scheduler: str | None = None, resume: bool = False,
 ) -> SegmentResult:
     """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     progress, bar = tqdm_progress("segmenting", disable=quiet)
-    with bar, logging_redirect_tqdm(), stdout_to_log():  # log lines above the bar, not through it
+    with bar, stdout_to_log():
         return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
                             progress=progress, level=level, workers=workers, scheduler=scheduler, resume=resume)
 

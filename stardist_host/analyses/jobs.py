@@ -400,7 +400,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     """
     import argparse
 
-    from ..headless import add_input_options, setup_logging, user_errors
+    from ..console import add_input_options, setup_logging, user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     values, errors = JOBS[job].schema.from_namespace(namespace)

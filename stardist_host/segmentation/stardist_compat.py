@@ -16,11 +16,9 @@ Checked against stardist 0.8.5, 0.8.6, 0.9.0, 0.9.1 and 0.9.2 (pyproject pins
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import logging
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -238,18 +236,11 @@ def network_function(model) -> Callable[[NDArray], tuple[NDArray, NDArray]]:
     return call
 
 
-@contextlib.contextmanager
-def prints_to_log(logger: logging.Logger) -> Iterator[None]:
+def prints_to_log(logger: logging.Logger):
     """Send what stardist and csbdeep print ("Loading network weights ...") to ``logger`` at DEBUG.
 
-    ``sys.stdout`` is process-wide, so prints of other threads during the block
-    land in the log too.
+    The console's one redirector (:func:`stardist_host.console.stdout_to_log`) at DEBUG level.
     """
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield
-    finally:
-        for line in buffer.getvalue().splitlines():
-            if line.strip():
-                logger.debug("%s", line)
+    from ..console import stdout_to_log
+
+    return stdout_to_log(logger, level=logging.DEBUG)

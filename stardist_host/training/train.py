@@ -22,15 +22,12 @@ axis (its last ``val_fraction`` of rows, columns or planes).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,6 +35,7 @@ from typing import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from ..console import stdout_to_log
 from ..errors import TrainError
 from ..io.files import atomic_write
 from .pairs import Pairs
@@ -452,35 +450,6 @@ def _plot(history: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-class _LogLines(io.TextIOBase):
-    """A text stream whose lines go to the DEBUG log: stardist's and Keras's prints during training."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        *lines, self._pending = (self._pending + text).split("\n")
-        for line in lines:
-            line = line.rsplit("\r", 1)[-1].strip()  # a progress bar redraws its line with \r
-            if line:
-                log.debug("%s", line)
-        return len(text)
-
-
-@contextlib.contextmanager
-def _console_to_log() -> Iterator[None]:
-    stream = _LogLines()
-    try:
-        with contextlib.redirect_stdout(stream):
-            yield
-    finally:
-        stream.write("\n")
-
-
 def _quiet_fit(model) -> None:
     """Keras's per-step progress bar off: stardist calls ``fit(verbose=1)``; :func:`_loss_logger` reports each epoch."""
     keras_model = model.keras_model
@@ -614,7 +583,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     from stardist.models import StarDist2D, StarDist3D
 
     cls = StarDist2D if train_pairs.ndim == 2 else StarDist3D
-    with _console_to_log():
+    with stdout_to_log(log, level=logging.DEBUG):  # stardist's and Keras's prints
         if settings.resume:
             model = _resumed_model(cls, settings, history)
             patch = tuple(model.config.train_patch_size)
