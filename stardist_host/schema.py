@@ -39,10 +39,6 @@ class _Required:
 #: The default of a setting the user must give (no default).
 REQUIRED: Any = _Required()
 
-#: Field types: what a value must be, and the word shown for it in parameter lists.
-TYPES = ("int", "float", "bool", "str", "path", "choice", "choices", "ints", "floats")
-
-
 class SettingsErrors(SettingsError):
     """Several bad settings at once; ``errors`` lists each one's :class:`SettingsError`.
 
@@ -83,6 +79,116 @@ def _text(value: Any) -> str:
     if isinstance(value, str) and '"' not in value:
         return f'"{value}"'  # as the scripts write texts
     return repr(value)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What one field type means; :data:`TYPES` holds one per type.
+
+    ``valid(field, value)`` says whether a value is one (range, length and
+    choices included); ``allowed(field)`` is what an error message says is
+    allowed, without "must be" and the None clause; ``parse(field, text)`` turns
+    a command-line text into a value and raises ValueError where the text is
+    none, whereupon the message says ``word`` and shows ``example``.
+    """
+
+    word: str
+    valid: Callable[[Any, Any], bool]
+    allowed: Callable[[Any], str]
+    parse: Callable[[Any, str], Any] = lambda field, text: text
+    example: str = ""
+
+
+def _unit(f: Any) -> str:
+    return f" in {f.unit}" if f.unit else ""
+
+
+def _range(f: Any) -> str:
+    if f.low is not None and f.high is not None and f.open_low == f.open_high:
+        return f" between {f.low:g} and {f.high:g}" + (" (exclusive)" if f.open_low else "")
+    parts = []
+    if f.low is not None:
+        parts.append(f"{'>' if f.open_low else '>='} {f.low:g}")
+    if f.high is not None:
+        parts.append(f"{'<' if f.open_high else '<='} {f.high:g}")
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _in_range(f: Any, v: Any) -> bool:
+    if f.low is not None and (v <= f.low if f.open_low else v < f.low):
+        return False
+    return f.high is None or (v < f.high if f.open_high else v <= f.high)
+
+
+def _whole(f: Any, v: Any) -> bool:
+    return _is_int(v) and _in_range(f, v)
+
+
+def _real(f: Any, v: Any) -> bool:
+    return _is_number(v) and _in_range(f, v)
+
+
+def _named(f: Any, v: Any) -> bool:
+    return isinstance(v, (str, os.PathLike)) and bool(str(v).strip())
+
+
+def _chosen(f: Any, v: Any) -> bool:
+    # 1 == True and 0 == False: a bool matches only a bool choice, anything else only a non-bool one
+    return any(v == c and isinstance(v, bool) == isinstance(c, bool) for c in f.choices)
+
+
+def _sequence(item: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def valid(f: Any, v: Any) -> bool:
+        return (isinstance(v, (list, tuple)) and (not f.length or len(v) == f.length)
+                and all(item(f, x) for x in v))
+    return valid
+
+
+def _numbers(convert: Callable[[str], Any]) -> Callable[[Any, str], Any]:
+    def parse(f: Any, text: str) -> Any:
+        values = [convert(v) for v in text.replace("x", ",").split(",") if v.strip()]
+        return tuple(values) if f.length else values
+    return parse
+
+
+def _listed(f: Any) -> str:
+    return ", ".join(map(repr, f.choices))
+
+
+def _parse_choice(f: Any, text: str) -> Any:
+    for choice in f.choices:
+        if text == str(choice):
+            return choice
+    listed = ", ".join(map(str, f.choices)) + (" or none" if f.optional else "")
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {listed}")
+
+
+def _parse_choices(f: Any, text: str) -> tuple:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in f.choices]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown)} not among {', '.join(map(str, f.choices))} (give them separated by commas)")
+    return values
+
+
+#: Field types: what a value must be, how the command line gives it and the words for it.
+TYPES: dict[str, Kind] = {
+    "int": Kind("a whole number", _whole, lambda f: f"a whole number{_unit(f)}{_range(f)}", lambda f, t: int(t), "3"),
+    "float": Kind("a number", _real, lambda f: f"a number{_unit(f)}{_range(f)}", lambda f, t: float(t), "2.5"),
+    "bool": Kind("True or False", lambda f, v: isinstance(v, bool), lambda f: "True or False"),
+    "str": Kind("a text", _named, lambda f: "a non-empty text in quotes"),
+    "path": Kind("a path", _named, lambda f: "a path in quotes"),
+    "choice": Kind("a choice", _chosen, lambda f: f"one of {_listed(f)}", _parse_choice),
+    "choices": Kind("a list of choices",
+                    lambda f, v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x in f.choices for x in v),
+                    lambda f: f"a list of any of {_listed(f)}, e.g. {list(f.choices[:1])}, or []", _parse_choices),
+    "ints": Kind("a list of whole numbers", _sequence(_whole),
+                 lambda f: f"{f.length or 'a list of'} whole numbers{_range(f)}" + ("" if f.length else ", e.g. [0, 1]"),
+                 _numbers(int), "1,2"),
+    "floats": Kind("a list of numbers", _sequence(_real),
+                   lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
+}
 
 
 @dataclass(frozen=True)
@@ -151,7 +257,8 @@ class Field:
                 flag = "--no-" + flag[2:]
             object.__setattr__(self, "flag", flag)
         if not self.allowed:
-            object.__setattr__(self, "allowed", self._allowed())
+            none = f", or None ({self.none})" if self.none else ""
+            object.__setattr__(self, "allowed", f"must be {self.kind.allowed(self)}{none}")
 
     @property
     def required(self) -> bool:
@@ -167,51 +274,10 @@ class Field:
         """The value the script block shows: the default, or the example of a required setting."""
         return self.example if self.required else self.default
 
-    def _range(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.open_low else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.open_high else '<='} {self.high:g}")
-        return " and ".join(parts)
-
-    def _allowed(self) -> str:
-        unit = f" in {self.unit}" if self.unit else ""
-        rng = f" {self._range()}" if self._range() else ""
-        what = {
-            "int": f"a whole number{rng}",
-            "float": f"a number{unit}{rng}",
-            "bool": "True or False",
-            "str": "a non-empty text in quotes",
-            "path": "a path in quotes",
-            "choice": f"one of {', '.join(map(repr, self.choices))}",
-            "choices": f"a list of any of {', '.join(map(repr, self.choices))}, e.g. {list(self.choices[:1])}, or []",
-            "ints": f"{self.length or 'a list of'} whole numbers{rng}" + (", e.g. [0, 1]" if not self.length else ""),
-            "floats": f"{self.length or 'a list of'} numbers{unit}{rng}",
-        }[self.type]
-        return f"must be {what}" + (f", or None ({self.none})" if self.none else "")
-
-    def _valid(self, value: Any) -> bool:
-        if self.type == "bool":
-            return isinstance(value, bool)
-        if self.type in ("str", "path"):
-            return isinstance(value, (str, os.PathLike)) and bool(str(value).strip())
-        if self.type == "choice":
-            return value in self.choices
-        if self.type == "choices":
-            return isinstance(value, (list, tuple)) and all(isinstance(v, str) and v in self.choices for v in value)
-        if self.type in ("ints", "floats"):
-            if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length):
-                return False
-            return all(self._number_ok(v, self.type == "ints") for v in value)
-        return self._number_ok(value, self.type == "int")
-
-    def _number_ok(self, v: Any, whole: bool) -> bool:
-        if not (_is_int(v) if whole else _is_number(v)):
-            return False
-        if self.low is not None and (v <= self.low if self.open_low else v < self.low):
-            return False
-        return self.high is None or (v < self.high if self.open_high else v <= self.high)
+    @property
+    def kind(self) -> Kind:
+        """What this field's type means (:data:`TYPES`)."""
+        return TYPES[self.type]
 
     def error(self, value: Any) -> SettingsError | None:
         """The error for ``value``, or None where it is allowed."""
@@ -220,7 +286,7 @@ class Field:
                 return None
             if self.required:
                 return SettingsError(self.name, value, f"this setting is needed; it {self.allowed}")
-        if not self._valid(value):
+        if not self.kind.valid(self, value):
             return SettingsError(self.name, value, self.allowed)
         problem = self.check(value) if self.check else None
         return SettingsError(self.name, value, problem) if problem else None
@@ -231,39 +297,15 @@ class Field:
         """A command-line text as this setting's value (argparse ``type=``)."""
         if self.optional and text.strip().lower() == "none":
             return None
-        if self.type == "choice":
-            for choice in self.choices:
-                if text == str(choice):
-                    return choice
-            listed = ", ".join(map(str, self.choices)) + (" or none" if self.optional else "")
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of {listed}")
-        if self.type == "choices":
-            values = tuple(v.strip() for v in text.split(",") if v.strip())
-            unknown = [v for v in values if v not in self.choices]
-            if unknown:
-                raise argparse.ArgumentTypeError(
-                    f"{', '.join(unknown)} not among {', '.join(map(str, self.choices))} (give them separated by commas)")
-            return values
         try:
-            if self.type == "int":
-                return int(text)
-            if self.type == "float":
-                return float(text)
-            if self.type in ("ints", "floats"):
-                convert = int if self.type == "ints" else float
-                values = [convert(v) for v in text.replace("x", ",").split(",") if v.strip()]
-                return tuple(values) if self.length else values
+            return self.kind.parse(self, text)
         except ValueError:
-            example = {"int": "3", "float": "2.5", "ints": "1,2", "floats": "2,0.5,0.5"}[self.type]
             none = " or none" if self.optional else ""
-            raise argparse.ArgumentTypeError(f"{text!r} is not {self.type_word} such as {example}{none}") from None
-        return text
+            raise argparse.ArgumentTypeError(f"{text!r} is not {self.type_word} such as {self.kind.example}{none}") from None
 
     @property
     def type_word(self) -> str:
-        return {"ints": "a list of whole numbers", "floats": "a list of numbers", "int": "a whole number",
-                "float": "a number", "bool": "True or False", "str": "a text", "path": "a path",
-                "choice": "a choice", "choices": "a list of choices"}[self.type]
+        return self.kind.word
 
     def default_text(self) -> str:
         return "required" if self.required else _text(self.default)
@@ -280,7 +322,7 @@ class Field:
 
     def describe(self) -> dict[str, Any]:
         """A machine-readable description: name, type, default, allowed, unit, description."""
-        if self.type in ("choice", "choices"):
+        if self.choices:
             allowed: Any = list(self.choices)
         elif self.low is not None or self.high is not None:
             allowed = {"min": self.low, "max": self.high, "min_exclusive": self.open_low, "max_exclusive": self.open_high}
