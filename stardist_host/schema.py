@@ -18,6 +18,7 @@ name is refused with the closest setting name suggested, so a typo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import inspect
 import math
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import SettingsError
 
-__all__ = ["Field", "Schema", "SettingsErrors", "REQUIRED", "raise_all"]
+__all__ = ["Field", "Kind", "Schema", "SettingsErrors", "REQUIRED", "TYPES", "raise_all", "setting"]
 
 
 class _Required:
@@ -226,6 +227,9 @@ class Field:
         defaults to True, the option that sets it False.  Empty: not on the command line.
     example
         The value a script block shows for a required setting.
+    affects_labels
+        Whether changing it can change the labels a segmentation writes; a
+        resumed run must agree on these (see :func:`setting`).
     """
 
     name: str
@@ -245,10 +249,11 @@ class Field:
     attr: str = ""
     flag: str | None = None
     example: Any = None
+    affects_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
-            raise ValueError(f"{self.name}: type {self.type!r} is not one of {TYPES}")
+            raise ValueError(f"{self.name}: type {self.type!r} is not one of {tuple(TYPES)}")
         if not self.attr:
             object.__setattr__(self, "attr", self.name.lower())
         if self.flag is None:
@@ -337,6 +342,39 @@ class Field:
         }
 
 
+#: Where :func:`setting` keeps a declaration in a dataclass field's metadata.
+SETTING = "stardist_host.schema.setting"
+
+
+def setting(type: str, default: Any = REQUIRED, help: str = "", *, affects_labels: bool,
+            vary: Callable[[Any], Mapping[str, Any]] | None = None, **keywords: Any) -> Any:
+    """A dataclass field that is a setting: its default, and its :class:`Field` in the field's metadata.
+
+    :meth:`Schema.from_dataclass` reads these declarations, so a settings class
+    states each setting once (the way attrs and pydantic keep a field's
+    validation beside it).  The script name is the attribute's name in upper
+    case unless ``name`` is given.
+
+    Parameters
+    ----------
+    type, default, help, **keywords
+        As :class:`Field` takes them.
+    affects_labels
+        Whether changing the setting can change the labels; no default, so
+        that every declaration says it.
+    vary
+        The keywords that depend on the variant a schema is built for (the
+        segmentation's ``ndim``), as a function of the variant.  Where they
+        hold the default, ``default`` stays the dataclass's (a placeholder the
+        class replaces with the variant's).
+    """
+    declared = dict(keywords, type=type, default=default, help=help, affects_labels=affects_labels, vary=vary)
+    metadata = {SETTING: declared}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 class Schema:
     """The ordered settings of one job."""
 
@@ -345,6 +383,19 @@ class Schema:
         self.fields = list(fields)
         self.by_name = {f.name: f for f in self.fields}
         self.by_attr = {f.attr: f for f in self.fields}
+
+    @classmethod
+    def from_dataclass(cls, job: str, datacls: type, variant: Any = None) -> Schema:
+        """The settings a dataclass declares with :func:`setting`, in its field order; other fields are left out."""
+        found = []
+        for f in dataclasses.fields(datacls):
+            if SETTING not in f.metadata:
+                continue
+            declared = dict(f.metadata[SETTING])
+            vary = declared.pop("vary")
+            found.append(Field(**{"name": f.name.upper(), "attr": f.name, **declared,
+                                  **(vary(variant) if vary else {})}))
+        return cls(job, found)
 
     def __iter__(self):
         return iter(self.fields)
