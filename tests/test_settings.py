@@ -1,9 +1,13 @@
 """Each setting's allowed values and range semantics, checked before anything runs."""
 
+import dataclasses
+import json
+import pickle
+
 import pytest
 
 from stardist_host.segmentation.plan import make_plan
-from stardist_host.segmentation.settings import Settings, SettingsError
+from stardist_host.segmentation.settings import Settings, SettingsError, schema
 
 
 @pytest.mark.parametrize(
@@ -84,3 +88,59 @@ def test_settings_outside_the_image_set(memory_imageset, kwargs, message):
     with pytest.raises(SettingsError) as err:
         make_plan(Settings(**kwargs), memory_imageset)
     assert str(err.value) == message
+
+
+# what the journal's hand-kept list left out of the fingerprint before the settings said it themselves
+NOT_LABELS = {"overwrite", "labels_only", "export_objects", "use_gpu", "current_time_point", "gpu_memory_limit_mb",
+              "separate_process"}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_label_values_are_the_settings_the_labels_depend_on(tmp_path, ndim):
+    s = Settings(ndim=ndim, input_channel=1, model_path=tmp_path, n_tiles=(2,) * ndim, prob_thresh=0.4,
+                 precision="mixed", unique_labels=True, label_dtype="uint32", overwrite=True, export_objects=["roi"])
+    values = s.label_values()
+    old = {k: v for k, v in dataclasses.asdict(s).items() if k not in NOT_LABELS}  # the journal's rule until now
+    assert values.keys() == old.keys()
+    assert values == {**old, "model_path": str(tmp_path), "n_tiles": [2] * ndim}
+    assert json.loads(json.dumps(values)) == values  # a journal written and read back matches
+    assert Settings(ndim=ndim).label_values()["n_tiles"] is None
+    for name in NOT_LABELS:  # changing any of these keeps a journal resumable
+        field = schema(ndim).by_attr[name]
+        assert not field.affects_labels
+    changed = dataclasses.replace(s, percentile_high=99.0, first_plane=0)
+    assert {k for k in values if values[k] != changed.label_values()[k]} == {"percentile_high", "first_plane"}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_each_setting_is_declared_once_on_the_dataclass(ndim):
+    attrs = [f.name for f in dataclasses.fields(Settings) if f.name != "ndim"]
+    definition = schema(ndim)
+    assert [f.attr for f in definition] == attrs
+    for f in dataclasses.fields(Settings):
+        if f.name in ("ndim", "model_name"):
+            continue
+        assert _same_value(f.default, definition.by_attr[f.name].default), f.name
+    assert (definition.by_attr["model_name"].default, definition.by_attr["n_tiles"].length) == (f"{ndim}D_demo", ndim)
+    assert definition.by_attr["model_path"].name == f"MODEL{ndim}D_PATH"
+
+
+def _same_value(a, b):
+    return a == b and type(a) is type(b)
+
+
+def test_settings_are_frozen_and_travel_to_other_processes():
+    s = Settings(ndim=3, n_tiles=[1, 2, 2], export_objects=["csv", "roi", "csv"])
+    assert s.n_tiles == (1, 2, 2) and s.export_objects == ("csv", "roi")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.prob_thresh = 0.5
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy == s and copy.label_values() == s.label_values()
+    assert Settings(3, 1).input_channel == 1  # positional in the declaration's order, after ndim
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes"])
+def test_true_false_or_auto_refuses_one_and_zero(value):
+    with pytest.raises(SettingsError) as err:
+        Settings(separate_process=value)
+    assert str(err.value) == f"SEPARATE_PROCESS={value!r}: must be one of 'auto', True, False"
