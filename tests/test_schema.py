@@ -1,5 +1,6 @@
 """The settings definitions against everything derived from them: scripts, README, CLI, operator, validation."""
 
+import argparse
 import ast
 import dataclasses
 import os
@@ -13,7 +14,7 @@ from stardist_host.analyses.jobs import JOBS, run_job
 from stardist_host.cli import SEGMENT_DIM_DEFAULTS, build_parser
 from stardist_host.errors import SettingsError
 from stardist_host.operator import parameters
-from stardist_host.schema import SettingsErrors, markdown_table
+from stardist_host.schema import TYPES, Field, Schema, SettingsErrors, markdown_table, setting
 from stardist_host.segmentation.settings import Settings, readme_table, schema
 
 SCRIPTS = {"stardist_2d.py": schema(2), "stardist_3d.py": schema(3), **{j.script: j.schema for j in JOBS.values()}}
@@ -183,3 +184,68 @@ def test_operator_main_validates_and_segments_the_active_imageset(monkeypatch, m
     assert imageset is memory_imageset and model.config.n_dim == 3
     assert (plan.channel, plan.time_points, len(plan.units)) == (1, (1,), 1)
     assert (kw["output_name"], kw["prob_thresh"], kw["progress"]) == ("Stardist_Other", 0.6, progress)
+
+
+PARSED = [  # one per type the command line gives as text (a bool is a flag)
+    ("int", {}, "3", 3), ("float", {}, "2.5", 2.5), ("str", {}, "x", "x"), ("path", {}, "a/b", "a/b"),
+    ("choice", {"choices": (2, 3)}, "3", 3), ("choices", {"choices": ("roi", "csv")}, "roi, csv", ("roi", "csv")),
+    ("ints", {}, "1,2", [1, 2]), ("ints", {"length": 2}, "1x2", (1, 2)),
+    ("floats", {"length": 3}, "2,0.5,0.5", (2.0, 0.5, 0.5)),
+]
+
+
+def test_every_type_has_a_parse_case():
+    assert {case[0] for case in PARSED} == set(TYPES) - {"bool"}
+
+
+@pytest.mark.parametrize("kind, keywords, text, value", PARSED)
+def test_each_type_parses_its_command_line_text(kind, keywords, text, value):
+    field = Field("X", kind, **keywords)
+    parsed = field.parse(text)
+    assert parsed == value and type(parsed) is type(value) and field.error(parsed) is None
+
+
+@pytest.mark.parametrize("kind, keywords, text, message", [
+    ("int", {"none": "automatic"}, "2.5", "'2.5' is not a whole number such as 3 or none"),
+    ("float", {}, "x", "'x' is not a number such as 2.5"),
+    ("ints", {}, "1,a", "'1,a' is not a list of whole numbers such as 1,2"),
+    ("floats", {}, "a", "'a' is not a list of numbers such as 2,0.5,0.5"),
+    ("choice", {"choices": (2, 3)}, "4", "'4' is not one of 2, 3"),
+    ("choices", {"choices": ("roi",)}, "roi,svg", "svg not among roi (give them separated by commas)"),
+])
+def test_a_bad_command_line_text_says_what_is_expected(kind, keywords, text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        Field("X", kind, **keywords).parse(text)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("keywords, allowed", [
+    ({"type": "float", "low": 0, "high": 1, "open_low": True, "open_high": True, "none": "the model's own"},
+     "must be a number between 0 and 1 (exclusive), or None (the model's own)"),
+    ({"type": "float", "low": 0, "high": 100}, "must be a number between 0 and 100"),
+    ({"type": "float", "low": 0, "high": 1, "open_low": True, "unit": "µm"}, "must be a number in µm > 0 and <= 1"),
+    ({"type": "int", "low": 1, "unit": "MB"}, "must be a whole number in MB >= 1"),
+    ({"type": "ints", "length": 3, "low": 1}, "must be 3 whole numbers >= 1"),
+    ({"type": "ints", "low": 0}, "must be a list of whole numbers >= 0, e.g. [0, 1]"),
+    ({"type": "choice", "choices": ("auto", True, False)}, "must be one of 'auto', True, False"),
+    ({"type": "choices", "choices": ("roi", "csv")}, "must be a list of any of 'roi', 'csv', e.g. ['roi'], or []"),
+    ({"type": "path", "none": "the bundled models"}, "must be a path in quotes, or None (the bundled models)"),
+    ({"type": "bool", "allowed": "must be on or off"}, "must be on or off"),  # a declaration's own text wins
+])
+def test_allowed_text_comes_from_type_range_unit_and_choices(keywords, allowed):
+    assert Field("X", **keywords).allowed == allowed
+
+
+def test_a_dataclass_declares_its_settings_once():
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        size: int = setting("int", help="edge", low=1, example=4, affects_labels=True)
+        variant: int = 2  # not a setting
+        name: str = setting("str", "a", "what", affects_labels=False, vary=lambda v: {"name": f"NAME{v}D"})
+
+    toy = Schema.from_dataclass("toy", Toy, 3)
+    assert [(f.name, f.attr, f.required, f.affects_labels) for f in toy] == [
+        ("SIZE", "size", True, True), ("NAME3D", "name", False, False)]
+    assert Toy(size=2).name == "a" and toy.by_attr["size"].allowed == "must be a whole number >= 1"
+    with pytest.raises(TypeError):
+        setting("int", 0, "no affects_labels")
