@@ -15,7 +15,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..errors import ReadOnlyInputError, check_index
 from ..host import check_voxel_size
 from .files import scratch_dir as make_scratch_dir
-from .tiff import OmeImage, TiffReader, write_ome_images
+from .tiff import OmeImage, OmeLayout, TiffReader, ome_layout, write_ome_images
 
 __all__ = ["ScratchChannelsImageSet", "MemoryImageSet", "TiffImageSet"]
 
@@ -299,17 +299,28 @@ class ScratchChannelsImageSet(_Checks):
         """The channels :meth:`save` writes, in the file's order: all, or ``labels_only`` the added ones."""
         return list(range(self._n_input if labels_only else 0, self.channel_count))
 
-    def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
-        """Write the channels to a new OME-TIFF at ``path``, each exactly, in its own type.
+    def saved_layout(self, *, labels_only: bool = False) -> OmeLayout:
+        """How :meth:`save` lays out the channels of :meth:`saved_channels`: one OME image or several.
 
-        Channels are never converted: the file holds one image (series) per run
-        of consecutive channels of the same type.  Input and added channels of
-        one type (uint16 input, uint16 labels) give one TCZYX image as before;
-        float32 input with uint16 labels gives image 0 with the input channels
-        and image 1 with the labels, both of the same T, Z, Y, X, channel names
-        and voxel size.  :class:`TiffImageSet` reads such a file back as one
-        image set with all channels in the same order.  The input is read a
-        plane at a time, so memory does not grow with the data.
+        For a run's summary: ``saved_layout().one_image`` says whether the file
+        holds one image (series), ``locate(channel)`` where a channel of the
+        file is, ``describe()`` says it in words.  See
+        :func:`stardist_host.io.tiff.ome_layout`.
+        """
+        return ome_layout([self.channel_dtype(c) for c in self.saved_channels(labels_only=labels_only)])
+
+    def save(self, path: str | os.PathLike, *, labels_only: bool = False) -> Path:
+        """Write the channels to a new OME-TIFF at ``path``, every value exactly.
+
+        Where an integer type holds every channel's values (uint8 input with
+        uint16 labels: uint16), the file holds one TCZYX image in that type, so
+        that readers that open only the first image see the labels too.
+        Otherwise (float32 input with uint16 labels) image 0 holds the input
+        channels and image 1 the labels, each in its own type, both of the same
+        T, Z, Y, X, channel names and voxel size; :meth:`saved_layout` says which.
+        :class:`TiffImageSet` reads either back as one image set with all
+        channels in the same order.  The input is read a plane at a time, so
+        memory does not grow with the data.
 
         Parameters
         ----------
@@ -334,16 +345,11 @@ class ScratchChannelsImageSet(_Checks):
         channels = self.saved_channels(labels_only=labels_only)
         if not channels:
             raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
-        runs: list[list[int]] = []
-        for c in channels:
-            if runs and self.channel_dtype(runs[-1][-1]) == self.channel_dtype(c):
-                runs[-1].append(c)
-            else:
-                runs.append([c])
         images = [
-            OmeImage(self._planes(run), (self.time_point_count, len(run), self.plane_count, *self.plane_shape),
-                     self.channel_dtype(run[0]), [self._names[c] for c in run])
-            for run in runs
+            OmeImage(self._planes([channels[p] for p in positions]),
+                     (self.time_point_count, len(positions), self.plane_count, *self.plane_shape),
+                     dtype, [self._names[channels[p]] for p in positions])
+            for dtype, positions in self.saved_layout(labels_only=labels_only).images
         ]
         return write_ome_images(path, images, voxel_size=self.voxel_size)
 
@@ -370,7 +376,7 @@ class TiffImageSet(ScratchChannelsImageSet):
     offers the channels of all its series; colour samples are channels).
     Channels added with :meth:`add_channel` live in scratch files on disk, so
     that memory use does not grow with the data; :meth:`save` writes the input
-    channels and the new ones to a new OME-TIFF, each channel in its own type.
+    channels and the new ones to a new OME-TIFF, every value exactly.
     ``get_channeldata`` returns a new array on every call, never a view.
 
     Parameters

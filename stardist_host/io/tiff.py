@@ -9,9 +9,11 @@ channels.  Series that share T, Z, Y and X are read as one image with their
 channels one after the other.  A damaged, truncated or empty file is refused
 when it is opened, before any work.
 
-Writing produces an OME-TIFF (axes TCZYX, channel names, physical sizes) with
-one image (series) per run of channels of the same type, so that no channel is
-converted, through :func:`~stardist_host.io.files.atomic_write`.
+Writing produces an OME-TIFF (axes TCZYX, channel names, physical sizes)
+through :func:`~stardist_host.io.files.atomic_write`: one image in a type that
+holds every channel's values exactly where an integer type does
+(:func:`ome_layout`), else one image (series) per run of channels of one type,
+so that no value changes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import tifffile
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from ..errors import TiffError
 from .files import atomic_write
 
-__all__ = ["BIGTIFF_LIMIT", "OmeImage", "TiffError", "TiffLayout", "TiffReader", "write_ome_images", "write_ome_tiff"]
+__all__ = ["BIGTIFF_LIMIT", "OmeImage", "OmeLayout", "TiffError", "TiffLayout", "TiffReader", "ome_layout", "write_ome_images",
+           "write_ome_tiff"]
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +482,84 @@ def _imagej_truncated(tif: tifffile.TiffFile, size: int) -> str | None:
         t, z, c = np.unravel_index(whole - 1, dims)
         last = f"the last plane that can be read whole is t={t}, z={z}, c={c} (plane {whole - 1} of {images})"
     return f"{Path(tif.filename).name} is truncated ({size} bytes): {last} (an interrupted copy? copy the file again)"
+
+
+@dataclass(frozen=True)
+class OmeLayout:
+    """Which channels an OME-TIFF holds in which of its images (series), and in what type.
+
+    Attributes
+    ----------
+    images
+        One ``(dtype, channels)`` per image, in file order; ``channels`` are
+        positions in the channel list the layout was made for, which is also
+        the channel index that :class:`TiffReader` gives them reading the file
+        back (the images' channels one after the other).
+    dtypes
+        The channels' own types, one per channel.
+    """
+
+    images: tuple[tuple[np.dtype, tuple[int, ...]], ...]
+    dtypes: tuple[np.dtype, ...]
+
+    @property
+    def one_image(self) -> bool:
+        """Whether the file holds one image, which every reader opens with all channels."""
+        return len(self.images) == 1
+
+    def locate(self, channel: int) -> tuple[int, int]:
+        """(image, channel within that image) of the file's ``channel``: where Fiji shows it."""
+        for image, (_, channels) in enumerate(self.images):
+            if channel in channels:
+                return image, channels.index(channel)
+        raise IndexError(f"channel {channel}: the layout has channels 0..{len(self.dtypes) - 1}")
+
+    def describe(self) -> str:
+        """A phrase for a run's summary, e.g. ``one OME image, uint16 (uint8 channels widened, values unchanged)``."""
+        if self.one_image:
+            dtype = self.images[0][0]
+            widened = sorted({str(d) for d in self.dtypes if d != dtype})
+            return f"one OME image, {dtype}" + (f" ({', '.join(widened)} channels widened, values unchanged)"
+                                                if widened else "")
+        parts = ", ".join(f"image {i}: channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))} {d}"
+                          for i, (d, c) in enumerate(self.images))
+        first = ", ".join(map(str, self.images[0][1]))
+        return (f"{len(self.images)} OME images (series) as no integer type holds every channel exactly ({parts}); "
+                f"readers that open only the first image show only channel(s) {first}")
+
+
+def ome_layout(dtypes: Sequence[DTypeLike]) -> OmeLayout:
+    """The images an OME-TIFF of channels of ``dtypes`` is written as: one where an integer type holds all values.
+
+    Where every channel is an integer type, the file holds one image in the
+    smallest integer type that holds every channel's values exactly (numpy's
+    type promotion: uint8 and uint16 -> uint16, uint8 and uint32 -> uint32,
+    int8 and uint16 -> int32), so that readers that open the first image only
+    (napari, ``tifffile.imread``, bioio's default scene, Fiji without asking)
+    show every channel, labels included.  Otherwise (a float input with integer
+    labels, which stay integers for the programs that read them as labels) each
+    run of consecutive channels of one type is an image of its own type.
+
+    Parameters
+    ----------
+    dtypes
+        The channels' types, in file order.
+
+    Returns
+    -------
+    OmeLayout
+    """
+    dtypes = tuple(np.dtype(d) for d in dtypes)
+    common = np.result_type(*dtypes)
+    if common.kind in "ui":  # numpy promotes integers to an integer only where it holds both ranges
+        return OmeLayout(((common, tuple(range(len(dtypes)))),), dtypes)
+    runs: list[tuple[np.dtype, list[int]]] = []
+    for c, dtype in enumerate(dtypes):
+        if runs and runs[-1][0] == dtype:
+            runs[-1][1].append(c)
+        else:
+            runs.append((dtype, [c]))
+    return OmeLayout(tuple((d, tuple(c)) for d, c in runs), dtypes)
 
 
 @dataclass(frozen=True)
