@@ -6,7 +6,10 @@ the ordered fields of one job.  From the schema come the validation (every bad
 field reported at once, as csbdeep's ``Config.is_valid`` does), the reading of
 a script's USER SETTINGS block, the command-line options and their help, the
 operator parameter list and the README table; tests compare the scripts'
-blocks, the README and the CLI with it.
+blocks, the README and the CLI with it.  What each type means (valid values,
+the "allowed" text, command-line parsing) is one entry of :data:`TYPES`; a
+dataclass can declare its settings with :func:`setting` and have
+:meth:`Schema.from_dataclass` read them.
 
 Reading a script's block (:meth:`Schema.from_namespace`): upper-case names
 that do not start with ``_`` are candidates; modules, classes and callables
@@ -185,7 +188,7 @@ TYPES: dict[str, Kind] = {
                     lambda f, v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x in f.choices for x in v),
                     lambda f: f"a list of any of {_listed(f)}, e.g. {list(f.choices[:1])}, or []", _parse_choices),
     "ints": Kind("a list of whole numbers", _sequence(_whole),
-                 lambda f: f"{f.length or 'a list of'} whole numbers{_range(f)}" + ("" if f.length else ", e.g. [0, 1]"),
+                 lambda f: f"{f.length or 'a list of'} whole numbers{_range(f)}{'' if f.length else ', e.g. [0, 1]'}",
                  _numbers(int), "1,2"),
     "floats": Kind("a list of numbers", _sequence(_real),
                    lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
@@ -306,7 +309,8 @@ class Field:
             return self.kind.parse(self, text)
         except ValueError:
             none = " or none" if self.optional else ""
-            raise argparse.ArgumentTypeError(f"{text!r} is not {self.type_word} such as {self.kind.example}{none}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {self.kind.word} such as {self.kind.example}{none}") from None
 
     @property
     def type_word(self) -> str:
