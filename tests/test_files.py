@@ -150,6 +150,37 @@ def test_a_lock_from_another_machine_is_never_taken_over(tmp_path):
     assert lock.read_text().endswith("someotherhost")
 
 
+_HOLD = ("import sys, time; from stardist_host.io.files import OutputLock; "
+         "held = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+
+
+def test_a_run_killed_with_sigkill_leaves_a_lock_the_next_run_takes_over(tmp_path, caplog):
+    out, lock = tmp_path / "seg.ome.tif", tmp_path / ".seg.ome.tif.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutputBusyError, match=rf"in use by another run \(process {holder.pid}\); wait"):
+            OutputLock(out).acquire()
+        assert lock.read_text() == f"{holder.pid} {files._host()}"  # a refused run leaves the holder's file as it was
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the file stays; the kernel drops the OS lock
+        holder.wait()
+    assert lock.exists()
+    with OutputLock(out):
+        assert lock.read_text() == f"{os.getpid()} {files._host()}"
+    assert f"removing {lock}, left by a run (process {holder.pid}) that no longer runs" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_naming_a_live_process_without_the_lock_is_taken_over(tmp_path):
+    """A killed run's process id given since to another program (ids are reused) does not keep the output busy."""
+    lock = tmp_path / ".seg.ome.tif.lock"
+    lock.write_text(f"{os.getppid()} {files._host()}")  # a process that runs, but holds no lock
+    with OutputLock(tmp_path / "seg.ome.tif"):
+        assert lock.read_text() == f"{os.getpid()} {files._host()}"
+    assert not lock.exists()
+
+
 def test_remove_stale_removes_only_what_dead_runs_left(tmp_path, caplog):
     dead, alive = _dead_pid(), os.getpid()
     stale_partial = tmp_path / f".seg.ome.tif.{dead}-0123abcd.partial"

@@ -9,10 +9,11 @@ the finished file under a clear name and says where, never deletes it.
 
 :func:`check_output` refuses, before any work, an output that exists (unless
 ``overwrite``), is the input, is a directory or lies in a folder that cannot be
-written; :class:`OutputLock` makes a second run on the same output stop with
-"in use" instead of mixing bytes.  Leftovers of killed runs (``.NAME.*.partial``
-files, lock files and scratch folders whose process is gone) are removed and
-named in the log by :func:`remove_stale`.
+written; :class:`OutputLock` (an OS lock, released by the kernel when a run's
+process dies) makes a second run on the same output stop with "in use" instead
+of mixing bytes.  Leftovers of killed runs (``.NAME.*.partial`` files and
+scratch folders whose process is gone) are removed and named in the log by
+:func:`remove_stale`.
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ def _host() -> str:
     import socket
 
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
-
-
-def _owner() -> str:
-    return f"{os.getpid()} {_host()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -202,60 +199,66 @@ def check_output(
 
 
 class OutputLock:
-    """An exclusive claim on an output path for the length of a run.
+    """An exclusive claim on an output path for the length of a run: an OS lock on ``.NAME.lock`` (:mod:`filelock`).
 
-    A lock file ``.NAME.lock`` holding this process's id is created with
-    ``O_EXCL``; a second run on the same output gets :class:`OutputBusyError`.
-    A lock left by a process that no longer runs is removed and logged.
+    The kernel releases it when the run's process ends, however it ends; a second run gets :class:`OutputBusyError`
+    naming the holder, which the file names (``PID HOST``) while held.  The file is removed on release; one left by a
+    killed run is taken over and logged, one naming another machine never (an OS lock need not reach across machines).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        import filelock  # here: its import (asyncio, about 0.1 s) is for headless runs only, a host locks nothing
+
         self.path = Path(path)
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
-        self._held = False
+        self._lock = filelock.FileLock(self.lock_path, timeout=0, on_acquired=_write_owner)
 
     def acquire(self) -> "OutputLock":
-        for _ in range(3):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner, host = _read_owner(self.lock_path)
-                if owner is not None and host == _host() and not _pid_alive(owner):
-                    self._take_over(owner)
-                    continue
-                where = f"process {owner}" + (f" on {host}" if host and host != _host() else "")
-                raise OutputBusyError(
-                    f"output {str(self.path)!r} is in use by another run ({where}); wait for it to end "
-                    f"or choose another output (if no run is active, delete {str(self.lock_path)!r})"
-                ) from None
-            except OSError as err:
-                raise OutputError(f"output {str(self.path)!r} cannot be written: {err.strerror or err}") from err
-            with os.fdopen(fd, "w") as f:
-                f.write(_owner())
-            self._held = True
-            return self
-        raise OutputBusyError(f"output {str(self.path)!r} is in use by another run")
-
-    def _take_over(self, owner: int) -> None:
-        """Remove a dead run's lock; renamed first, so that of two runs doing this at once only one removes it."""
-        grave = self.lock_path.with_name(f"{self.lock_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.stale")
+        pid, host = _read_owner(self.lock_path)
+        if host and host != _host():
+            raise self._busy(pid, host)
         try:
-            os.replace(self.lock_path, grave)
-        except OSError:
-            return  # another run took it over first: try again
-        grave.unlink(missing_ok=True)
-        log.warning("removing %s, left by a run (process %d) that no longer runs", self.lock_path, owner)
+            self._lock.acquire()
+        except TimeoutError:  # filelock.Timeout: another process holds it
+            raise self._busy(*_read_owner(self.lock_path)) from None
+        except OSError as err:  # a read-only folder, a file system without locks
+            raise OutputError(f"output {str(self.path)!r} cannot be locked ({err.strerror or err})") from err
+        if pid is not None and not _pid_alive(pid):  # not a run that ended cleanly just now: a killed one's file
+            log.warning("removing %s, left by a run (process %d) that no longer runs", self.lock_path, pid)
+        return self
+
+    def _busy(self, pid: int | None, host: str) -> OutputBusyError:
+        where = "" if pid is None else f" (process {pid}{f' on {host}' if host != _host() else ''})"
+        return OutputBusyError(f"output {str(self.path)!r} is in use by another run{where}; wait for it to end or "
+                               f"choose another output (if no run is active, delete {str(self.lock_path)!r})")
 
     def release(self) -> None:
-        if self._held:
-            self.lock_path.unlink(missing_ok=True)
-            self._held = False
+        if self._lock.is_locked:
+            with contextlib.suppress(OSError):  # Windows refuses while open; filelock removes it there
+                self.lock_path.unlink()  # before unlocking: a file that another run has locked is never removed
+            self._lock.release()
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _write_owner(fd: int) -> None:
+    """Name this run in the lock file it has just locked, through the locking descriptor (Windows allows no other)."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()} {_host()}".encode())
+
+
+def _read_owner(path: Path) -> tuple[int | None, str]:
+    """(process id, host) that a lock file names; (None, "") where it names none; without a host (older): this host."""
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+    except OSError:  # no lock file, or (Windows) its holder's lock keeps it unreadable
+        return None, ""
+    return (int(pid), host or _host()) if pid.isdigit() else (None, "")
 
 
 @contextlib.contextmanager
@@ -274,15 +277,6 @@ def claim_outputs(
             stack.enter_context(OutputLock(path))
             remove_stale(path.parent, path.name)
         yield checked
-
-
-def _read_owner(path: Path) -> tuple[int | None, str]:
-    """(process id, host) from a lock file; a lock without a host (older) counts as this host's."""
-    try:
-        pid, _, host = path.read_text().strip().partition(" ")
-    except OSError:
-        return None, ""
-    return (int(pid) if pid.isdigit() else None), (host or _host())
 
 
 def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path]:

@@ -285,8 +285,8 @@ class TiffReader:
 
     Every series (image) of the file that has the same T, Z, Y and X is read
     as one image with the channels of all series one after the other (an
-    OME-TIFF written by :meth:`TiffImageSet.save` with input and label
-    channels of different types is such a file).  Colour samples (RGB, RGBA)
+    OME-TIFF written by :meth:`TiffImageSet.save` from a float input with
+    integer labels is such a file).  Colour samples (RGB, RGBA)
     are channels.  Planes come in the file's own type, in native byte order.
 
     Parameters
