@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from typing import Sequence
 
-from .console import add_input_options, add_scale_options, setup_logging, stdout_to_log, tqdm_progress, user_errors
-from .errors import PairError
+from .console import (add_input_options, add_scale_options, setup_logging, stdout_to_log, summary_on_stdout, tqdm_progress,
+                      user_errors)
+from .errors import Option, PairError, SettingsError
 
 __all__ = ["main"]
 
@@ -63,10 +65,17 @@ def _segment(args) -> int:
     from .segmentation.settings import Settings, schema
 
     values = schema(args.dim).values_from_args(args)
+    if args.dim == 2 and "csv" in (values.get("export_objects") or ()):
+        # the option takes the 3D choices (--dim is known only once parsed): say so in its words
+        err = SettingsError("EXPORT_OBJECTS", tuple(values["export_objects"]), "'csv' is for 3D runs")
+        err.command_line = ("--export-objects csv needs --dim 3 (one row per object of a volume); "
+                            "with --dim 2 give roi, geojson or roi,geojson")
+        raise err
     settings = Settings(ndim=args.dim, **values)
-    result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
-                          current_time_point=args.time_point, quiet=args.quiet, level=args.level,
-                          workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    with summary_on_stdout():
+        result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
+                              current_time_point=args.time_point, quiet=args.quiet, level=args.level,
+                              workers=args.workers, scheduler=args.scheduler, resume=args.resume)
     computed = getattr(result, "computed", None)
     if args.resume and computed is not None:
         print(f"resumed: {len(result.units) - computed} of {len(result.units)} units were done before; "
@@ -224,12 +233,39 @@ def _job(args) -> int:
     return 0
 
 
+def _registered_names(ndim: int) -> list[str]:
+    """stardist's registered pretrained models, read from its ``stardist.models`` source without running it.
+
+    Running it imports TensorFlow (seconds, and its start-up lines) only to list
+    names; where the source does not read as expected, it is imported after all.
+    """
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("stardist")
+    cls = f"StarDist{ndim}D"
+    names: list[str] = []
+    with contextlib.suppress(OSError, SyntaxError, TypeError, IndexError):
+        source = Path(list(spec.submodule_search_locations)[0], "models", "__init__.py").read_text()
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_model"
+                    and len(node.args) >= 2 and getattr(node.args[0], "id", None) == cls
+                    and isinstance(node.args[1], ast.Constant)):
+                names.append(node.args[1].value)
+    if names:
+        return names
+    from .segmentation.models import registered_models
+
+    return registered_models(ndim)
+
+
 def _models(args) -> int:
-    from .segmentation.models import bundled_models, bundled_models_dir, registered_models
+    from .segmentation.models import bundled_models, bundled_models_dir
 
     for ndim in (2, 3) if args.dim is None else (args.dim,):
         print(f"{ndim}D bundled ({bundled_models_dir()}): {', '.join(bundled_models(ndim)) or 'none'}")
-        print(f"{ndim}D registered (downloaded by stardist when online): {', '.join(registered_models(ndim))}")
+        print(f"{ndim}D registered (downloaded by stardist when online): {', '.join(_registered_names(ndim))}")
     return 0
 
 
@@ -237,6 +273,38 @@ def _doctor(args) -> int:
     from .doctor import run_checks
 
     return 0 if run_checks(use_gpu=not args.cpu) else 1
+
+
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Option]:
+    """The command's options by the names errors give settings: script names (``MODEL2D_PATH``) and
+    lower-case names (``axes``), so that an error speaks of ``--model-path`` and ``--axes``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    by_dest: dict[str, Option] = {}
+    for action in sub.choices[args.command]._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        flags = [f for f in action.option_strings if f.startswith("--")]
+        sets = action.const if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) else None
+        by_dest[action.dest] = Option(flags[0] if flags else action.dest.replace("_", " "), sets)
+    options = dict(by_dest)
+    for field in _schema(args):
+        if field.attr in by_dest:
+            options[field.name] = by_dest[field.attr]
+    return options
+
+
+def _schema(args: argparse.Namespace):
+    """The settings schema of the command, if it has one."""
+    if args.command == "segment":
+        from .segmentation.settings import schema
+
+        return schema(args.dim)
+    job = getattr(args, "job", None)
+    if job:
+        from .analyses.jobs import JOBS
+
+        return JOBS[job].schema
+    return ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,10 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_jobs(sub)
-    d = sub.add_parser("doctor", help="check the environment: versions, GPUs, bundled models, a sample run")
+    d = sub.add_parser(
+        "doctor", help="check the environment: versions, GPUs, bundled models, a sample run",
+        description="Check that this computer can segment: Python, the host, the package versions, the device "
+        "and precision the network would use, the GPUs TensorFlow sees, the bundled models, and a 2D and a 3D "
+        "sample segmented. Each check prints one line, [ OK ] or [FAIL] with the reason; the status is 0 when all "
+        "pass, 1 otherwise.",
+    )
     d.add_argument("--cpu", action="store_true", help="check on the CPU even where there is a GPU")
     d.set_defaults(func=_doctor)
-    m = sub.add_parser("models", help="list bundled and registered model names")
+    m = sub.add_parser(
+        "models", help="list bundled and registered model names",
+        description="List the model names --model-name takes without --model-path: the models bundled with "
+        "stardist-host (in the folder shown) and stardist's registered pretrained models, which stardist downloads "
+        "the first time one is used. A model of your own is a folder: give --model-path the folder that holds it.",
+    )
     m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
     m.set_defaults(func=_models)
     for command in sub.choices.values():  # -q / -v after the command too; SUPPRESS keeps one given before it
@@ -273,10 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _argv = list(argv) if argv is not None else None
     if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout in a legacy code page cannot refuse a file name
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:
-        with user_errors(cli=True):
+        with user_errors(cli=_options(parser, args)):
             return args.func(args)
     except SystemExit as stop:
         return int(stop.code or 0)

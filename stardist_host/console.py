@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.abc
+import importlib.util
 import io
 import logging
 import os
+import re
 import sys
-from typing import Any, Callable, Iterator
+import tempfile
+from typing import Any, Callable, Iterator, Mapping
 
-from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, StardistHostError
+from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
 
-__all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress", "add_input_options",
-           "add_scale_options"]
+__all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress", "summary_on_stdout", "SUMMARY",
+           "add_input_options", "add_scale_options"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
     if quiet:
         level = max(level, logging.WARNING)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _quiet_tensorflow_import()
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -81,13 +87,91 @@ def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: What TensorFlow >= 2.16 writes to stderr on import whatever TF_CPP_MIN_LOG_LEVEL says: absl's preamble,
+#: glog-style INFO/WARNING lines (oneDNN's "To turn them off ... TF_ENABLE_ONEDNN_OPTS=0", cpu_feature_guard)
+#: and their continuation lines; older versions' "2024-01-01 12:00:00.0: I tensorflow/..." lines too.
+_TF_START_UP = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d\d"
+    r"|\S+ \S+: [IW] tensorflow/"
+    r"|To enable the following instructions:"
+    r"|To turn them off, set the environment variable"
+)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, the first time it is asked for, with its start-up lines on stderr dropped.
+
+    Setting ``TF_ENABLE_ONEDNN_OPTS=0`` would silence oneDNN's line but change how the
+    network computes; only the lines go.
+    """
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        with _stderr_filtered(_TF_START_UP):
+            module = importlib.import_module(name)
+        return importlib.util.spec_from_loader(name, _Imported(module), origin=getattr(module, "__file__", None))
+
+
+class _Imported(importlib.abc.Loader):
+    """A loader that hands back a module imported already."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def create_module(self, spec):
+        return self._module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def _quiet_tensorflow_import() -> None:
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlow())
+
+
 @contextlib.contextmanager
-def user_errors(*, cli: bool = False) -> Iterator[None]:
+def _stderr_filtered(drop: re.Pattern) -> Iterator[None]:
+    """Drop the lines matching ``drop`` that anything in this process (C++ included) writes to stderr."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (a windowed host): nothing is shown anyway
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not drop.match(line)]
+            if kept:
+                with contextlib.suppress(AttributeError, ValueError, OSError):
+                    sys.stderr.write("".join(kept))
+                    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def user_errors(*, cli: bool | Mapping[str, Option] = False) -> Iterator[None]:
     """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
 
     No traceback is shown for either: the message says what to change, in
-    the words of the command line (``cli``: its options) or of a script (its
-    settings) where the error has both.
+    the words of a script (its settings), or with ``cli`` in those of the
+    command line: the error's ``command_line`` where it has one, and where
+    ``cli`` maps settings to their options, every setting it names written as
+    its option (:meth:`~stardist_host.errors.StardistHostError.in_words_of`).
     """
     try:
         yield
@@ -95,8 +179,33 @@ def user_errors(*, cli: bool = False) -> Iterator[None]:
         log.error("cancelled")
         raise SystemExit(EXIT_CANCELLED) from None
     except StardistHostError as err:
-        log.error("%s", err.command_line if cli and err.command_line else err)
+        if cli:
+            log.error("%s", err.in_words_of(cli if isinstance(cli, Mapping) else None))
+        else:
+            log.error("%s", err)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+#: ``extra`` of the log record that states a run's summary, so that a command printing it on stdout can
+#: leave it out of the log (:func:`summary_on_stdout`): ``log.info(result.summary(), extra=SUMMARY)``.
+SUMMARY = {"summary": True}
+
+
+def _not_summary(record: logging.LogRecord) -> bool:
+    return not getattr(record, "summary", False)
+
+
+@contextlib.contextmanager
+def summary_on_stdout() -> Iterator[None]:
+    """Leave the summary record (:data:`SUMMARY`) out of the console log: the command prints it on stdout."""
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_not_summary)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_not_summary)
 
 
 class _LogWriter(io.TextIOBase):
@@ -149,10 +258,18 @@ def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Callable[[int, i
 
     ``bar`` is a context manager to wrap the work in; the tqdm bar itself is
     created at the first call of the callback, so that a run that fails while
-    checking its input draws none.
+    checking its input draws none, and only where stderr is a terminal (or a
+    notebook): a log file gets the log lines without the bar's redraws.
     """
     bar = _LazyBar(desc, disable=disable)
     return bar.update, bar
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class _LazyBar:
@@ -169,6 +286,10 @@ class _LazyBar:
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
+            if tqdm.__module__ != "tqdm.notebook" and not _is_terminal(sys.stderr):
+                # a file or pipe would keep every redraw, glued onto the log lines between them
+                self._disable = True
+                return
             self._bar = tqdm(total=total, desc=self._desc, unit="step", file=sys.stderr)
             self._stack.enter_context(logging_redirect_tqdm())
         self._bar.total = total

@@ -164,10 +164,10 @@ def _imagej_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple | None]:
 
 
 class _CaughtErrors(logging.Handler):
-    """Collects the errors tifffile logs (not raises) while it parses a damaged file."""
+    """Collects the errors and warnings tifffile logs (not raises) while it parses a damaged file."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -422,6 +422,9 @@ def _open(path: Path) -> tifffile.TiffFile:
     caught = _CaughtErrors()
     logger = logging.getLogger("tifffile")
     logger.addHandler(caught)
+    # tifffile logs (not raises) much of the damage it meets: its records stop here and are folded into
+    # the one error, or logged as our warning, instead of reaching the console as lines of their own
+    propagate, logger.propagate = logger.propagate, False
     tif = None
     try:
         tif = tifffile.TiffFile(path)
@@ -442,6 +445,7 @@ def _open(path: Path) -> tifffile.TiffFile:
         raise TiffError(f"{path.name} is not a TIFF file that can be read: {err}") from err
     finally:
         logger.removeHandler(caught)
+        logger.propagate = propagate
     # offsets beyond the end mean lost data; anything else (malformed OME-XML, odd ImageJ metadata) is
     # metadata tifffile could not use: the pixels are there, so say so and go on with what the file says
     damage = [m for m in caught.messages if any(word in m for word in ("offset", "truncat", "corrupt"))]
