@@ -9,7 +9,7 @@ matching built-in (``ValueError``, ``OSError`` ...), as tifffile's
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 __all__ = [
     "StardistHostError",
@@ -33,6 +33,8 @@ __all__ = [
     "SegmentationProcessError",
     "check_index",
     "require",
+    "Option",
+    "in_command_line_words",
     "EXIT_USER_ERROR",
     "EXIT_CANCELLED",
 ]
@@ -52,6 +54,60 @@ class StardistHostError(Exception):
     """
 
     command_line: str | None = None
+
+    def in_words_of(self, options: Mapping[str, Option] | None = None) -> str:
+        """The message as the ``stardist-host`` command shows it.
+
+        ``command_line`` where the error sets it; otherwise the message with each
+        setting of ``options`` (its name, or lower-case name, as a script writes
+        it) written as the command-line option that gives it:
+        ``MODEL2D_PATH='/x'`` becomes ``--model-path /x``, ``USE_GPU=False``
+        ``--cpu``, ``set MODEL2D_PATH to`` ``give --model-path``; a name alone is
+        left as it is (a message may name the script setting on purpose).
+        """
+        if self.command_line:
+            return self.command_line
+        return in_command_line_words(str(self), options) if options else str(self)
+
+
+class Option(NamedTuple):
+    """How the command line gives a setting: ``flag`` (``--model-path``, or a positional's name), and for
+    an on/off flag the value it ``sets``."""
+
+    flag: str
+    sets: Any = None
+
+
+_LITERAL = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\([^()]*\)|\[[^\[\]]*\]|[-+\w.]+"""
+
+
+def in_command_line_words(message: str, options: Mapping[str, Option]) -> str:
+    """``message`` with the script settings named in ``options`` written as their command-line options."""
+    import ast
+    import re
+    import shlex
+
+    def option(name: str, value: Any) -> str:
+        flag, sets = options[name]
+        if sets is not None:
+            return flag if value == sets else f"without {flag}"
+        if value is None:
+            return f"{flag} none"
+        if isinstance(value, (list, tuple)):
+            return f"{flag} {','.join(map(str, value)) or chr(34) * 2}"
+        return f"{flag} {shlex.quote(str(value))}"
+
+    def assignment(match: re.Match) -> str:
+        try:
+            value = ast.literal_eval(match["value"])
+        except (ValueError, SyntaxError):
+            value = match["value"]
+        return option(match["name"], value)
+
+    names = "|".join(re.escape(n) for n in sorted(options, key=len, reverse=True))
+    message = re.sub(rf"\b(?P<name>{names})=(?P<value>{_LITERAL})", assignment, message)
+    message = re.sub(rf"\bset (?P<name>{names}) to\b", lambda m: f"give {options[m['name']].flag}", message)
+    return message
 
 
 class SettingsError(StardistHostError, ValueError):

@@ -320,14 +320,34 @@ class Field:
         return "required" if self.required else _text(self.default)
 
     def cli_help(self) -> str:
+        """The option's help: what it does, its unit, choices and default as the option takes them."""
+        import re
+
         unit = f" [{self.unit}]" if self.unit else ""
         none = f"; none: {self.none}" if self.none else ""
-        what = f"{self.help}{unit}{none}"
         if self.type == "bool":
-            state = "True" if self.default is not True else "False"
-            return f"{what} (sets script setting {self.name}={state}; default {self.name}={self.default})"
-        default = "" if self.required else f"; default {self.default_text()}"
-        return f"{what}{default} (script setting {self.name})".replace("%", "%%")
+            # the flag sets the value that is not the default: say what that value does
+            state = self.default is not True
+            meanings = dict(re.findall(r"\b(True|False): ([^;]*)", self.help))
+            if str(state) in meanings:
+                what = meanings[str(state)]
+            elif meanings:
+                what = f"not: {meanings[str(not state)]}"
+            else:
+                what = self.help if state else f"do not {self.help}"
+            return f"{what}{unit} (script setting {self.name}={state}; default {self.default})".replace("%", "%%")
+        choices = ""
+        if self.choices and not all(str(c) in self.help for c in self.choices):
+            choices = f"; one of {', '.join(map(str, self.choices))}"
+        if self.required:
+            default = ""
+        elif self.default is None:
+            default = "; default none"
+        elif isinstance(self.default, (list, tuple)):
+            default = f"; default {','.join(map(str, self.default)) or 'none given'}"
+        else:
+            default = f"; default {self.default}"
+        return f"{self.help}{unit}{none}{choices}{default} (script setting {self.name})".replace("%", "%%")
 
     def describe(self) -> dict[str, Any]:
         """A machine-readable description: name, type, default, allowed, unit, description."""

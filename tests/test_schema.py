@@ -67,7 +67,12 @@ def test_cli_options_are_the_definition(command):
             continue
         action = options[field.flag]
         assert action.dest == field.attr
-        assert field.help in action.help and action.help.strip() != field.name
+        if field.type == "bool":  # the help says what the flag does: the meaning of the value it sets
+            meanings = dict(part.split(": ", 1) for part in field.help.split("; ") if part[:5] in ("True:", "False"))
+            assert meanings.get(str(not field.default), "").split(";")[0] in action.help
+            assert "True:" not in action.help and "False:" not in action.help
+        else:
+            assert field.help in action.help and action.help.strip() != field.name
         assert (field.unit in action.help) if field.unit else True
         if field.name in SEGMENT_DIM_DEFAULTS and command == "segment":
             assert action.default is None  # Settings fills in the definition's default for --dim

@@ -297,7 +297,7 @@ def test_analysis_output_exists_refused_without_overwrite(tmp_path, caplog):
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, sample_2d, caplog):
     out = tmp_path / "out.tif"
     assert main(["segment", str(sample_2d), str(out), "--last-plane", "3"]) == 2
-    assert "LAST_PLANE=3: the image set has planes 0..0 (or -1)" in caplog.text
+    assert "--last-plane 3: the image set has planes 0..0 (or -1)" in caplog.text  # the command line speaks options
     assert main(["segment", str(sample_2d), str(tmp_path / "out.png")]) == 2
     assert "must end in .tif or .tiff" in caplog.text
     assert main(["segment", str(tmp_path / "missing.tif"), str(out)]) == 2
