@@ -179,3 +179,34 @@ def test_a_removed_layer_is_named():
     viewer.layers.remove(layer)
     with pytest.raises(LayerError, match="'DAPI' was removed"):
         imageset.get_channeldata(0, 0, 0)
+
+
+@pytest.mark.parametrize("script, crop", [("stardist_2d.py", None), ("stardist_3d.py", slice(8, 23))])
+def test_scripts_run_unchanged_on_the_active_napari_imageset(monkeypatch, script, crop):
+    """As pasted into napari's console: the script segments the active image set, in a child process, into a Labels layer."""
+    import tifffile
+
+    viewer = ViewerModel()
+    if script == "stardist_2d.py":
+        data = tifffile.imread(ROOT / "data" / "nuclei_2d_t.tif")  # T, C, Y, X
+        layers = [add_image(viewer, data[:, c], name=name, labels=("t", "y", "x"))
+                  for c, name in enumerate(("DAPI", "Membrane"))]
+        viewer.dims.set_current_step(0, 2)
+    else:
+        layers = [add_image(viewer, tifffile.imread(ROOT / "data" / "nuclei_3d.tif")[crop], name="DAPI",
+                            scale=(2.0, 0.5, 0.5))]
+    imageset = NapariImageSet(viewer, layers)
+    monkeypatch.setattr(sys, "argv", ["napari"])  # the console's: no file arguments
+    set_active_imageset(imageset)
+    try:
+        namespace = runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    finally:
+        set_active_imageset(None)
+    labels = viewer.layers["Stardist_DAPI"]
+    assert isinstance(labels, napari.layers.Labels) and labels.data.shape == layers[0].data.shape
+    assert namespace["SEPARATE_PROCESS"] == "auto"
+    if script == "stardist_2d.py":
+        assert not labels.data[:2].any() and len(np.unique(labels.data[2])) > 10  # the slider's time point only
+    else:
+        assert len(np.unique(labels.data)) > 10
+        np.testing.assert_allclose(labels.scale, (2.0, 0.5, 0.5))

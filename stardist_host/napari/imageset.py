@@ -107,16 +107,15 @@ def _check_image_layer(layer) -> None:
         raise LayerError(f"layer {name!r} is multiscale (a pyramid): open its full-resolution level as an image")
 
 
-def channel_layers(viewer, layer) -> list:
+def channel_layers(viewer, layer, axes: str | None = None) -> list:
     """The layers that are the channels of ``layer``'s image set: ``layer`` alone, or all of its kind.
 
     A layer with a channel axis is one image set by itself.  Otherwise the
     Image layers with its shape and scale (in the viewer's order) are its
     channels, as napari makes them from a multi-channel file (one layer per
-    channel); RGB and multiscale layers are left out.
+    channel); RGB and multiscale layers are left out.  ``axes`` as for :func:`layer_axes`.
     """
-    axes = layer_axes(viewer, layer)
-    if "C" in axes:
+    if "C" in layer_axes(viewer, layer, axes):
         return [layer]
     from napari.layers import Image
 
@@ -259,7 +258,8 @@ class NapariImageSet:
         self._present(layer)
         where = f"channel {channel}, plane {plane}, time point {time_point}"
         layer.data[self._index(self._label_axes, None, plane, time_point)] = fit_to_dtype(data, layer.data.dtype, where)
-        layer.refresh()
+        if self._shown(layer, plane, time_point):  # napari reads other planes from the data when it shows them
+            layer.refresh()
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
         """Add a Labels layer named ``name`` (napari appends `` [1]`` where the name is taken) and return its channel."""
@@ -323,6 +323,15 @@ class NapariImageSet:
         check_index("channel", channel, self.channel_count)
         check_index("plane", plane, self.plane_count)
         check_index("time_point", time_point, self.time_point_count, noun="time points")
+
+    def _shown(self, layer, plane: int, time_point: int) -> bool:
+        """Whether the viewer shows (a part of) this plane of ``layer`` now."""
+        if self.viewer.dims.ndisplay == 3:
+            return True
+        position = layer.world_to_data(self.viewer.dims.point)
+        axes = self._label_axes
+        return all(int(round(float(position[axes.index(letter)]))) == value
+                   for letter, value in (("Z", plane), ("T", time_point)) if letter in axes)
 
     def _present(self, layer) -> None:
         if layer not in self.viewer.layers:

@@ -1,0 +1,169 @@
+"""A segmentation run started from napari: off the GUI thread, image-set calls on it, progress, cancel, notifications.
+
+:class:`SegmentationRun` runs :func:`stardist_host.runs.local.run` (the same
+run a script makes) in a napari thread worker, on a
+:class:`~stardist_host.napari.calls.GuiThreadImageSet` over the layers, with
+SEPARATE_PROCESS ``"auto"`` resolved to True, as inside any host: TensorFlow
+runs in a child process that the worker thread serves.  Progress goes to
+napari's progress bar (the activity dock) and to ``on_progress``; the outcome
+is one notification, one line (the summary, or the error's message).
+
+What stops a run, within a plane (volume): :meth:`SegmentationRun.cancel`
+(the Cancel button), an input layer or the new Labels layer removed from the
+viewer, the viewer closed (napari asks its workers to quit).  A stopped or
+failed run removes its unfinished Labels layer, as every run removes its
+unfinished channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Callable
+
+from ..errors import Cancelled, StardistHostError
+from .calls import GuiCalls, GuiThreadImageSet
+from .imageset import NapariImageSet
+
+__all__ = ["SegmentationRun", "one_line", "segmentation_run_function"]
+
+log = logging.getLogger(__name__)
+
+
+def segmentation_run_function() -> Callable:
+    """The run a script makes: ``run(settings, imageset, progress=, cancel=)``."""
+    try:
+        from ..runs.local import run
+    except ImportError:  # before stardist_host.runs
+        from ..segmentation.segment import run
+    return run
+
+
+def one_line(err: BaseException) -> str:
+    """An error as the one line a notification shows: the package's message, else the type and the message."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, StardistHostError) else f"{type(err).__name__}: {text}"
+
+
+class SegmentationRun:
+    """One segmentation of napari layers, run in a thread worker; make it and :meth:`start` it on the GUI thread.
+
+    Parameters
+    ----------
+    viewer
+        The ``napari.Viewer``.
+    layers
+        The Image layer, or one Image layer per channel (see
+        :class:`~stardist_host.napari.imageset.NapariImageSet`).
+    settings
+        Validated :class:`~stardist_host.segmentation.settings.Settings`.
+    axes
+        The layers' axes where their labels do not say (see :func:`~stardist_host.napari.imageset.layer_axes`).
+    on_progress
+        Called on the GUI thread as ``on_progress(done, total)``.
+    on_finished
+        Called on the GUI thread with the :class:`SegmentResult` or the error.
+
+    Raises
+    ------
+    LayerError
+        The layers cannot be segmented (RGB, Labels, no Y and X axes); raised here, before a thread starts.
+    """
+
+    def __init__(self, viewer, layers, settings, *, axes: str | None = None, on_progress: Callable[[int, int], None] | None = None,
+                 on_finished: Callable[[Any], None] | None = None) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self.viewer = viewer
+        self.imageset = NapariImageSet(viewer, layers, axes=axes)
+        if settings.separate_process == "auto":  # inside a host: TensorFlow stays out of napari's process
+            settings = dataclasses.replace(settings, separate_process=True)
+        self.settings = settings
+        self.result: Any = None  # the SegmentResult or the error, once the run has finished
+        self._outcome: Any = RuntimeError("the run ended without a result")  # set by the worker thread
+        self.reason: str | None = None  # why the run was stopped, where it was not the Cancel button
+        self._cancel = threading.Event()
+        self._on_progress, self._on_finished = on_progress, on_finished
+        self._calls = GuiCalls(stopped=self._gui_gone, reason=lambda: self.reason or "the viewer was closed")
+        self._bar = progress(total=0, desc=f"StarDist {settings.ndim}D")
+        self.worker = create_worker(self._work, _start_thread=False)
+        # finished, not returned: a worker that napari asked to quit (the viewer closing) returns nothing
+        self.worker.finished.connect(self._finished)
+        viewer.layers.events.removed.connect(self._removed)
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+        self.worker.start()
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop the run within a plane (volume); ``reason``: why, where not the user's Cancel."""
+        if reason and not self.reason:
+            self.reason = reason
+        self._cancel.set()
+
+    # ----- the worker thread -------------------------------------------------------------------------------------
+
+    def _work(self) -> Any:
+        imageset = GuiThreadImageSet(self.imageset, self._calls)
+        try:
+            self._outcome = segmentation_run_function()(self.settings, imageset, progress=self._progress,
+                                                        cancel=self._cancelled)
+        except Exception as err:  # shown as a notification of one line, not napari's traceback dialog
+            if not isinstance(err, StardistHostError):
+                log.exception("StarDist run failed")
+            self._outcome = err  # kept, not returned: a worker that returns an exception raises it
+
+    def _cancelled(self) -> bool:
+        return self._cancel.is_set() or self._gui_gone()
+
+    def _gui_gone(self) -> bool:
+        return self.worker.abort_requested  # napari asks its workers to quit when the viewer closes
+
+    def _progress(self, done: int, total: int) -> None:
+        self._calls.post(self._show_progress, done, total)
+
+    # ----- the GUI thread ----------------------------------------------------------------------------------------
+
+    def _show_progress(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+        if self._on_progress is not None:
+            self._on_progress(done, total)
+
+    def _removed(self, event) -> None:
+        layer = event.value
+        if layer in self.imageset.layers:
+            self.cancel(f"layer {layer.name!r} was removed from the viewer during the run")
+        elif any(layer is added for added in self.imageset._added):
+            self.cancel(f"the new Labels layer {layer.name!r} was removed from the viewer during the run")
+
+    def _finished(self) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.running = False
+        outcome = self.result = self._outcome
+        self.viewer.layers.events.removed.disconnect(self._removed)
+        self._bar.close()
+        if self.worker.abort_requested:
+            self.reason = "the viewer was closed during the run"
+        if isinstance(outcome, BaseException) and self.reason:  # the stop, or what the removal made fail first
+            show_error(f"StarDist stopped: {self.reason}; {_after(outcome)}nothing was kept")
+        elif isinstance(outcome, Cancelled):
+            show_info(f"StarDist {one_line(outcome)}; the unfinished Labels layer was removed")
+        elif isinstance(outcome, BaseException):
+            show_error(f"StarDist: {one_line(outcome)}")
+        else:
+            show_info(f"StarDist: {outcome.summary()}")
+        if self._on_finished is not None:
+            self._on_finished(outcome)
+
+
+def _after(err: Cancelled) -> str:
+    """ "after 5 of 30 planes; " from a Cancelled message, or nothing."""
+    text = str(err)
+    at = text.find(" after ")
+    return f"{text[at + 1:].split(';')[0]}; " if at >= 0 else ""
