@@ -307,7 +307,7 @@ def peak_rss_mb() -> float:
 def rss_run(n: int, size: int, use_gpu: bool, precision: str = "auto") -> dict:
     """In this (fresh) process: write an n-plane stack, segment it through the TIFF image set, report peak RSS."""
     from stardist_host import Settings, TiffImageSet
-    from stardist_host.segmentation.segment import run
+    from stardist_host.runs.local import run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stack.tif"
@@ -325,7 +325,7 @@ def rss_run(n: int, size: int, use_gpu: bool, precision: str = "auto") -> dict:
 def huge_run(gigabytes: float, size: int, use_gpu: bool) -> dict:
     """Write a stack of ``gigabytes`` plane by plane, segment it through the TIFF image set, report time and memory."""
     from stardist_host import Settings, TiffImageSet
-    from stardist_host.segmentation.segment import run
+    from stardist_host.runs.local import run
 
     n = int(gigabytes * 2**30 // (size * size * 2))
     folder = Path(os.environ.get("STARDIST_HOST_BENCH_DIR", tempfile.gettempdir()))

@@ -56,7 +56,7 @@ def run_once(store: Path, workers: int) -> dict:
 
     cloudpickle.register_pickle_by_value(bench_inference)  # the workers cannot import it: send the function itself
 
-    from stardist_host import distributed as dist
+    from stardist_host.runs import distributed as dist
     from stardist_host.segmentation.settings import Settings
 
     settings = Settings(ndim=2, current_time_point=False, use_gpu=False, overwrite=True)

@@ -35,6 +35,6 @@ EXPORT_OBJECTS = []  # e.g. ["roi", "geojson"]: the objects for Fiji's ROI Manag
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python stardist_2d.py INPUT.tif OUTPUT.tif [--axes TZYX]
-from stardist_host.headless import run_script
+from stardist_host.runs.script import run_script
 
 run_script(globals(), ndim=2)

@@ -35,6 +35,6 @@ EXPORT_OBJECTS = []  # e.g. ["csv"]: one row per object; "roi", "geojson": outli
 # @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@ END USER SETTINGS @@@@@@@@@@@@@@@@@@@@@@@@@@@@
 
 # Headless: python stardist_3d.py INPUT.tif OUTPUT.tif [--axes ZYX]
-from stardist_host.headless import run_script
+from stardist_host.runs.script import run_script
 
 run_script(globals(), ndim=3)

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .console import (add_input_options, add_scale_options, setup_logging, stdout_to_log, summary_on_stdout, tqdm_progress,
+from .console import (add_input_options, add_scale_options, setup_logging, stdout_to_log, tqdm_progress,
                       user_errors)
 from .errors import Option, PairError, SettingsError
 
@@ -61,7 +61,7 @@ def _add_segment(sub) -> None:
 
 
 def _segment(args) -> int:
-    from .headless import run_headless
+    from .runs.files import run_headless
     from .segmentation.settings import Settings, schema
 
     values = schema(args.dim).values_from_args(args)
@@ -72,14 +72,12 @@ def _segment(args) -> int:
                             "with --dim 2 give roi, geojson or roi,geojson")
         raise err
     settings = Settings(ndim=args.dim, **values)
-    with summary_on_stdout():
-        result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
-                              current_time_point=args.time_point, quiet=args.quiet, level=args.level,
-                              workers=args.workers, scheduler=args.scheduler, resume=args.resume)
-    computed = getattr(result, "computed", None)
-    if args.resume and computed is not None:
-        print(f"resumed: {len(result.units) - computed} of {len(result.units)} units were done before; "
-              f"{computed} segmented now")
+    result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
+                          current_time_point=args.time_point, quiet=args.quiet, level=args.level,
+                          workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    if args.resume and result.computed is not None:
+        print(f"resumed: {len(result.units) - result.computed} of {len(result.units)} units were done before; "
+              f"{result.computed} segmented now")
     print(f"{args.output or args.input}: {result.summary(cli=True)}")
     return 0
 

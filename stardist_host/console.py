@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
 
-__all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress", "summary_on_stdout", "SUMMARY",
+__all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress",
            "add_input_options", "add_scale_options"]
 
 log = logging.getLogger(__name__)
@@ -184,28 +184,6 @@ def user_errors(*, cli: bool | Mapping[str, Option] = False) -> Iterator[None]:
         else:
             log.error("%s", err)
         raise SystemExit(EXIT_USER_ERROR) from None
-
-
-#: ``extra`` of the log record that states a run's summary, so that a command printing it on stdout can
-#: leave it out of the log (:func:`summary_on_stdout`): ``log.info(result.summary(), extra=SUMMARY)``.
-SUMMARY = {"summary": True}
-
-
-def _not_summary(record: logging.LogRecord) -> bool:
-    return not getattr(record, "summary", False)
-
-
-@contextlib.contextmanager
-def summary_on_stdout() -> Iterator[None]:
-    """Leave the summary record (:data:`SUMMARY`) out of the console log: the command prints it on stdout."""
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(_not_summary)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(_not_summary)
 
 
 class _LogWriter(io.TextIOBase):

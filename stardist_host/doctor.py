@@ -85,7 +85,7 @@ def _bundled_models() -> str:
 def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
     def check() -> str:
         from .io.imagesets import TiffImageSet
-        from .segmentation.segment import run
+        from .runs.local import run
         from .segmentation.settings import Settings
 
         sample = samples_dir() / (SAMPLE_2D if ndim == 2 else SAMPLE_3D)

@@ -15,15 +15,21 @@ that thread.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .errors import NoImageSetError
 
-__all__ = ["ImageSet", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset", "check_voxel_size",
-           "NoImageSetError"]
+__all__ = ["ImageSet", "Progress", "Cancel", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset",
+           "check_voxel_size", "NoImageSetError"]
+
+#: progress(done, total) is called after each plane (2D) or volume (3D), on the thread that started the run.
+Progress = Callable[[int, int], None]
+#: cancel() is asked between planes (volumes) and batches; True stops the run.
+Cancel = Callable[[], bool]
+
 
 @runtime_checkable
 class ImageSet(Protocol):

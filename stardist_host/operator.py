@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .errors import SettingsError
-from .host import active_imageset
+from .host import Progress, active_imageset
+from .runs.local import run
 from .schema import raise_all
-from .segmentation.segment import Progress, SegmentResult, run
+from .segmentation.segment import SegmentResult
 from .segmentation.settings import Settings, schema
 
 __all__ = ["parameters", "main"]

@@ -26,10 +26,10 @@ from stardist_host.errors import Cancelled, ModelError, SettingsError
 from stardist_host.host import set_active_imageset
 from stardist_host.io.imagesets import TiffImageSet
 from stardist_host.schema import SettingsErrors
-from stardist_host.segmentation import child
-from stardist_host.segmentation.child import PROCESS_NAME, SegmentationProcessError, run_in_child
+from stardist_host.runs import child
+from stardist_host.runs.child import PROCESS_NAME, SegmentationProcessError, run_in_child
 from stardist_host.segmentation.plan import make_plan
-from stardist_host.segmentation.segment import run, separate_process
+from stardist_host.runs.local import run, separate_process
 from stardist_host.segmentation.settings import Settings
 
 CPU = dict(use_gpu=False)
@@ -52,7 +52,7 @@ def test_host_process_never_imports_tensorflow():
         import json, logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(processName)s|%(message)s")
         from stardist_host import MemoryImageSet
-        from stardist_host.segmentation.segment import run
+        from stardist_host.runs.local import run
         from stardist_host.segmentation.settings import Settings
         from conftest import sample_planes_tczyx
         ims = MemoryImageSet(sample_planes_tczyx(t=1, z=2), channel_names=["DAPI"])
@@ -90,7 +90,7 @@ def test_2d_bundled_sample_labels_identical_progress_and_logs(sample_2d, caplog)
     assert results[True].total > 30 and names[-1] == "Stardist_DAPI"
     assert steps[True] == steps[False] == [(1, 3), (2, 3), (3, 3)]
     from_child = [r for r in caplog.records if r.processName == PROCESS_NAME]
-    assert any(r.name == "stardist_host.segmentation.segment" and "nuclei in 3 plane(s)" in r.getMessage()
+    assert any(r.name == "stardist_host.segmentation.segment" and "segmenting channel 0, 3 plane(s)" in r.getMessage()
                for r in from_child)
     assert _no_children()
 
@@ -258,7 +258,7 @@ def test_a_script_that_runs_at_import_time_is_not_run_again_in_the_child(tmp_pat
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from conftest import sample_planes_tczyx
         from stardist_host import MemoryImageSet
-        from stardist_host.segmentation.segment import run
+        from stardist_host.runs.local import run
         from stardist_host.segmentation.settings import Settings
         ims = MemoryImageSet(sample_planes_tczyx(t=1, z=1), channel_names=["DAPI"])
         result = run(Settings(separate_process=True, use_gpu=False), ims)

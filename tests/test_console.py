@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from stardist_host import cli
-from stardist_host.console import SUMMARY, stdout_to_log, summary_on_stdout, tqdm_progress
+from stardist_host.console import stdout_to_log, tqdm_progress
 
 TF_START_UP = ("absl::InitializeLog", "oneDNN", "TF_ENABLE_ONEDNN_OPTS", "cpu_feature_guard")
 
@@ -108,24 +108,6 @@ def test_models_lists_the_registered_names_without_tensorflow():
             in proc.stdout
 
 
-def test_the_summary_record_is_left_out_where_the_command_prints_it():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logging.getLogger().addHandler(handler)
-    try:
-        log = logging.getLogger("stardist_host.test")
-        log.setLevel(logging.INFO)
-        with summary_on_stdout():
-            log.info("3 nuclei", extra=SUMMARY)
-            log.info("other")
-        log.info("3 nuclei again", extra=SUMMARY)
-    finally:
-        logging.getLogger().removeHandler(handler)
-    assert stream.getvalue().splitlines() == ["other", "3 nuclei again"]
-
-
-@pytest.mark.xfail(strict=True, reason="segmentation/segment.py (and the Dask path) log the summary without "
-                   "extra=console.SUMMARY; owned by the engine refactor")
 def test_a_run_states_its_summary_once(tmp_path, tiny):
     proc = _cli("segment", tiny, tmp_path / "out.ome.tif")
     assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,7 @@ pytest.importorskip("ome_zarr.writer")
 from conftest import ROOT, sample_planes_tczyx  # noqa: E402
 from test_omezarr import input_hashes, write_store  # noqa: E402
 
-from stardist_host import distributed  # noqa: E402
+from stardist_host.runs import distributed  # noqa: E402
 from stardist_host.errors import (  # noqa: E402
     LabelOverflowError,
     MissingExtraError,
@@ -29,9 +29,10 @@ from stardist_host.errors import (  # noqa: E402
     SettingsError,
     UnitFailedError,
 )
-from stardist_host.headless import segment_file  # noqa: E402
+from stardist_host.io.outputs import scratch_labels_store  # noqa: E402
+from stardist_host.runs.files import segment_file  # noqa: E402
 from stardist_host.io.omezarr import OmeZarrImageSet  # noqa: E402
-from stardist_host.segmentation.segment import run  # noqa: E402
+from stardist_host.runs.local import run  # noqa: E402
 from stardist_host.segmentation.settings import Settings  # noqa: E402
 
 LABEL = "Stardist_Channel 0"
@@ -177,28 +178,28 @@ def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
     segment_file(settings, src, tmp_path / "plain.ome.tif")  # the single-process path
     expected = tifffile.imread(tmp_path / "plain.ome.tif")
 
-    real, calls = distributed.segment_unit, []
+    real, calls = distributed._finish, []
 
-    def dies_at_third(job, unit):
+    def dies_at_third(task, result):
         if len(calls) == 2:
             raise KeyboardInterrupt  # stops the run as Ctrl-C would, after two units
-        calls.append(unit)
-        return real(job, unit)
+        calls.append(result.unit)
+        return real(task, result)
 
-    monkeypatch.setattr(distributed, "segment_unit", dies_at_third)
+    monkeypatch.setattr(distributed, "_finish", dies_at_third)
     out = tmp_path / "out.ome.tif"
     with pytest.raises(KeyboardInterrupt):
         segment_file(settings, src, out, resume=True)
-    assert not out.exists() and distributed.tiff_journal(out).is_dir()
+    assert not out.exists() and scratch_labels_store(out).is_dir()
     with pytest.raises(OutputError, match="an interrupted run left"):
         segment_file(settings, src, out)  # the single-process path does not overwrite it either
 
     calls.clear()
-    monkeypatch.setattr(distributed, "segment_unit", lambda job, unit: calls.append(unit) or real(job, unit))
+    monkeypatch.setattr(distributed, "_finish", lambda task, result: calls.append(result.unit) or real(task, result))
     result = segment_file(settings, src, out, resume=True)
     assert [(u.time_point, u.first) for u in calls] == [(1, 0), (1, 1)] and result.computed == 2
     np.testing.assert_array_equal(tifffile.imread(out), expected)
-    assert not distributed.tiff_journal(out).exists()
+    assert not scratch_labels_store(out).exists()
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -206,13 +207,13 @@ def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
 
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     store = timelapse_store(tmp_path / "tl.zarr")
-    real = distributed.segment_unit
+    real = distributed._finish
 
-    def once(job, unit):
-        real(job, unit)
+    def once(task, result):
+        real(task, result)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(distributed, "segment_unit", once)
+    monkeypatch.setattr(distributed, "_finish", once)
     with pytest.raises(UnitFailedError, match="time point 0, plane 0 failed: RuntimeError: stop here"):
         segment_file(Settings(ndim=2, current_time_point=False, use_gpu=False), store, None)
     before = {p: p.read_bytes() for p in (store / "labels").rglob("*") if p.is_file()}
@@ -248,13 +249,13 @@ def test_missing_dask_names_the_extra(tmp_path, monkeypatch):
 
 def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
     store = timelapse_store(tmp_path / "tl.zarr")
-    real = distributed.segment_unit
+    real = distributed._finish
 
-    def big(job, unit):
-        record = real(job, unit)
+    def big(task, result):
+        record = real(task, result)
         return {**record, "highest": 40000}  # two such units pass uint16
 
-    monkeypatch.setattr(distributed, "segment_unit", big)
+    monkeypatch.setattr(distributed, "_finish", big)
     settings = Settings(ndim=2, current_time_point=False, unique_labels=True, label_dtype="uint16", use_gpu=False)
     with pytest.raises(LabelOverflowError, match=r"time point 0, plane 1: label 80000 does not fit .* LABEL_DTYPE='uint32'"):
         segment_file(settings, store, None)
@@ -263,6 +264,7 @@ def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
 def test_renumbering_killed_halfway_through_a_volume_adds_the_offset_once(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
+    from stardist_host.runs.journal import Journal
     from stardist_host.segmentation.plan import Unit
 
     class Planes(dict):
@@ -274,18 +276,18 @@ def test_renumbering_killed_halfway_through_a_volume_adds_the_offset_once(tmp_pa
 
     planes = Planes({(0, z): np.array([[0, z + 1]], np.uint16) for z in range(4)})
     monkeypatch.setattr(distributed, "_planes", lambda target: planes)
-    job = SimpleNamespace(target=SimpleNamespace(journal=tmp_path), dtype="uint16")
-    real = distributed._record
+    task = SimpleNamespace(target=SimpleNamespace(journal=Journal(tmp_path)), dtype="uint16")
+    real = Journal.record
 
     def killed_after_plane_1(journal, name, record):
         real(journal, name, record)
         if name.endswith(".z1.offset.json"):
             raise KeyboardInterrupt  # stopped after planes 0 and 1 were rewritten and recorded
 
-    monkeypatch.setattr(distributed, "_record", killed_after_plane_1)
+    monkeypatch.setattr(Journal, "record", killed_after_plane_1)
     with pytest.raises(KeyboardInterrupt):
-        distributed.renumber_unit(job, Unit(0, 0, 3), 10)
-    monkeypatch.setattr(distributed, "_record", real)
-    distributed.renumber_unit(job, Unit(0, 0, 3), 10)  # the resumed run
+        distributed.renumber_unit(task, Unit(0, 0, 3), 10)
+    monkeypatch.setattr(Journal, "record", real)
+    distributed.renumber_unit(task, Unit(0, 0, 3), 10)  # the resumed run
     assert [int(planes[(0, z)][0, 1]) for z in range(4)] == [11, 12, 13, 14]
     assert all(int(planes[(0, z)][0, 0]) == 0 for z in range(4))  # background stays 0

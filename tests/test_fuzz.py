@@ -5,7 +5,8 @@ go through ``segment_file`` and the real batched pipeline with the bundled model
 Whatever the input, the run either succeeds or stops with one of the package's
 own errors, and then:
 - the input file's bytes are unchanged;
-- every input channel in the output equals the input, in its own dtype;
+- every input channel in the output equals the input: in its own dtype, or (integer input) in the
+  smallest integer type that holds it and the labels exactly;
 - the label channel is integer-typed, and planes and time points outside the
   selection are zero;
 - with UNIQUE_LABELS, no label appears in two units.
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from stardist_host import Settings, TiffImageSet
 from stardist_host.errors import StardistHostError
-from stardist_host.headless import segment_file
+from stardist_host.runs.files import segment_file
 
 DTYPES = ("uint8", "uint16", "int16", "uint32", "float32", "float64")
 IMAGEJ_DTYPES = ("uint8", "uint16", "float32")  # what ImageJ hyperstacks hold
@@ -111,7 +112,9 @@ def _check_run(data: np.ndarray, writer: str, order: str, values: dict, time_poi
             if not values["labels_only"]:
                 for t, c, z in np.ndindex(t_n, c_n, z_n):
                     plane = back.get_channeldata(c, z, t)
-                    assert plane.dtype == data.dtype
+                    labels_dtype = back.channel_dtype(back.channel_count - 1)
+                    widened = np.result_type(data.dtype, labels_dtype) if data.dtype.kind in "iu" else data.dtype
+                    assert plane.dtype == widened
                     np.testing.assert_array_equal(plane, data[t, c, z])
             labels_channel = back.channel_count - 1
             first = 0 if values["first_plane"] == -1 else values["first_plane"]
@@ -120,7 +123,7 @@ def _check_run(data: np.ndarray, writer: str, order: str, values: dict, time_poi
             seen: dict = {}
             for t, z in np.ndindex(t_n, z_n):
                 labels = back.get_channeldata(labels_channel, z, t)
-                assert labels.dtype.kind == "u"
+                assert labels.dtype.kind == ("i" if data.dtype.kind == "i" else "u")  # signed input: one signed image
                 if t not in times or not first <= z <= last:
                     assert not labels.any(), f"t={t}, z={z} is outside the selection"
                     continue

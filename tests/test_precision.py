@@ -19,7 +19,7 @@ from stardist_host.cli import main
 from stardist_host.errors import SettingsError
 from stardist_host.segmentation import precision as prec
 from stardist_host.segmentation.precision import Support, configure_precision, cpu_support, resolve
-from stardist_host.segmentation.segment import run
+from stardist_host.runs.local import run
 from stardist_host.segmentation.settings import Settings
 from stardist_host.testing import synthetic
 
@@ -241,12 +241,10 @@ def test_the_separate_process_runs_the_precision_asked_for(bf16):
 def test_a_dask_worker_loads_its_model_in_the_precision_of_the_job(bf16):
     import tensorflow as tf
 
-    from stardist_host.distributed import Job, _model, _release
+    from stardist_host.runs.distributed import _model, _release
 
-    job = Job(None, None, 0, 2, "uint16", "2D_demo", None, False, None, None, (1.0, 99.8), None, None,
-              precision="mixed")
     try:
-        assert _model(job).name == "2D_demo"
+        assert _model(Settings(ndim=2, use_gpu=False, precision="mixed")).name == "2D_demo"
         assert tf.config.optimizer.get_experimental_options()["auto_mixed_precision_onednn_bfloat16"] is True
     finally:
         _release("model")

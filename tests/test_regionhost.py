@@ -208,7 +208,7 @@ def test_voxel_size_may_lack_z():
 
 @pytest.mark.parametrize("order", ["zyx", "xyz"])
 def test_segmentation_through_a_region_host_writes_the_labels_of_a_memory_run(order):
-    from stardist_host.segmentation.segment import run
+    from stardist_host.runs.local import run
 
     image, _ = nuclei((64, 64), 4, seed=2)  # a 64x64 plane with four bright discs
     data = image[None, None, None]  # T, C, Z, Y, X

@@ -15,14 +15,9 @@ from stardist_host import MemoryImageSet, Settings, TiffImageSet
 from stardist_host.segmentation.pipeline import auto_n_tiles
 from stardist_host.segmentation.plan import make_plan
 from stardist_host.errors import Cancelled
-from stardist_host.segmentation.segment import (
-    LabelOverflowError,
-    label_dtype_for,
-    normalise,
-    percent_progress,
-    run,
-    segment,
-)
+from stardist_host.runs.local import run
+from stardist_host.segmentation.engine import label_dtype_for, normalise
+from stardist_host.segmentation.segment import LabelOverflowError, percent_progress, segment
 
 
 def _segment(imageset, settings, model=None, **kwargs):
@@ -246,7 +241,7 @@ def test_label_overflow_removes_the_channel(memory_imageset):
 
 
 def test_unique_label_offsets_do_not_wrap(memory_imageset):
-    from stardist_host.segmentation.segment import _number
+    from stardist_host.segmentation.engine import number as _number
     from stardist_host.segmentation.plan import Unit
 
     labels = np.array([[0, 100]], np.int32)  # stardist's type; an offset past 2**31 does not fit it

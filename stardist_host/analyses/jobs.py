@@ -25,10 +25,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import AnalysisError, Cancelled, SettingsError
-from ..host import ImageSet, active_imageset
+from ..host import Cancel, ImageSet, Progress, active_imageset
 from ..io.files import claim_outputs, file_stem
 from ..schema import Field, Schema, raise_all
-from ..segmentation.segment import Cancel, Progress
 from .common import write_csv
 
 __all__ = ["JOBS", "Job", "run_job", "run_job_on_file", "run_analysis_script"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import MissingExtraError, SettingsError
 from .imagesets import ScratchChannelsImageSet, TiffImageSet
 
-__all__ = ["open_imageset", "TIFF_SUFFIXES"]
+__all__ = ["open_imageset", "is_omezarr", "TIFF_SUFFIXES"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 # the extra that brings the bioio plugin for a vendor format
@@ -47,3 +47,10 @@ def open_imageset(
             f"{path.name} is not a TIFF file; reading it needs bioio and its plugin for {path.suffix or 'this format'}: "
             f'pip install "stardist-host[{extra}]"'
         ) from err
+
+
+def is_omezarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an OME-Zarr store: a name ending in .zarr, or a folder holding a Zarr group."""
+    p = Path(path)
+    return p.name.lower().rstrip("/").endswith(".zarr") or (p.is_dir() and any(
+        (p / n).is_file() for n in ("zarr.json", ".zgroup")))

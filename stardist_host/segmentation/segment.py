@@ -1,55 +1,33 @@
-"""Segmenting nuclei over the planes (2D) or volumes (3D) of an image set.
+"""A segmentation run on an image set: a new label channel, filled by the engine, removed again if the run fails.
 
-Data flow: settings -> plan (which planes/volumes) -> read through the host
-contract -> normalise -> predict -> write a new label channel.  This module
-knows the image set only through the host contract, and calls it only from
-the thread that called :func:`run` or :func:`segment` (the network and NMS
-run on other threads, see :mod:`stardist_host.segmentation.pipeline`).
+Data flow: settings -> plan (which planes/volumes) -> :func:`segment_with_settings`
+(device, precision, model) -> :func:`segment`: a new channel, then
+:func:`~stardist_host.segmentation.engine.label_units` reads each unit
+through the host contract, predicts and numbers it, and this module writes it
+into the channel.  The image set is called only from the thread that called
+:func:`segment` (the network and NMS run on other threads, see
+:mod:`stardist_host.segmentation.pipeline`).  Whether a run happens in this
+process or a child one is the runs layer's choice (:mod:`stardist_host.runs.local`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from numpy.typing import NDArray
 
-from ..errors import Cancelled, LabelOverflowError, NoImageSetError
-from ..host import ImageSet, active_imageset, check_imageset
-from .pipeline import auto_n_tiles, predict_units
-from .plan import Plan, Unit, make_plan
+from ..errors import Cancelled, LabelOverflowError
+from ..host import Cancel, ImageSet, Progress
+from .engine import UnitResult, anisotropy_scale, label_dtype_for, label_units, predictor, unit_planes, unit_reader
+from .plan import Plan
 from .settings import Settings, schema
 
-__all__ = ["run", "segment", "segment_with_settings", "separate_process", "SegmentResult", "LabelOverflowError", "Cancelled", "label_dtype_for", "percent_progress",
-           "normalise", "MIN_NUCLEUS", "NO_SIGNAL_FRACTION"]
+__all__ = ["segment", "segment_with_settings", "load_for_settings", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
+           "Cancelled", "percent_progress"]
 
 log = logging.getLogger(__name__)
-
-#: progress(done, total) is called after each plane (2D) or volume (3D).
-Progress = Callable[[int, int], None]
-#: cancel() is asked between planes (volumes) and batches; True stops the run.
-Cancel = Callable[[], bool]
-
-#: Smallest plausible nucleus, in pixels (2D: 5 x 5) or voxels (3D: 5 x 5 x 5); with
-#: LABEL_DTYPE="auto" a plane (volume) is assumed to hold at most its size over this.
-MIN_NUCLEUS = {2: 25, 3: 125}
-#: Integer data whose max - min is below this fraction of its type's range (at most the
-#: uint16 range: uint8 constant only, uint16 and wider a spread of 6 or less) has no signal.
-NO_SIGNAL_FRACTION = 1e-4
-
-
-@dataclass
-class UnitResult:
-    """What one plane or volume gave."""
-
-    unit: Unit
-    count: int
-    seconds: float
 
 
 @dataclass
@@ -57,7 +35,7 @@ class SegmentResult:
     """The outcome of a run: where the labels went and how many were found.
 
     ``channel`` is the label channel's index in the image set, or in the
-    written file for a headless run (:func:`stardist_host.headless.segment_file`).
+    written file for a headless run (:func:`stardist_host.runs.files.segment_file`).
     """
 
     channel: int
@@ -68,6 +46,8 @@ class SegmentResult:
     ndim: int = 2
     precision: str = ""  # the network's: "float32", "bfloat16" or "float16"; empty where not known
     time_point_count: int = 1  # of the image set, segmented or not
+    computed: int | None = None  # units segmented by this run where a resumed run found others done; None: all
+    output_note: str = ""  # how the output file deviates from one image with every channel, where it does
 
     @property
     def total(self) -> int:
@@ -96,6 +76,8 @@ class SegmentResult:
             f"{f' on {self.device}' if self.device else ''}{f' in {self.precision}' if self.precision else ''}, "
             f"{secs / len(self.units):.3f} s per {what}"
         )
+        if self.output_note:
+            text = f"{text}; the file holds {self.output_note}"
         done = sorted({u.unit.time_point for u in self.units})
         if cli is None or len(done) == self.time_point_count:
             return text
@@ -121,150 +103,11 @@ def percent_progress(callback: Callable[[int], None]) -> Progress:
     return progress
 
 
-def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], unique: bool) -> np.dtype:
-    """The label channel's type: ``choice``, or for "auto" uint16 unless more labels could occur.
+def abandon(imageset: ImageSet, out: int, name: str, written: list[tuple[int, int]], err: BaseException) -> None:
+    """Undo a failed or cancelled run's channel: remove it, else zero what was written and say so in ``err``.
 
-    "auto" bounds the number of labels by the pixels (voxels) of a plane
-    (volume) over :data:`MIN_NUCLEUS`, times the number of planes (volumes)
-    when labels are unique across the whole output; uint32 only where that
-    bound exceeds 65535.  A 1024 x 1024 plane gives uint16.
+    ``written`` lists the (plane, time point) pairs written so far.
     """
-    if choice != "auto":
-        return np.dtype(choice)
-    units = plan.units
-    pixels = math.prod(plane_shape) * (units[0].last - units[0].first + 1 if units else 1)
-    bound = pixels // MIN_NUCLEUS[plan.ndim] * (len(units) if unique else 1)
-    return np.dtype(np.uint16 if bound <= np.iinfo(np.uint16).max else np.uint32)
-
-
-def anisotropy_scale(model, voxel_size) -> tuple[float, float, float] | None:
-    """Z scale that brings the image's anisotropy to the one the 3D model was trained on."""
-    trained = getattr(model.config, "anisotropy", None)
-    if voxel_size is None or voxel_size[0] is None or trained is None:
-        log.info("voxel size %s: the stack is segmented as it is, assuming the model's anisotropy",
-                 "unknown" if voxel_size is None else f"{voxel_size} without Z spacing")
-        return None
-    z, y, x = voxel_size
-    image_aniso = z / ((y + x) / 2)
-    model_aniso = trained[0] / ((trained[1] + trained[2]) / 2)
-    factor = image_aniso / model_aniso
-    if abs(math.log(factor)) < math.log(1.2):  # within 20%: not worth resampling
-        return None
-    log.info(
-        "image anisotropy %.2f (voxel size %s) differs from the model's %.2f: Z is rescaled by %.2f",
-        image_aniso, voxel_size, model_aniso, factor,
-    )
-    return (factor, 1.0, 1.0)
-
-
-def _where(unit: Unit) -> str:
-    planes = f"plane {unit.first}" if unit.first == unit.last else f"planes {unit.first}..{unit.last}"
-    return f"time point {unit.time_point}, {planes}"
-
-
-def _has_signal(image: NDArray) -> bool:
-    """False for a constant image, or integer data spread less than NO_SIGNAL_FRACTION of its range."""
-    low, high = image.min(), image.max()
-    if image.dtype.kind in "iu":
-        info = np.iinfo(image.dtype)
-        span = min(int(info.max) - int(info.min), np.iinfo(np.uint16).max)
-        return int(high) - int(low) >= NO_SIGNAL_FRACTION * span
-    return bool(high > low)
-
-
-def normalise(image: NDArray, percentiles: tuple[float, float], *, unit: Unit | None = None) -> NDArray | None:
-    """Percentile-normalise a plane (volume) as stardist expects, or None where it has no signal.
-
-    NaN and Inf pixels do not take part: the percentiles are those of the
-    finite pixels, the non-finite pixels are set to 0 after normalisation, and
-    a warning gives their count and the first one's position.  An image with
-    no signal (constant, every pixel non-finite, or integer data whose spread
-    is below :data:`NO_SIGNAL_FRACTION` of its type's range) gives None: it
-    holds no nuclei and is not shown to the model.
-
-    Parameters
-    ----------
-    image
-        The plane (Y, X) or volume (Z, Y, X) as read.
-    percentiles
-        Low and high percentile mapped to 0 and 1.
-    unit
-        Where the image comes from, for the log.
-    """
-    from csbdeep.utils import normalize_mi_ma
-
-    where = _where(unit) if unit is not None else "image"
-    bad = None
-    if image.dtype.kind in "fc":
-        finite = np.isfinite(image)
-        if not finite.all():
-            bad = ~finite
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            if unit is not None and image.ndim == 3:
-                first = (unit.first + first[0], *first[1:])
-            log.warning("%s: %d NaN or Inf pixel(s), the first at %s (%s); normalised over the finite pixels "
-                        "and set to 0", where, int(bad.sum()), first, "z, y, x" if image.ndim == 3 else "y, x")
-            if not finite.any():
-                log.info("%s: no finite pixel, no nuclei", where)
-                return None
-    values = image if bad is None else image[~bad]
-    if not _has_signal(values):
-        log.info("%s: no signal (min %s, max %s), no nuclei", where, values.min(), values.max())
-        return None
-    # csbdeep's normalize(image, low, high, axis=None), whose two np.percentile calls each copy the image:
-    # here the same two calls share one copy, which they partition in place.  The same calls on the same
-    # values give the same bytes (a test compares them), in 0.7x the time for a 1024² plane.
-    scratch = values if bad is not None else np.array(values).reshape(-1)  # image[~bad] is a copy already
-    low = np.percentile(scratch, percentiles[0], overwrite_input=True)
-    high = np.percentile(scratch, percentiles[1], overwrite_input=True)
-    out = normalize_mi_ma(image, low, high)
-    if bad is not None:
-        out[bad] = 0
-    return out
-
-
-def _read(imageset: ImageSet, channel: int, unit: Unit, ndim: int) -> NDArray:
-    if ndim == 2:
-        return np.asarray(imageset.get_channeldata(channel, unit.first, unit.time_point))
-    return np.stack([np.asarray(imageset.get_channeldata(channel, z, unit.time_point)) for z in unit.planes])
-
-
-def _number(labels: NDArray, unit: Unit, *, offset: int, unique: bool, dtype: np.dtype) -> tuple[NDArray, int, int]:
-    """Labels in the channel's type, their count and the highest label; raises before anything is written.
-
-    With ``unique``, labels are shifted by ``offset`` (in int64, so that the
-    sum cannot wrap before the check).
-    """
-    highest = int(labels.max()) if labels.size else 0
-    # a polygon drawn over entirely by its neighbours leaves a gap in the numbering
-    count = int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if highest else 0
-    top = offset + highest if unique else highest
-    if top > np.iinfo(dtype).max:
-        raise LabelOverflowError(
-            f"{_where(unit)}: label {top} does not fit the label channel's type {dtype} "
-            f"(up to {np.iinfo(dtype).max}); set LABEL_DTYPE='uint32'"
-        )
-    if unique and highest and offset:
-        labels = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
-    return labels.astype(dtype), count, top
-
-
-def _reference(model, units, read, *, cancel: Cancel | None, **options):
-    """stardist's ``predict_instances`` unit by unit on the calling thread (``pipeline=False``)."""
-    for unit in units:
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled: segmentation stopped on request")
-        x = read(unit)
-        if x is None:
-            yield unit, None
-            continue
-        tiles = options["n_tiles"] or auto_n_tiles(x.shape)
-        yield unit, model.predict_instances(x, prob_thresh=options["prob_thresh"], nms_thresh=options["nms_thresh"],
-                                            scale=options["scale"], n_tiles=tiles, show_tile_progress=False)[0]
-
-
-def _abandon(imageset: ImageSet, out: int, name: str, written: list[tuple[int, int]], err: BaseException) -> None:
-    """Undo a failed or cancelled run's channel: remove it, else zero what was written and say so in ``err``."""
     remove = getattr(imageset, "remove_channel", None)
     try:
         if remove is not None:
@@ -359,7 +202,8 @@ def segment(
         ``cancel()`` returned True.
     """
     units = plan.units
-    dtype = label_dtype_for(label_dtype, plan, tuple(imageset.plane_shape), unique_labels)
+    plane_shape = tuple(imageset.plane_shape)
+    dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
     scale = anisotropy_scale(model, imageset.voxel_size) if plan.ndim == 3 else None
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
@@ -372,109 +216,44 @@ def segment(
         _ranges(plan.time_points), plan.first_plane, plan.last_plane, out, output_name, dtype,
     )
     written: list[tuple[int, int]] = []
-    try:
-        labelled = _labelled(imageset, model, plan, pipeline=pipeline, percentiles=percentiles, cancel=cancel,
-                             prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale)
-        with contextlib.closing(labelled):  # its threads stop at once if anything below raises
-            _write_all(imageset, labelled, plan, out, result, dtype=dtype, unique=unique_labels,
-                       written=written, progress=progress, cancel=cancel)
-    except BaseException as err:
-        _abandon(imageset, out, output_name, written, err)
-        raise
-    log.info(result.summary())
-    return result
 
-
-def _labelled(imageset: ImageSet, model, plan: Plan, *, pipeline: bool, percentiles, cancel, **options):
-    """(unit, labels or None) for each unit: the batched pipeline or stardist unit by unit."""
-
-    def read(unit: Unit) -> NDArray | None:
-        return normalise(_read(imageset, plan.channel, unit, plan.ndim), percentiles, unit=unit)
-
-    if pipeline:
-        return predict_units(model, plan.units, read, cancel=cancel, **options)
-    return _reference(model, plan.units, read, cancel=cancel, **options)
-
-
-def _write_all(imageset: ImageSet, labelled, plan: Plan, out: int, result: SegmentResult, *, dtype: np.dtype,
-               unique: bool, written: list, progress: Progress | None, cancel: Cancel | None) -> None:
-    units = plan.units
-    offset = 0
-    start = time.perf_counter()
-    zeros = None
-    for done, (unit, labels) in enumerate(labelled, start=1):
-        if labels is None:  # no signal: nothing to write in a channel that starts at 0
-            zeros = zeros if zeros is not None else np.zeros((len(unit.planes), *imageset.plane_shape), np.uint8)
-            labels = zeros[0] if plan.ndim == 2 else zeros
-        labels, count, offset = _number(labels, unit, offset=offset, unique=unique, dtype=dtype)
-        for i, z in enumerate(unit.planes):
+    def write(unit, labels) -> None:
+        for z, plane in unit_planes(unit, labels, plan.ndim):
             written.append((z, unit.time_point))
-            imageset.set_channeldata(out, z, unit.time_point, labels if plan.ndim == 2 else labels[i])
-        now = time.perf_counter()
-        result.units.append(UnitResult(unit, count, now - start))
-        start = now
-        log.debug("%s: %d nuclei", _where(unit), count)
-        if progress is not None:
-            progress(done, len(units))
-        if cancel is not None and done < len(units) and cancel():
-            raise Cancelled(f"cancelled: segmentation stopped on request after {done} of {len(units)} "
-                            f"{'planes' if plan.ndim == 2 else 'volumes'}")
+            imageset.set_channeldata(out, z, unit.time_point, plane)
+
+    read = unit_reader(imageset, plan.channel, plan.ndim, percentiles)
+    what = "planes" if plan.ndim == 2 else "volumes"
+    try:
+        with predictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
+                       cancel=cancel, pipeline=pipeline) as predict:
+            labelled = label_units(predict, units, read, write, ndim=plan.ndim, plane_shape=plane_shape,
+                                   dtype=dtype, unique=unique_labels)
+            for done, unit_result in enumerate(labelled, start=1):
+                result.units.append(unit_result)
+                if progress is not None:
+                    progress(done, len(units))
+                if cancel is not None and done < len(units) and cancel():
+                    raise Cancelled(f"cancelled: segmentation stopped on request after {done} of {len(units)} {what}")
+    except BaseException as err:
+        abandon(imageset, out, output_name, written, err)
+        raise
+    return result
 
 
 def _ranges(values: tuple[int, ...]) -> str:
     return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
 
 
-def run(settings: Settings, imageset: ImageSet | None = None, *, progress: Progress | None = None,
-        cancel: Cancel | None = None) -> SegmentResult:
-    """Validate everything, load the model once, then segment: the whole job of a script.
+def load_for_settings(settings: Settings):
+    """Set the device and precision up and load the model, as ``settings`` say: (model, device, precision).
 
-    Nothing is written to the image set until the settings, the plan and the
-    model have all been checked; a run that fails or is cancelled later
-    leaves no half-written channel (see :func:`segment`).  The image set is
-    called only from the thread that calls this.  With SEPARATE_PROCESS
-    (``"auto"``: when the image set is the host's active one) the model is
-    loaded and run in a child process that ends with the run
-    (:mod:`stardist_host.segmentation.child`), and this process never imports
-    TensorFlow.
-
-    Parameters
-    ----------
-    settings
-        Validated settings (``Settings(...)`` or ``Settings.from_script(globals(), ndim=2)``).
-    imageset
-        The image set; None uses the one a host registered as active.
-    progress
-        Called as ``progress(done, total)`` after each plane or volume
-        (:func:`percent_progress` adapts a host's percent callback).
-    cancel
-        Called between planes (volumes) and batches; True stops the run with
-        :class:`~stardist_host.errors.Cancelled`.
-
-    Raises
-    ------
-    SegmentationProcessError
-        The child process ended without finishing (crashed, or killed for
-        lack of memory); the label channel is removed.
+    The one model load of every run (:func:`~stardist_host.segmentation.models.load_for_run`).
     """
-    imageset = check_imageset(imageset) if imageset is not None else active_imageset()
-    plan = make_plan(settings, imageset)
-    name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
-    if separate_process(settings.separate_process, imageset):
-        from .child import run_in_child
+    from .models import load_for_run
 
-        return run_in_child(settings, imageset, plan, output_name=name, progress=progress, cancel=cancel)
-    return segment_with_settings(settings, imageset, plan, output_name=name, progress=progress, cancel=cancel)
-
-
-def separate_process(choice: bool | str, imageset: ImageSet) -> bool:
-    """SEPARATE_PROCESS resolved: ``"auto"`` is True for the host's active image set (inside a host), else False."""
-    if choice != "auto":
-        return bool(choice)
-    try:
-        return imageset is active_imageset()
-    except NoImageSetError:
-        return False
+    return load_for_run(settings.model_name, ndim=settings.ndim, path=settings.model_path, use_gpu=settings.use_gpu,
+                        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
 
 
 def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
@@ -484,11 +263,7 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
     The one path of an in-process run and of the child process of a
     SEPARATE_PROCESS run (there ``imageset`` stands in for the host's).
     """
-    from .models import load_for_run
-
-    model, device, precision = load_for_run(
-        settings.model_name, ndim=settings.ndim, path=settings.model_path, use_gpu=settings.use_gpu,
-        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
+    model, device, precision = load_for_settings(settings)
     return segment(
         imageset,
         model,

@@ -64,8 +64,9 @@ import numpy as np
 
 from ..errors import Cancelled, SegmentationProcessError, SettingsError
 from ..host import ImageSet
-from .plan import Plan
-from .settings import Settings
+from ..segmentation.plan import Plan
+from ..segmentation.segment import abandon, segment_with_settings
+from ..segmentation.settings import Settings
 
 __all__ = ["run_in_child", "SegmentationProcessError", "PROCESS_NAME"]
 
@@ -216,8 +217,6 @@ def _child_main(conn, job: _Job, work: Callable | None = None) -> None:
 
 
 def _segment(job: _Job, imageset: _RemoteImageSet, progress: Callable[[int, int], None]):
-    from .segment import segment_with_settings
-
     return segment_with_settings(job.settings, imageset, job.plan, output_name=job.output_name, progress=progress)
 
 
@@ -242,10 +241,8 @@ class _Run:
 
     def abandon(self, err: BaseException) -> None:
         """Remove (or zero) the channel the child added, as :func:`segment` does, naming it in ``err``."""
-        from .segment import _abandon
-
         if self.out is not None:
-            _abandon(self.imageset, self.out, self.output_name, self.written, err)
+            abandon(self.imageset, self.out, self.output_name, self.written, err)
             self.out = None
 
 
@@ -285,7 +282,7 @@ def run_in_child(settings: Settings, imageset: ImageSet, plan: Plan, *, output_n
     StardistHostError
         Any error of the run, as an in-process run raises it.
     """
-    from .models import bundled_models_dir
+    from ..segmentation.models import bundled_models_dir
 
     job = _Job(settings, plan, output_name, _Snapshot.of(imageset),
                logging.getLogger("stardist_host").getEffectiveLevel(), str(bundled_models_dir()))

@@ -1,0 +1,74 @@
+"""What a paste-and-edit script does after its USER SETTINGS block: one call, in a host or on a file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..console import add_input_options, add_scale_options, setup_logging, user_errors
+from ..errors import NoImageSetError
+from ..host import active_imageset
+from ..segmentation.segment import SegmentResult
+from ..segmentation.settings import Settings
+from .files import run_headless
+from .local import run
+
+__all__ = ["run_script"]
+
+log = logging.getLogger(__name__)
+
+
+def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] | None = None) -> SegmentResult | None:
+    """What a paste-and-edit script does after its USER SETTINGS block.
+
+    With no command-line arguments it segments the host's active image set
+    (errors propagate to the host); where no host registered one, it logs
+    how to run headless as one line and exits with status 2.  With
+    ``INPUT.tif OUTPUT.tif`` (or ``INPUT.zarr [OUTPUT.zarr]``, and
+    ``--workers``, ``--scheduler``, ``--resume`` as for ``stardist-host
+    segment``) it runs headless on the file and prints the summary on stdout:
+    a user error is logged as one line and the process exits with status 2;
+    a Ctrl-C exits with status 130.
+    """
+    if namespace.get("__name__") == "__mp_main__":
+        # a worker process of --workers re-imports the script as its main module: it must not run again
+        return None
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        setup_logging()
+        try:
+            imageset = active_imageset()
+        except NoImageSetError:
+            with user_errors():  # no host, so a command line without arguments: one line and status 2
+                raise
+        settings = Settings.from_script(namespace, ndim=ndim)
+        result = run(settings, imageset)
+        log.info("%s", result.summary(cli=False))
+        return result
+
+    parser = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name or f"stardist_{ndim}d.py",
+        description=f"StarDist {ndim}D on a TIFF file with the settings at the top of this script.",
+    )
+    parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr "
+                        "image (.zarr); never modified")
+    parser.add_argument("output", nargs="?", default=None,
+                        help="output OME-TIFF: the input channels plus the label channel; for OME-Zarr input a "
+                             "separate labels store (.zarr), default: labels/ in the input store")
+    add_input_options(parser)
+    add_scale_options(parser)
+    parser.add_argument("--time-point", "--current-time-point", type=int, default=0, dest="time_point",
+                        help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    opts = parser.parse_args(args)
+    setup_logging(quiet=opts.quiet)
+    with user_errors():
+        settings = Settings.from_script(namespace, ndim=ndim)
+        result = run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
+                              current_time_point=opts.time_point, quiet=opts.quiet, level=opts.level,
+                              workers=opts.workers, scheduler=opts.scheduler, resume=opts.resume)
+    print(f"{opts.output or opts.input}: {result.summary(cli=False)}")  # as stardist-host segment, in script words
+    return result
