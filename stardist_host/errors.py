@@ -98,10 +98,11 @@ def in_command_line_words(message: str, options: Mapping[str, Option]) -> str:
         return f"{flag} {shlex.quote(str(value))}"
 
     def assignment(match: re.Match) -> str:
+        text = match["value"]
         try:
-            value = ast.literal_eval(match["value"])
-        except (ValueError, SyntaxError):
-            value = match["value"]
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # a pattern such as (z, y, x): the option takes it comma-separated
+            value = re.sub(r"\s+", "", text[1:-1]).split(",") if text[:1] in "([" and text[-1:] in ")]" else text
         return option(match["name"], value)
 
     names = "|".join(re.escape(n) for n in sorted(options, key=len, reverse=True))

@@ -299,9 +299,9 @@ def test_analysis_command_bad_input_writes_nothing(tmp_path, caplog):
     out = tmp_path / "out"
     out.mkdir()
     assert main(["measure", str(src), str(out), "--label-channel", "3"]) == 2
-    assert "LABEL_CHANNEL=3: the image set has channels 0..0" in caplog.text
+    assert "--label-channel 3: the image set has channels 0..0" in caplog.text
     assert main(["measure", str(src), str(out), "--label-channel", "0"]) == 2
-    assert "VOXEL_SIZE=None: the image set has no voxel size" in caplog.text
+    assert "--voxel-size none: the image set has no voxel size, and the results are in micrometres; give --voxel-size z,y,x in µm" in caplog.text
     assert list(out.iterdir()) == []
     assert main(["measure", str(src), str(out), "--label-channel", "0", "--voxel-size", "1,1,1"]) == 0
     assert (out / "seg_measurements.csv").read_text().startswith("label,time_point,plane,centroid_z_px")
