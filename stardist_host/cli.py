@@ -261,10 +261,72 @@ def _registered_names(ndim: int) -> list[str]:
 def _models(args) -> int:
     from .segmentation.models import bundled_models, bundled_models_dir
 
+    if args.models_command == "import":
+        return _models_import(args)
+    if args.models_command == "export":
+        return _models_export(args)
     for ndim in (2, 3) if args.dim is None else (args.dim,):
         print(f"{ndim}D bundled ({bundled_models_dir()}): {', '.join(bundled_models(ndim)) or 'none'}")
         print(f"{ndim}D registered (downloaded by stardist when online): {', '.join(_registered_names(ndim))}")
     return 0
+
+
+def _models_import(args) -> int:
+    from .segmentation.models import import_package
+
+    folder = import_package(args.package, path=args.model_path, name=args.name, overwrite=args.overwrite)
+    use = f"--model-name {folder.name}" + ("" if args.model_path is None else f" --model-path {folder.parent}")
+    print(f"{folder}: installed from {args.package}; segment with {use}")
+    return 0
+
+
+def _models_export(args) -> int:
+    from .segmentation.models import export_model
+
+    options = {"authors": args.author or (), "license": args.license}
+    out = export_model(args.model, args.output, path=args.model_path, test_input=args.test_image,
+                       overwrite=args.overwrite, **options)
+    print(f"{out}: bioimage.io package of {args.model}")
+    return 0
+
+
+def _add_models(sub) -> None:
+    m = sub.add_parser(
+        "models", help="list model names; import or export bioimage.io packages",
+        description="List the model names --model-name takes without --model-path: the models bundled with "
+        "stardist-host (in the folder shown) and stardist's registered pretrained models, which stardist downloads "
+        "the first time one is used. A model of your own is a folder: give --model-path the folder that holds it. "
+        "'models import PACKAGE' installs a bioimage.io package of a StarDist model as a model folder; "
+        "'models export MODEL OUT.zip' writes a model folder as a bioimage.io package.",
+    )
+    m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
+    m.set_defaults(func=_models, models_command=None)
+    commands = m.add_subparsers(dest="models_command", metavar="{import,export}")
+    i = commands.add_parser(
+        "import", help="install a bioimage.io package (.zip or folder) of a StarDist model as a model folder",
+        description="Install a bioimage.io model package of a StarDist model (its config.stardist section, as "
+        "stardist's export_bioimageio writes it) as a model folder, offline: config.json, thresholds.json, the "
+        "Keras weights, and the package itself in bioimageio/. --model-name can also name the .zip directly.")
+    i.add_argument("package", help="the package: a .zip, or a folder with rdf.yaml or bioimageio.yaml")
+    i.add_argument("--model-path", default=None,
+                   help="folder to install into (default: the bundled models folder that 'stardist-host models' shows)")
+    i.add_argument("--name", default=None, help="name of the model folder, then --model-name (default: the package's name)")
+    i.add_argument("--overwrite", action="store_true", help="replace a model folder of that name")
+    e = commands.add_parser(
+        "export", help="write a model folder as a bioimage.io package (.zip)",
+        description="Write a StarDist model folder as a bioimage.io model package (format 0.5): the network as "
+        "Keras HDF5 with one output (probability and distances on the input's grid), stardist's config, "
+        "thresholds and weights in config.stardist, the normalisation percentiles the model was trained with, "
+        "and a test input with its output. Validated with bioimageio.spec where installed (extra 'bioimageio').")
+    e.add_argument("model", help="model folder name, e.g. 2D_demo")
+    e.add_argument("output", help="the package to write, ending in .zip")
+    e.add_argument("--model-path", default=None, help="folder that holds the model folder (default: the bundled models)")
+    e.add_argument("--test-image", default=None,
+                   help="TIFF for the test input: its first channel's plane (2D) or Z stack (3D) at the first time "
+                        "point (default: the bundled sample)")
+    e.add_argument("--author", action="append", default=None, help="an author's name; repeat for several")
+    e.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the model (default CC-BY-4.0)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _doctor(args) -> int:
@@ -325,14 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--cpu", action="store_true", help="check on the CPU even where there is a GPU")
     d.set_defaults(func=_doctor)
-    m = sub.add_parser(
-        "models", help="list bundled and registered model names",
-        description="List the model names --model-name takes without --model-path: the models bundled with "
-        "stardist-host (in the folder shown) and stardist's registered pretrained models, which stardist downloads "
-        "the first time one is used. A model of your own is a folder: give --model-path the folder that holds it.",
-    )
-    m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
-    m.set_defaults(func=_models)
+    _add_models(sub)
     for command in sub.choices.values():  # -q / -v after the command too; SUPPRESS keeps one given before it
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every plane")
         command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,

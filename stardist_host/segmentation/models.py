@@ -3,8 +3,10 @@
 Models are folders as stardist saves them (config.json, weights_best.h5,
 thresholds.json).  A name is looked up, in this order, in the folder the
 user gives (MODEL2D_PATH / MODEL3D_PATH), else among the bundled models, else
-among stardist's registered pretrained models, which stardist's own loader
-downloads (and caches) when the machine is online.
+as the path of a bioimage.io package (:mod:`.bioimageio`), else among
+stardist's registered pretrained models, which stardist's own loader
+downloads (and caches) when the machine is online.  A package (a ``.zip``, or a
+folder with ``rdf.yaml``) may also be named inside MODEL2D_PATH / MODEL3D_PATH.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from typing import Any
 
 from ..errors import ModelError
 from ..resources import bundled_folder
+from . import bioimageio
 from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
-           "read_config"]
+           "read_config", "run_percentiles", "import_package", "export_model"]
 
 log = logging.getLogger(__name__)
 
-_WEIGHTS = ("weights_best.h5", "weights_last.h5")
+# weights_bioimageio.h5: what stardist's own import_bioimageio writes
+_WEIGHTS = ("weights_best.h5", "weights_last.h5", "weights_bioimageio.h5")
 
 
 def bundled_models_dir() -> Path:
@@ -68,22 +72,25 @@ def _model_class(ndim: int):
     return StarDist2D if ndim == 2 else StarDist3D
 
 
-def _check_folder(folder: Path, ndim: int, path_setting: str) -> dict[str, Any]:
+def _check_folder(folder: Path, ndim: int, path_setting: str, name: str | None = None,
+                  where: Path | None = None) -> dict[str, Any]:
+    """``name``: MODEL_NAME as given (default the folder's name); ``where``: the path messages show."""
     config = read_config(folder)
+    name, where = name or folder.name, where or folder
     found = config.get("n_dim")
     if found != ndim:
         other = "scripts/stardist_2d.py" if found == 2 else "scripts/stardist_3d.py"
         raise ModelError(
-            f"MODEL_NAME={folder.name!r} ({folder}) is a {found}D model, but this is the {ndim}D run: "
+            f"MODEL_NAME={name!r} ({where}) is a {found}D model, but this is the {ndim}D run: "
             f"give a {ndim}D model, or use {other} for a {found}D model"
         )
     if config.get("n_channel_in", 1) != 1:
         raise ModelError(
-            f"MODEL_NAME={folder.name!r} expects {config['n_channel_in']} input channels; "
+            f"MODEL_NAME={name!r} expects {config['n_channel_in']} input channels; "
             "stardist-host segments one channel (INPUT_CHANNEL), so the model must have n_channel_in=1"
         )
     if not any((folder / w).is_file() for w in _WEIGHTS):
-        raise ModelError(f"MODEL_NAME={folder.name!r}: {folder} has no weights ({' or '.join(_WEIGHTS)})")
+        raise ModelError(f"MODEL_NAME={name!r}: {where} has no weights ({' or '.join(_WEIGHTS)})")
     return config
 
 
@@ -112,29 +119,47 @@ def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None):
     """
     cls = _model_class(ndim)
     path_setting = f"MODEL{ndim}D_PATH"
+    kind, where = _locate(name, ndim, path)
+    if kind == "package":
+        return _load_package(cls, where, name, ndim, path_setting)
+    if kind == "folder":
+        return _load_folder(cls, where, ndim, path_setting)
+    return _load_pretrained(cls, name, ndim)
+
+
+def _locate(name: str, ndim: int, path: str | os.PathLike | None) -> tuple[str, Any]:
+    """Where MODEL_NAME is: ("folder", Path), ("package", Path) or ("registered", name); else a ModelError."""
+    path_setting = f"MODEL{ndim}D_PATH"
     if path is not None:
         basedir = Path(path)
         if not basedir.is_dir():
             raise ModelError(f"{path_setting}={str(path)!r}: this folder does not exist")
         folder = basedir / name
+        if bioimageio.is_package(folder):
+            return "package", folder
         if not folder.is_dir():
             found = _model_folders(basedir)
             raise ModelError(
                 f"MODEL_NAME={name!r}: there is no model folder {name!r} in {path_setting}={str(path)!r}; "
                 f"model folders there: {', '.join(found) if found else 'none'}"
             )
-        return _load_folder(cls, folder, ndim, path_setting)
+        return "folder", folder
 
     bundled = bundled_models_dir()
     if (bundled / name).is_dir():
-        return _load_folder(cls, bundled / name, ndim, path_setting)
+        return "folder", bundled / name
+    if bioimageio.is_package(name):
+        return "package", Path(name)
+    if name.lower().endswith(".zip"):
+        raise ModelError(f"MODEL_NAME={name!r}: there is no such bioimage.io package (no file {Path(name).resolve()})")
     registered = registered_models(ndim)
     if name in registered:
-        return _load_pretrained(cls, name, ndim)
+        return "registered", name
     raise ModelError(
         f"MODEL_NAME={name!r} with {path_setting}=None: no such bundled or registered {ndim}D model; "
         f"bundled: {', '.join(bundled_models(ndim)) or 'none'}; registered: {', '.join(registered)}; "
-        f"or set {path_setting} to the folder that holds your model folder"
+        f"or set {path_setting} to the folder that holds your model folder, or give the path of a bioimage.io "
+        "package (.zip)"
     )
 
 
@@ -169,6 +194,145 @@ def _load_folder(cls, folder: Path, ndim: int, path_setting: str):
             return cls(None, name=folder.name, basedir=str(folder.parent))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"the model in {folder} could not be loaded: {err}") from err
+
+
+def _load_package(cls, package: Path, name: str, ndim: int, path_setting: str):
+    """Install the package into a scratch folder, load it from there, and remove the folder again."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="stardist-host-package-") as tmp:
+        folder = bioimageio.install_package(package, tmp, label=f"MODEL_NAME={name!r}")
+        _check_folder(folder, ndim, path_setting, name=name, where=package)
+        log.info("loading %dD model %s from the bioimage.io package %s", ndim, folder.name, package)
+        try:
+            with prints_to_log(log):
+                return cls(None, name=folder.name, basedir=str(folder.parent))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"the model in the package {package} could not be loaded: {err}") from err
+
+
+def run_percentiles(name: str, percentiles: tuple[float, float], *, ndim: int,
+                    path: str | os.PathLike | None = None) -> tuple[float, float]:
+    """The normalisation percentiles a run with MODEL_NAME ``name`` uses: PERCENTILE_LOW / PERCENTILE_HIGH
+    (``percentiles``), or, for a bioimage.io package or a folder installed from one, the package's
+    ``scale_range`` percentiles where it states them (logged where they differ).  Reads files only; no TensorFlow.
+    """
+    kind, where = _locate(name, ndim, path)
+    package = (bioimageio.read_package(where, label=f"MODEL_NAME={name!r}") if kind == "package"
+               else bioimageio.package_of_folder(where) if kind == "folder" else None)
+    if package is None:
+        return tuple(percentiles)  # type: ignore[return-value]
+    return bioimageio.run_percentiles(package, percentiles, label=f"MODEL_NAME={name!r}")
+
+
+def import_package(package: str | os.PathLike, *, path: str | os.PathLike | None = None, name: str | None = None,
+                   overwrite: bool = False) -> Path:
+    """Install a bioimage.io package of a StarDist model as a model folder (``stardist-host models import``).
+
+    Parameters
+    ----------
+    package
+        The ``.zip``, or a folder with ``rdf.yaml`` / ``bioimageio.yaml``.
+    path
+        The folder to install into (MODEL2D_PATH / MODEL3D_PATH); None: the bundled models folder.
+    name
+        The model folder's name, then MODEL_NAME; default from the package's name.
+    overwrite
+        Replace a model folder of that name.
+
+    Returns
+    -------
+    Path
+        The model folder.
+
+    Raises
+    ------
+    ModelError
+        The package holds no StarDist model we can run, or the folder exists.
+    """
+    models_dir = Path(path) if path is not None else bundled_models_dir()
+    folder = bioimageio.install_package(package, models_dir, name=name, overwrite=overwrite)
+    _check_folder(folder, read_config(folder)["n_dim"], "MODEL_PATH", name=folder.name)
+    return folder
+
+
+def export_model(name: str, out: str | os.PathLike, *, path: str | os.PathLike | None = None,
+                 test_input=None, overwrite: bool = False, **options) -> Path:
+    """Write a model folder as a bioimage.io package (``stardist-host models export``).
+
+    Parameters
+    ----------
+    name
+        MODEL_NAME: a model folder in ``path``, or a bundled one.
+    out
+        The ``.zip`` to write.
+    path
+        The folder holding the model folder; None: the bundled models.
+    test_input
+        A plane (2D) or volume (3D) for the package's test input, or a TIFF
+        file holding one (its first channel and time point); None: the bundled
+        sample of the model's dimensionality.
+    overwrite
+        Replace ``out`` where it exists.
+    options
+        ``authors``, ``license``, ``pixel_size_um`` for
+        :func:`~stardist_host.segmentation.bioimageio.write_package`.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise ModelError(f"{str(out)!r}: a bioimage.io package is a .zip file; give a name ending in .zip")
+    if out.exists() and not overwrite:
+        err = ModelError(f"{str(out)!r} exists already; set overwrite=True to replace it")
+        err.command_line = f"{str(out)!r} exists already; give --overwrite to replace it"
+        raise err
+    basedir = Path(path) if path is not None else bundled_models_dir()
+    folder = basedir / name
+    if not (folder / "config.json").is_file():
+        found = _model_folders(basedir)
+        raise ModelError(f"there is no model folder {name!r} in {basedir}; model folders there: "
+                         f"{', '.join(found) if found else 'none'}")
+    ndim = read_config(folder).get("n_dim")
+    card = _model_card(folder)
+    model = load_model(name, ndim=ndim, path=basedir)
+    weights = next(folder / w for w in _WEIGHTS if (folder / w).is_file())
+    if test_input is None or isinstance(test_input, (str, os.PathLike)):
+        test_input = _test_image(ndim, test_input)
+    percentiles = tuple(card.get("normalization_percentiles") or (1.0, 99.8))
+    pixel_size = card.get("pixel_size_um")
+    readme = folder / "README.md"
+    options.setdefault("documentation", readme.read_text(encoding="utf-8") if readme.is_file() else None)
+    bioimageio.write_package(model, weights, out, test_input, percentiles=percentiles,
+                             pixel_size_um=options.pop("pixel_size_um", pixel_size), **options)
+    return out
+
+
+def _model_card(folder: Path) -> dict[str, Any]:
+    """What our training recorded (model_card.json): percentiles, pixel size; {} where there is none."""
+    try:
+        card = json.loads((folder / "model_card.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _test_image(ndim: int, path: str | os.PathLike | None = None):
+    """A plane (2D) or volume (3D) of a TIFF file (first channel and time point), default the bundled sample."""
+    import numpy as np
+
+    from ..io.tiff import TiffReader
+
+    reader = TiffReader(path or bundled_folder("data") / ("nuclei_2d.tif" if ndim == 2 else "nuclei_3d.tif"))
+    try:
+        sizes = reader.layout.sizes
+        planes = [reader.plane(0, 0, z) for z in range(sizes["Z"] if ndim == 3 else 1)]
+    finally:
+        reader.close()
+    return planes[0] if ndim == 2 else np.stack(planes)
 
 
 def _is_offline(err: BaseException) -> bool:
