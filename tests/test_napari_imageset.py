@@ -210,3 +210,18 @@ def test_scripts_run_unchanged_on_the_active_napari_imageset(monkeypatch, script
     else:
         assert len(np.unique(labels.data)) > 10
         np.testing.assert_allclose(labels.scale, (2.0, 0.5, 0.5))
+
+
+def test_axes_given_for_a_layer_napari_opened_without_labels():
+    """napari opens the 2D+t sample as one layer (T, C, Y, X) without axis labels: axes="TCYX" says what they are."""
+    import tifffile
+
+    viewer = ViewerModel()
+    layer = viewer.add_image(tifffile.imread(ROOT / "data" / "nuclei_2d_t.tif"), name="nuclei_2d_t")
+    assert layer_axes(viewer, layer) == "TZYX"  # the guess from four axes
+    imageset = NapariImageSet(viewer, layer, axes="TCYX")
+    assert (imageset.time_point_count, imageset.channel_count, imageset.plane_count) == (3, 2, 1)
+    assert imageset.channel_names == ["nuclei_2d_t 0", "nuclei_2d_t 1"]
+    np.testing.assert_array_equal(imageset.get_channeldata(1, 0, 2), layer.data[2, 1])
+    new = imageset.add_channel("Stardist_nuclei_2d_t 0", np.uint16)
+    assert viewer.layers["Stardist_nuclei_2d_t 0"].data.shape == (3, 256, 256) and new == 2

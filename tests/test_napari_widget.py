@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def stack(planes: int = 30, size: int = 96) -> np.ndarray:
 # ----- results ------------------------------------------------------------------------------------------------
 
 
-def test_2d_sample_equals_the_command_line(viewer, qtbot, tmp_path, notes):
+def test_2d_sample_equals_the_command_line(viewer, qtbot, tmp_path, notes, caplog):
+    caplog.set_level("INFO", logger="stardist_host")
     dapi, membrane = open_like_napari(viewer, SAMPLE_2D)
     viewer.dims.set_current_step(0, 1)  # the current time point
     widget = widget_for(viewer, 2, membrane)
@@ -157,6 +159,7 @@ def test_2d_sample_equals_the_command_line(viewer, qtbot, tmp_path, notes):
     matched(expected[1], labels.data[1])
     assert [n.message for n in notes] == [f"StarDist: {run.result.summary()}"]
     assert run.result.total == len(np.unique(labels.data[1])) - 1
+    assert any("started (SEPARATE_PROCESS)" in r.getMessage() for r in caplog.records)  # TensorFlow not in napari's
 
     # the screenshot shows each nucleus in its label colour (blended over the image), the image alone elsewhere
     membrane.visible = False
@@ -185,8 +188,10 @@ def test_2d_sample_equals_the_command_line(viewer, qtbot, tmp_path, notes):
     assert (np.abs(shown[rows, cols] - blend).max(axis=-1)[nuclei] < 12).mean() > 0.99
     assert (shown[rows, cols] == image_only[rows, cols]).all(axis=-1)[background].mean() > 0.99
     assert (np.abs(shown - image_only).max(axis=-1) > 12).sum() > 0.9 * nuclei.sum()  # colours are there at all
+    assert widget.layer.value is dapi  # the choice stays when the run adds its layer
     if DOCS_SCREENSHOT:
         widget.dock.show()
+        viewer.window.resize(1400, 820)
         viewer.reset_view()
         qtbot.wait(100)
         viewer.screenshot(path=str(ROOT / "docs" / "napari.png"), canvas_only=False, flash=False)
@@ -230,6 +235,13 @@ def test_event_loop_runs_every_200_ms_during_a_run(viewer, qtbot, monkeypatch):
             adding.append((start, time.perf_counter()))
 
     monkeypatch.setattr(NapariImageSet, "add_channel", timed_add_channel)
+    threads = set()  # the threads that call the image set: the GUI thread only
+    for name in ("get_channeldata", "set_channeldata", "add_channel", "remove_channel"):
+        def on_thread(self, *args, _call=getattr(NapariImageSet, name)):
+            threads.add(threading.current_thread())
+            return _call(self, *args)
+
+        monkeypatch.setattr(NapariImageSet, name, on_thread)
     layer = viewer.add_image(stack(), name="DAPI")
     widget = widget_for(viewer, 2, layer)
     ticks = []
@@ -243,6 +255,7 @@ def test_event_loop_runs_every_200_ms_during_a_run(viewer, qtbot, monkeypatch):
         timer.stop()
     assert not isinstance(run.result, BaseException), run.result
     assert seen[-1] == (30, 30) and len(seen) == 30
+    assert threads == {threading.main_thread()}
     ticks = np.array(ticks)
     gaps = np.diff(ticks)
     (start, end), = adding
@@ -303,6 +316,15 @@ def test_bad_setting_is_one_notification_naming_it(viewer, qtbot, notes):
     assert "PROB_THRESH=1.5" in notes[0].message and "N_TILES" in notes[0].message
 
 
+def test_tensorflow_in_naparis_process_is_refused(viewer, qtbot, notes):
+    """SEPARATE_PROCESS=False would import TensorFlow on napari's worker thread, which crashed napari here."""
+    layer = viewer.add_image(np.zeros((64, 64), np.uint16), name="DAPI")
+    widget = widget_for(viewer, 2, layer)
+    widget.settings_widgets["SEPARATE_PROCESS"].value = False
+    assert widget.start() is None
+    assert len(notes) == 1 and "SEPARATE_PROCESS=False: must be \"auto\" or True in napari" in notes[0].message
+
+
 @pytest.mark.parametrize("remove", ["input layer", "labels layer", "viewer"])
 def test_removing_a_layer_or_closing_the_viewer_stops_the_run(display, qtbot, notes, remove):
     viewer = napari.Viewer(show=True)
@@ -335,3 +357,14 @@ def test_removing_a_layer_or_closing_the_viewer_stops_the_run(display, qtbot, no
     finally:
         if remove != "viewer":
             viewer.close()
+
+
+def test_a_failing_run_is_one_notification_and_no_layer(viewer, qtbot, notes):
+    layer = viewer.add_image(stack(planes=2), name="DAPI")
+    widget = widget_for(viewer, 2, layer)
+    widget.settings_widgets["MODEL_NAME"].value = "no_such_model"
+    run = widget.start()
+    qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
+    assert [each.name for each in viewer.layers] == ["DAPI"]
+    assert len(notes) == 1 and notes[0].message.startswith("StarDist: MODEL_NAME='no_such_model'"), notes[0].message
+    assert "\n" not in notes[0].message and "Traceback" not in notes[0].message

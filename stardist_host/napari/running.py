@@ -22,7 +22,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from ..errors import Cancelled, StardistHostError
+from ..errors import Cancelled, SettingsError, StardistHostError
 from .calls import GuiCalls, GuiThreadImageSet
 from .imageset import NapariImageSet
 
@@ -32,11 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def segmentation_run_function() -> Callable:
-    """The run a script makes: ``run(settings, imageset, progress=, cancel=)``."""
-    try:
-        from ..runs.local import run
-    except ImportError:  # before stardist_host.runs
-        from ..segmentation.segment import run
+    """The run a script makes: ``run(settings, imageset, progress=, cancel=)`` (imported when a run starts)."""
+    from ..runs.local import run
+
     return run
 
 
@@ -69,6 +67,8 @@ class SegmentationRun:
     ------
     LayerError
         The layers cannot be segmented (RGB, Labels, no Y and X axes); raised here, before a thread starts.
+    SettingsError
+        SEPARATE_PROCESS=False: inside napari the model runs in its own process.
     """
 
     def __init__(self, viewer, layers, settings, *, axes: str | None = None, on_progress: Callable[[int, int], None] | None = None,
@@ -78,6 +78,10 @@ class SegmentationRun:
 
         self.viewer = viewer
         self.imageset = NapariImageSet(viewer, layers, axes=axes)
+        if settings.separate_process is False:
+            # seen here: TensorFlow 2.21's import on a worker thread of napari's process (PyQt5, vispy) segfaults
+            raise SettingsError("SEPARATE_PROCESS", False, 'must be "auto" or True in napari: the model runs in its '
+                                "own process (TensorFlow imported into napari's process can crash napari)")
         if settings.separate_process == "auto":  # inside a host: TensorFlow stays out of napari's process
             settings = dataclasses.replace(settings, separate_process=True)
         self.settings = settings

@@ -73,7 +73,7 @@ def field_widget(field: Field):
     """The magicgui widget for one setting, and a function that reads its value."""
     common = {"name": field.name, "label": field.name, "tooltip": _tooltip(field)}
     if field.type == "bool":
-        widget = CheckBox(value=field.default, **common)
+        widget = CheckBox(value=field.default, text=field.name, **common)
         return widget, lambda: widget.value
     if field.type == "choice":
         widget = ComboBox(choices=[(str(c), c) for c in field.choices], value=field.default, **common)
@@ -143,9 +143,16 @@ class SegmentationWidget(Container):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Image, Labels))]
 
     def _reset_layers(self, _event=None) -> None:
+        """The layers to choose from; the choice stays, or where there is none, the active Image layer."""
+        from napari.layers import Image
+
+        chosen = self.layer.value
         self.layer.reset_choices()
+        choices = [value for _, value in self._layer_choices()]
         active = self.viewer.layers.selection.active
-        if active is not None and any(active is value for _, value in self._layer_choices()):
+        if chosen is not None and any(chosen is value for value in choices):
+            self.layer.value = chosen
+        elif isinstance(active, Image) and any(active is value for value in choices):
             self.layer.value = active
         self._layer_changed()
 
