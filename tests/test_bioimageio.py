@@ -265,3 +265,13 @@ def test_an_unpacked_folder_is_a_package_and_a_model_folder_is_not(stardist_04_z
     assert not bioimageio.is_package(DEMO_2D)
     shutil.copy(DEMO_2D / "config.json", unpacked)
     assert not bioimageio.is_package(unpacked)  # a model folder that happens to hold an rdf.yaml
+
+
+def test_members_that_leave_the_package_are_not_unpacked(tmp_path):
+    package = _zip(tmp_path / "package.zip", {"rdf.yaml": _stardist_04_rdf(), "stardist_weights.h5": WEIGHTS.read_bytes(),
+                                              "../../../../outside.txt": b"zip slip", "docs/ok.md": b"kept"})
+    models = tmp_path / "a" / "b" / "models"
+    models.mkdir(parents=True)
+    folder = import_package(package, path=models, name="m")
+    assert (folder / "bioimageio" / "docs" / "ok.md").read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.rglob("outside.txt")) == []
