@@ -7,6 +7,7 @@ Reader and with bioio + bioio-ome-zarr.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -142,6 +143,39 @@ def test_a_failing_unit_is_named_and_the_others_are_kept(tmp_path, cluster):
     assert "t1_z0-0.json" not in {p.name for p in journal.iterdir()}
     with pytest.raises(OutputError, match=r"an interrupted run left .* add --resume to continue it or --overwrite"):
         segment_file(settings, store, None)
+
+
+# ----------------------------------------------------------------------------- one engine, every way of running
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_every_way_of_running_gives_the_same_labels(tmp_path, cluster, ndim):
+    """In this process, in a child process, resumable (journalled) and as Dask tasks: the same engine, the same labels."""
+    import tifffile
+    from stardist.data import test_image_nuclei_3d
+
+    from stardist_host.io.imagesets import TiffImageSet
+
+    src = tmp_path / "in.tif"
+    if ndim == 2:  # 2 time points x 3 planes, numbered across all six
+        tifffile.imwrite(src, sample_planes_tczyx(t=2, z=3)[:, 0], imagej=True, metadata={"axes": "TZYX"})
+    else:  # 2 time points of a 12 x 48 x 48 volume
+        volume = test_image_nuclei_3d()[8:20, 6:54, 4:52]
+        tifffile.imwrite(src, np.stack([volume, volume[:, ::-1]]), imagej=True, metadata={"axes": "TZYX"})
+    settings = Settings(ndim=ndim, current_time_point=False, unique_labels=True, use_gpu=False)
+    got = {}
+    with TiffImageSet(src) as ims:
+        result = run(dataclasses.replace(settings, separate_process=True), ims)
+        got["child process"] = np.stack([[ims.get_channeldata(result.channel, z, t) for z in range(ims.plane_count)]
+                                         for t in range(ims.time_point_count)])
+    for way, options in {"in process": {}, "resumable": {"resume": True}, "Dask": {"scheduler": cluster}}.items():
+        out = tmp_path / f"{way}.ome.tif"
+        segment_file(settings, src, out, **options)
+        got[way] = tifffile.imread(out)[:, -1]  # T, (Z,) Y, X of the label channel
+    expected = got.pop("in process").reshape(got["child process"].shape)
+    assert len(np.unique(expected)) - 1 == expected.max() >= 10  # unique across units, consecutive
+    for way, labels in got.items():
+        np.testing.assert_array_equal(labels.reshape(expected.shape), expected, err_msg=way)
 
 
 # ----------------------------------------------------------------------------- resume after a kill

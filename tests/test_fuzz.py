@@ -123,7 +123,8 @@ def _check_run(data: np.ndarray, writer: str, order: str, values: dict, time_poi
             seen: dict = {}
             for t, z in np.ndindex(t_n, z_n):
                 labels = back.get_channeldata(labels_channel, z, t)
-                assert labels.dtype.kind == ("i" if data.dtype.kind == "i" else "u")  # signed input: one signed image
+                signed = data.dtype.kind == "i" and not values["labels_only"]  # signed input: one signed image
+                assert labels.dtype.kind == ("i" if signed else "u")
                 if t not in times or not first <= z <= last:
                     assert not labels.any(), f"t={t}, z={z} is outside the selection"
                     continue

@@ -93,7 +93,7 @@ def test_3d_object_table_from_the_command_and_refused_in_2d(tmp_path, caplog, sa
     rows = (tmp_path / "vol_objects.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) - 1 == len(np.unique(labels)) - 1 > 20  # one row per nucleus
     assert main(["segment", str(sample_2d), str(tmp_path / "flat.ome.tif"), "--export-objects", "csv"]) == 2
-    assert "EXPORT_OBJECTS=('csv',): must be a list of any of 'roi', 'geojson'" in caplog.text
+    assert "--export-objects csv needs --dim 3 (one row per object of a volume); with --dim 2 give roi, geojson or roi,geojson" in caplog.text
 
 
 def test_malformed_ome_metadata_is_a_warning_not_a_damaged_file(tmp_path, caplog):
