@@ -577,8 +577,8 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,
-                                        time_points=plan.time_points, formats=settings.export_objects,
-                                        labels_only=settings.labels_only, overwrite=settings.overwrite)
+                                              time_points=plan.time_points, formats=settings.export_objects,
+                                              labels_only=settings.labels_only, overwrite=settings.overwrite)
             time_point_count = imageset.time_point_count
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
     result = _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)

@@ -112,22 +112,10 @@ def segment_file(
             imageset.current_time_point = current_time_point
             result = run(settings, imageset, progress=progress)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=result.channel, ndim=settings.ndim,
-                                        time_points=sorted({u.unit.time_point for u in result.units}),
-                                        formats=settings.export_objects, labels_only=settings.labels_only,
-                                        overwrite=settings.overwrite)
+                                              time_points=sorted({u.unit.time_point for u in result.units}),
+                                              formats=settings.export_objects, labels_only=settings.labels_only,
+                                              overwrite=settings.overwrite)
     return dataclasses.replace(result, channel=channel, output_note=note)  # the summary names the file's channel
-
-
-def run_headless(
-    settings: Settings, input: str | os.PathLike, output: str | os.PathLike | None, *, axes: str | None = None,
-    series: int | None = None, current_time_point: int = 0, quiet: bool = False, level: int = 0,
-    workers: int | None = None, scheduler: str | None = None, resume: bool = False,
-) -> SegmentResult:
-    """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
-    progress, bar = tqdm_progress("segmenting", disable=quiet)
-    with bar, stdout_to_log():
-        return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
-                            progress=progress, level=level, workers=workers, scheduler=scheduler, resume=resume)
 
 
 def run_headless(
