@@ -272,10 +272,14 @@ def _models(args) -> int:
 
 
 def _models_import(args) -> int:
+    from .segmentation.bioimageio import package_of_folder
     from .segmentation.models import import_package
 
     folder = import_package(args.package, path=args.model_path, name=args.name, overwrite=args.overwrite)
     use = f"--model-name {folder.name}" + ("" if args.model_path is None else f" --model-path {folder.parent}")
+    percentiles = package_of_folder(folder).percentiles
+    if percentiles is not None and percentiles != (1.0, 99.8):  # the run's defaults
+        use += f" --percentile-low {percentiles[0]:g} --percentile-high {percentiles[1]:g}"
     print(f"{folder}: installed from {args.package}; segment with {use}")
     return 0
 

@@ -178,7 +178,9 @@ def test_models_import_on_the_command_line(stardist_04_zip, tmp_path, capsys, ca
     models.mkdir()
     assert main(["models", "import", str(stardist_04_zip), "--model-path", str(models)]) == 0
     assert (models / "StarDist_demo_0.4" / "weights_best.h5").is_file()
-    assert "segment with --model-name StarDist_demo_0.4 --model-path" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "segment with --model-name StarDist_demo_0.4 --model-path" in said
+    assert said.rstrip().endswith("--percentile-low 3 --percentile-high 99.5")  # the package's scale_range
     caplog.clear()
     assert main(["models", "import", str(stardist_04_zip), "--model-path", str(models)]) == EXIT_USER_ERROR
     assert "exists already; give --name to install it under another name, or --overwrite to replace it" in \
