@@ -173,6 +173,35 @@ def test_the_packages_percentiles_replace_the_runs_and_say_so(stardist_04_zip, t
     assert folder.name == "installed"
 
 
+def test_a_run_through_a_package_normalises_with_its_percentiles(stardist_04_zip, tmp_path, caplog):
+    """In process and through the label store (--resume), the package's 3.0..99.5 replace the settings' 1.0..99.8."""
+    import tifffile
+    from stardist.data import test_image_nuclei_2d
+
+    from stardist_host.io.imagesets import MemoryImageSet
+    from stardist_host.runs.files import segment_file
+    from stardist_host.runs.local import run
+    from stardist_host.segmentation.plan import make_plan
+    from stardist_host.segmentation.segment import segment
+    from stardist_host.segmentation.settings import Settings
+
+    image = test_image_nuclei_2d()[:128, :128]
+    settings = Settings(ndim=2, model_name=str(stardist_04_zip), use_gpu=False, separate_process=False)
+    ims = MemoryImageSet(image[None, None, None])
+    result = run(settings, ims)
+    assert "they replace PERCENTILE_LOW=1.0, PERCENTILE_HIGH=99.8" in caplog.text
+    # the oracle: the engine given the package's percentiles by hand
+    oracle = MemoryImageSet(image[None, None, None])
+    expected = segment(oracle, load_model(str(stardist_04_zip), ndim=2), make_plan(settings, oracle),
+                       output_name="labels", percentiles=(3.0, 99.5))
+    np.testing.assert_array_equal(ims.channel(result.channel), oracle.channel(expected.channel))
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    caplog.clear()
+    segment_file(settings, tmp_path / "in.tif", tmp_path / "out.ome.tif", resume=True)
+    assert "they replace PERCENTILE_LOW=1.0, PERCENTILE_HIGH=99.8" in caplog.text
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.ome.tif")[-1], oracle.channel(expected.channel)[0, 0])
+
+
 def test_models_import_on_the_command_line(stardist_04_zip, tmp_path, capsys, caplog):
     models = tmp_path / "models"
     models.mkdir()

@@ -44,7 +44,7 @@ from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, 
 from ..segmentation.engine import (anisotropy_scale, first_labels, label_dtype_for, label_units, predictor,
                                    unit_planes, unit_reader, where)
 from ..segmentation.plan import Plan, Unit, make_plan
-from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings
+from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, percentiles_for
 from ..segmentation.settings import Settings
 from .journal import JOURNAL, Journal, check_no_journal, fingerprint, key
 
@@ -110,6 +110,7 @@ class Task:
     channel: int
     dtype: str
     scale: tuple[float, ...] | None
+    percentiles: tuple[float, float]  # PERCENTILE_LOW / _HIGH, or a bioimage.io package's own
 
 
 # One entry per kind ("model", "predictor", "source", "target"): a worker keeps the model and its
@@ -224,7 +225,7 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
     s = task.settings
     imageset = _cached("source", task.source, task.source.open)
     planes = _planes(task.target)
-    read_normalised = unit_reader(imageset, task.channel, s.ndim, (s.percentile_low, s.percentile_high))
+    read_normalised = unit_reader(imageset, task.channel, s.ndim, task.percentiles)
 
     def read(unit: Unit):
         try:
@@ -520,7 +521,8 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim))
+            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim),
+                        percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             journal.remove()
         time_point_count = imageset.time_point_count
@@ -573,7 +575,8 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim))
+            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim),
+                        percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,

@@ -24,7 +24,7 @@ from .engine import UnitResult, anisotropy_scale, label_dtype_for, label_units, 
 from .plan import Plan
 from .settings import Settings, schema
 
-__all__ = ["segment", "segment_with_settings", "load_for_settings", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
+__all__ = ["segment", "segment_with_settings", "load_for_settings", "percentiles_for", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
            "Cancelled", "percent_progress"]
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,14 @@ def load_for_settings(settings: Settings):
                         memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
 
 
+def percentiles_for(settings: Settings) -> tuple[float, float]:
+    """The normalisation percentiles of a run: PERCENTILE_LOW / PERCENTILE_HIGH, or a bioimage.io package's own."""
+    from .models import run_percentiles
+
+    return run_percentiles(settings.model_name, (settings.percentile_low, settings.percentile_high),
+                           ndim=settings.ndim, path=settings.model_path)
+
+
 def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
                           progress: Progress | None = None, cancel: Cancel | None = None) -> SegmentResult:
     """Set the device up, load the model and :func:`segment` in this process, as ``settings`` say.
@@ -271,7 +279,7 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         output_name=output_name,
         prob_thresh=settings.prob_thresh,
         nms_thresh=settings.nms_thresh,
-        percentiles=(settings.percentile_low, settings.percentile_high),
+        percentiles=percentiles_for(settings),
         n_tiles=settings.n_tiles,
         unique_labels=settings.unique_labels,
         label_dtype=settings.label_dtype,
