@@ -152,7 +152,7 @@ class SegmentationRun:
         outcome = self.result = self._outcome
         self.viewer.layers.events.removed.disconnect(self._removed)
         self._bar.close()
-        if self.worker.abort_requested:
+        if self.worker.abort_requested:  # napari >= 0.6; 0.5 names the layers its closing removed
             self.reason = "the viewer was closed during the run"
         if isinstance(outcome, BaseException) and self.reason:  # the stop, or what the removal made fail first
             show_error(f"StarDist stopped: {self.reason}; {_after(outcome)}nothing was kept")
