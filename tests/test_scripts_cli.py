@@ -85,10 +85,11 @@ def test_3d_script_refuses_a_2d_model(tmp_path, sample_3d):
     assert not (tmp_path / "out.tif").exists()
 
 
-def test_script_in_a_host_uses_the_active_imageset(monkeypatch):
+@pytest.mark.parametrize("argv", [[""], ["napari", "cells.tif"]], ids=["no arguments", "the host's own arguments"])
+def test_script_in_a_host_uses_the_active_imageset(monkeypatch, argv):
     stack = tifffile.imread(ROOT / "data" / "nuclei_2d_t.tif")  # T, C, Y, X
     imageset = MemoryImageSet(stack[:, :, None], channel_names=["DAPI", "Membrane"], current_time_point=2)
-    monkeypatch.setattr(sys, "argv", [""])  # a host's script editor passes no arguments
+    monkeypatch.setattr(sys, "argv", argv)  # a script editor passes none; a host started on a file has its own
     set_active_imageset(imageset)
     try:
         runpy.run_path(str(SCRIPT_2D))

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] | None = None) -> SegmentResult | None:
     """What a paste-and-edit script does after its USER SETTINGS block.
 
-    With no command-line arguments it segments the host's active image set
-    (errors propagate to the host); where no host registered one, it logs
-    how to run headless as one line and exits with status 2.  With
+    Where a host registered its image set it segments that, whatever the
+    process's command line holds (a host's own, such as ``napari file.tif``;
+    errors propagate to the host).  With no command-line arguments and no
+    host, it logs how to run headless as one line and exits with status 2.  With
     ``INPUT.tif OUTPUT.tif`` (or ``INPUT.zarr [OUTPUT.zarr]``, and
     ``--workers``, ``--scheduler``, ``--resume`` as for ``stardist-host
     segment``) it runs headless on the file and prints the summary on stdout:
@@ -37,13 +38,15 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
         # a worker process of --workers re-imports the script as its main module: it must not run again
         return None
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
+    try:
+        imageset = active_imageset()
+    except NoImageSetError:
+        imageset = None
+    if imageset is not None or not args:
         setup_logging()
-        try:
-            imageset = active_imageset()
-        except NoImageSetError:
+        if imageset is None:
             with user_errors():  # no host, so a command line without arguments: one line and status 2
-                raise
+                active_imageset()
         settings = Settings.from_script(namespace, ndim=ndim)
         result = run(settings, imageset)
         log.info("%s", result.summary(cli=False))
