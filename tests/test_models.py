@@ -39,7 +39,7 @@ def test_folder_without_config_or_weights(tmp_path):
     shutil.copytree(models.bundled_models_dir() / "2D_demo", tmp_path / "noweights")
     for weights in (tmp_path / "noweights").glob("*.h5"):
         weights.unlink()
-    with pytest.raises(ModelError, match=r"has no weights \(weights_best.h5 or weights_last.h5\)"):
+    with pytest.raises(ModelError, match=r"has no weights \(weights_best.h5 or weights_last.h5 or weights_bioimageio.h5\)"):
         load_model("noweights", ndim=2, path=tmp_path)
 
 
