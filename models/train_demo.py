@@ -41,6 +41,10 @@ from stardist_host.cli import main as cli
 from stardist_host.testing import synthetic
 
 SEED = 42
+#: 3D_demo's voxel size (z, y, x) in µm, as data/nuclei_3d.tif; the synthetic stacks have the same anisotropy (2).
+VOXEL_3D = (1.0, 0.5, 0.5)
+#: Synthetic stacks that look like stardist's 3D sample: dense, low contrast, noisy, blurred.
+LIKE_SAMPLE = {"radius": (6, 10), "anisotropy": 2.0, "background": 0.35, "noise": 0.12, "blur": 1.5}
 log = logging.getLogger("train_demo")
 
 
@@ -101,9 +105,7 @@ def train_3d(tmp: Path, epochs: int, steps: int, out: Path) -> None:
     from stardist.data import test_image_nuclei_3d
 
     img, mask = test_image_nuclei_3d(return_mask=True)
-    voxel = (1.0, 0.5, 0.5)  # as data/nuclei_3d.tif; the synthetic stacks have the same anisotropy (2)
-    # synthetic stacks that look like the sample: dense, low contrast, noisy, blurred
-    like_sample = {"radius": (6, 10), "anisotropy": 2.0, "background": 0.35, "noise": 0.12, "blur": 1.5}
+    voxel, like_sample = VOXEL_3D, LIKE_SAMPLE
     sample = _save(tmp, "sample3d", img[:, :, :36], mask[:, :, :36], "ZYX", voxel)
     images, masks = [sample[0]] * 2, [sample[1]] * 2  # listed twice: half the patches come from real data
     for k in range(4):

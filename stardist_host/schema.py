@@ -176,6 +176,29 @@ def _parse_choices(f: Any, text: str) -> tuple:
     return values
 
 
+def _number_or_numbers(f: Any, v: Any) -> bool:
+    """One of the choices, a number, or (``length``) numbers, each in range: SCALE, MODEL_PIXEL_SIZE_UM."""
+    if isinstance(v, str):
+        return v in f.choices
+    if isinstance(v, (list, tuple)):
+        return (not f.length or len(v) == f.length) and all(_real(f, x) for x in v)
+    return _real(f, v)
+
+
+def _parse_number_or_numbers(f: Any, text: str) -> Any:
+    if text.strip() in f.choices:
+        return text.strip()
+    values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
+    if not values:
+        raise ValueError(text)
+    return values[0] if len(values) == 1 else values
+
+
+def _number_or_numbers_allowed(f: Any) -> str:
+    choices = f"{_listed(f)}, " if f.choices else ""
+    return f"{choices}a number{_unit(f)}{_range(f)} or {f.length or 'a list of'} such numbers, one per axis"
+
+
 #: Field types: what a value must be, how the command line gives it and the words for it.
 TYPES: dict[str, Kind] = {
     "int": Kind("a whole number", _whole, lambda f: f"a whole number{_unit(f)}{_range(f)}", lambda f, t: int(t), "3"),
@@ -192,6 +215,9 @@ TYPES: dict[str, Kind] = {
                  _numbers(int), "1,2"),
     "floats": Kind("a list of numbers", _sequence(_real),
                    lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
+    # a choice such as "auto", one number for all axes, or one number per axis
+    "number_or_numbers": Kind("a number or a list of numbers", _number_or_numbers, _number_or_numbers_allowed,
+                              _parse_number_or_numbers, "0.5 or 1,0.5,0.5"),
 }
 
 

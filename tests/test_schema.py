@@ -196,6 +196,9 @@ PARSED = [  # one per type the command line gives as text (a bool is a flag)
     ("choice", {"choices": (2, 3)}, "3", 3), ("choices", {"choices": ("roi", "csv")}, "roi, csv", ("roi", "csv")),
     ("ints", {}, "1,2", [1, 2]), ("ints", {"length": 2}, "1x2", (1, 2)),
     ("floats", {"length": 3}, "2,0.5,0.5", (2.0, 0.5, 0.5)),
+    ("number_or_numbers", {"choices": ("auto",), "length": 3}, "auto", "auto"),
+    ("number_or_numbers", {"choices": ("auto",), "length": 3}, "0.5", 0.5),
+    ("number_or_numbers", {"choices": ("auto",), "length": 3}, "1,0.5,0.5", (1.0, 0.5, 0.5)),
 ]
 
 
@@ -216,6 +219,8 @@ def test_each_type_parses_its_command_line_text(kind, keywords, text, value):
     ("ints", {}, "1,a", "'1,a' is not a list of whole numbers such as 1,2"),
     ("floats", {}, "a", "'a' is not a list of numbers such as 2,0.5,0.5"),
     ("choice", {"choices": (2, 3)}, "4", "'4' is not one of 2, 3"),
+    ("number_or_numbers", {"choices": ("auto",)}, "big", "'big' is not a number or a list of numbers such as "
+                                                         "0.5 or 1,0.5,0.5"),
     ("choices", {"choices": ("roi",)}, "roi,svg", "svg not among roi (give them separated by commas)"),
 ])
 def test_a_bad_command_line_text_says_what_is_expected(kind, keywords, text, message):
@@ -234,6 +239,8 @@ def test_a_bad_command_line_text_says_what_is_expected(kind, keywords, text, mes
     ({"type": "ints", "low": 0}, "must be a list of whole numbers >= 0, e.g. [0, 1]"),
     ({"type": "choice", "choices": ("auto", True, False)}, "must be one of 'auto', True, False"),
     ({"type": "choices", "choices": ("roi", "csv")}, "must be a list of any of 'roi', 'csv', e.g. ['roi'], or []"),
+    ({"type": "number_or_numbers", "choices": ("auto",), "low": 0, "open_low": True, "length": 2},
+     "must be 'auto', a number > 0 or 2 such numbers, one per axis"),
     ({"type": "path", "none": "the bundled models"}, "must be a path in quotes, or None (the bundled models)"),
     ({"type": "bool", "allowed": "must be on or off"}, "must be on or off"),  # a declaration's own text wins
 ])

@@ -41,7 +41,7 @@ from ..errors import OutputError, SettingsError, StardistHostError, UnitFailedEr
 from ..host import Progress
 from ..io.opening import is_omezarr
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
-from ..segmentation.engine import (anisotropy_scale, first_labels, label_dtype_for, label_units, predictor,
+from ..segmentation.engine import (first_labels, label_dtype_for, label_units, predictor, run_scale,
                                    unit_planes, unit_reader, where)
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, percentiles_for
@@ -521,7 +521,7 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim),
+            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings, plan),
                         percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             journal.remove()
@@ -535,8 +535,11 @@ def _load(settings: Settings):
     return load_for_settings(settings)
 
 
-def _scale(model, imageset, ndim: int):
-    return anisotropy_scale(model, imageset.voxel_size) if ndim == 3 else None
+def _scale(model, imageset, settings: Settings, plan: Plan):
+    units = plan.units
+    depth = (units[0].last - units[0].first + 1,) if settings.ndim == 3 and units else ()
+    return run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
+                     object_diameter_um=settings.object_diameter_um, unit_shape=depth + tuple(imageset.plane_shape))
 
 
 def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):
@@ -575,7 +578,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings.ndim),
+            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings, plan),
                         percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)

@@ -15,18 +15,19 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import Cancelled, LabelOverflowError
+from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import ImageSet
+from .models import trained_sizes
 from .pipeline import UnitPredictor, auto_n_tiles
 from .plan import Plan, Unit
 
 __all__ = ["UnitResult", "label_units", "predictor", "unit_reader", "read_unit", "normalise", "number",
-           "check_fits", "first_labels", "unit_planes", "label_dtype_for", "anisotropy_scale", "where", "MIN_NUCLEUS",
+           "check_fits", "first_labels", "unit_planes", "label_dtype_for", "run_scale", "where", "MIN_NUCLEUS",
            "NO_SIGNAL_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -76,24 +77,148 @@ def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], uniqu
     return np.dtype(np.uint16 if bound <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def anisotropy_scale(model, voxel_size) -> tuple[float, float, float] | None:
-    """Z scale that brings the image's anisotropy to the one the 3D model was trained on."""
-    trained = getattr(model.config, "anisotropy", None)
-    if voxel_size is None or voxel_size[0] is None or trained is None:
-        log.info("voxel size %s: the stack is segmented as it is, assuming the model's anisotropy",
-                 "unknown" if voxel_size is None else f"{voxel_size} without Z spacing")
+#: Under "auto", factors all within this ratio of 1 are not worth resampling.
+DEAD_BAND = 1.2
+#: Smallest size of an axis after scaling, in pixels.
+MIN_SCALED_SIZE = 8
+
+
+def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: Any = None,
+              object_diameter_um: float | None = None,
+              unit_shape: tuple[int, ...] | None = None) -> tuple[float, ...] | None:
+    """The factor per spatial axis by which a run resamples each unit before the network, or None for none.
+
+    The one rule of every path (in process, the child, Dask, ``evaluate``);
+    stardist's ``predict_instances(scale=)`` resamples and returns the labels
+    on the image's own grid.
+
+    Parameters
+    ----------
+    model
+        The loaded StarDist2D / StarDist3D model; its folder's recorded sizes
+        (:func:`~stardist_host.segmentation.models.trained_sizes`) and, for 3D,
+        its config's anisotropy are read.
+    voxel_size
+        The image set's (z, y, x) in µm, z None where unknown, or None.
+    scale
+        SCALE: "auto", a number for every axis, or one per axis ((Y, X) or (Z, Y, X)).
+    model_pixel_size_um
+        MODEL_PIXEL_SIZE_UM: the training data's pixel size (a number or one per
+        axis); None: the recorded one.  Where both are known and differ, this one wins, with a warning.
+    object_diameter_um
+        OBJECT_DIAMETER_UM: the nuclei's diameter in this image; with "auto" the
+        scale makes it the model's recorded median diameter in pixels.
+    unit_shape
+        The shape of one plane (volume), to refuse a scale that leaves an axis
+        under :data:`MIN_SCALED_SIZE` pixels.
+
+    Returns
+    -------
+    tuple or None
+        One factor per spatial axis; None where no resampling is done.
+
+    Raises
+    ------
+    SettingsError
+        OBJECT_DIAMETER_UM without the model's recorded diameter or the image's
+        pixel size; a scale that makes a unit too small.
+    """
+    ndim = int(model.config.n_dim)
+    if scale != "auto":
+        factors = tuple(float(f) for f in scale) if isinstance(scale, (list, tuple)) else (float(scale),) * ndim
+        log.info("SCALE=%s: each %s is resampled by %s before the network", scale,
+                 "plane" if ndim == 2 else "volume", _factors(factors))
+        return _checked(None if all(f == 1 for f in factors) else factors, unit_shape, "SCALE", scale)
+    recorded = trained_sizes(model)
+    trained = recorded.pixel_size_um
+    if model_pixel_size_um is not None:
+        given = (tuple(float(v) for v in model_pixel_size_um) if isinstance(model_pixel_size_um, (list, tuple))
+                 else (float(model_pixel_size_um),) * ndim)
+        if trained is not None and not np.allclose(given, trained, rtol=1e-3):
+            log.warning("MODEL_PIXEL_SIZE_UM=%s differs from the pixel size the model records (%s µm): %s is used",
+                        model_pixel_size_um, _factors(trained), _factors(given))
+        trained = given
+    image: tuple[float | None, ...] | None = None
+    if voxel_size is not None:
+        image = tuple(voxel_size[1:]) if ndim == 2 else tuple(voxel_size)
+    if object_diameter_um is not None:
+        factors = _diameter_scale(model, recorded.object_diameter_px, image, trained, object_diameter_um)
+        return _checked(factors, unit_shape, "OBJECT_DIAMETER_UM", object_diameter_um)
+    factors = _pixel_scale(model, image, trained)
+    if factors is None:
         return None
-    z, y, x = voxel_size
-    image_aniso = z / ((y + x) / 2)
-    model_aniso = trained[0] / ((trained[1] + trained[2]) / 2)
-    factor = image_aniso / model_aniso
-    if abs(math.log(factor)) < math.log(1.2):  # within 20%: not worth resampling
+    if all(abs(math.log(f)) < math.log(DEAD_BAND) for f in factors):
+        log.info("SCALE=\"auto\": factors %s are within %d%% of 1: not worth resampling", _factors(factors),
+                 round((DEAD_BAND - 1) * 100))
         return None
-    log.info(
-        "image anisotropy %.2f (voxel size %s) differs from the model's %.2f: Z is rescaled by %.2f",
-        image_aniso, voxel_size, model_aniso, factor,
-    )
-    return (factor, 1.0, 1.0)
+    log.info("SCALE=\"auto\": image voxel size %s µm, model's %s µm: each %s is resampled by %s", voxel_size,
+             "unknown" if trained is None else _factors(trained), "plane" if ndim == 2 else "volume", _factors(factors))
+    return _checked(factors, unit_shape, "SCALE", scale)
+
+
+def _factors(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _pixel_scale(model, image, trained) -> tuple[float, ...] | None:
+    """SCALE="auto" from pixel sizes: image over model per axis, where known; None (logged) where nothing is."""
+    ndim = int(model.config.n_dim)
+    lateral_known = image is not None and image[-1] is not None
+    if trained is not None and lateral_known:
+        if ndim == 2 or image[0] is not None:
+            return tuple(i / t for i, t in zip(image, trained))
+        lateral = tuple(i / t for i, t in zip(image[1:], trained[1:]))
+        log.info("SCALE=\"auto\": the image has no Z spacing: Z is scaled as Y and X, assuming the model's anisotropy")
+        return (sum(lateral) / 2, *lateral)
+    anisotropy = getattr(model.config, "anisotropy", None) if ndim == 3 else None
+    if anisotropy is not None and image is not None and image[0] is not None:
+        # the model's pixel size is unknown, its anisotropy known: bring the image's Z to it, as before
+        z, y, x = image
+        factor = (z / ((y + x) / 2)) / (anisotropy[0] / ((anisotropy[1] + anisotropy[2]) / 2))
+        log.info("SCALE=\"auto\": the model's pixel size is unknown; image anisotropy %.2f (voxel size %s), the "
+                 "model's %.2f: only Z can be matched", z / ((y + x) / 2), image, anisotropy[0] /
+                 ((anisotropy[1] + anisotropy[2]) / 2))
+        return (factor, 1.0, 1.0)
+    unknown = [what for what, known in (("the image's", lateral_known), ("the model's", trained is not None))
+               if not known]
+    log.info("SCALE=\"auto\": %s pixel size unknown: segmented at scale 1 (set %s)", " and ".join(unknown),
+             "MODEL_PIXEL_SIZE_UM or SCALE" if lateral_known else "SCALE")
+    return None
+
+
+def _diameter_scale(model, diameter_px, image, trained, diameter_um) -> tuple[float, ...]:
+    """SCALE="auto" with OBJECT_DIAMETER_UM: the image's nuclei brought to the model's median training diameter."""
+    ndim = int(model.config.n_dim)
+    if diameter_px is None:
+        raise SettingsError("OBJECT_DIAMETER_UM", diameter_um, "the model records no object diameter "
+                            "(object_diameter_px in its model_card.json); set SCALE instead")
+    if image is None or image[-1] is None:
+        raise SettingsError("OBJECT_DIAMETER_UM", diameter_um, "needs the image's pixel size, which the image set "
+                            "does not state; set SCALE instead")
+    lateral = diameter_px * (image[-1] + image[-2]) / 2 / diameter_um
+    factors: tuple[float, ...] = (lateral, lateral)
+    if ndim == 3:
+        model_aniso = (trained[0] / ((trained[1] + trained[2]) / 2) if trained is not None else
+                       getattr(model.config, "anisotropy", None) and
+                       model.config.anisotropy[0] / ((model.config.anisotropy[1] + model.config.anisotropy[2]) / 2))
+        z = lateral
+        if image[0] is not None and model_aniso:
+            z = lateral * (image[0] / ((image[1] + image[2]) / 2)) / model_aniso
+        factors = (z, *factors)
+    log.info("OBJECT_DIAMETER_UM=%g: the model's median training diameter is %.1f pixels, the image's pixel %.4g µm: "
+             "each unit is resampled by %s", diameter_um, diameter_px, (image[-1] + image[-2]) / 2, _factors(factors))
+    return factors
+
+
+def _checked(factors, unit_shape, setting: str, value) -> tuple[float, ...] | None:
+    """``factors``, or a SettingsError where a unit of ``unit_shape`` would shrink below MIN_SCALED_SIZE."""
+    if factors is None or unit_shape is None:
+        return factors
+    small = [(n, f) for n, f in zip(unit_shape, factors) if n > 1 and n * f < MIN_SCALED_SIZE]
+    if small:
+        raise SettingsError(setting, value, f"scales a unit of shape {tuple(unit_shape)} by {_factors(factors)}, "
+                            f"which leaves an axis under {MIN_SCALED_SIZE} pixels; give a larger scale")
+    return factors
 
 
 # --------------------------------------------------------------------------- reading

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from . import bioimageio
 from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
-           "read_config", "run_percentiles", "import_package", "export_model"]
+           "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,34 @@ def export_model(name: str, out: str | os.PathLike, *, path: str | os.PathLike |
     bioimageio.write_package(model, weights, out, test_input, percentiles=percentiles,
                              pixel_size_um=options.pop("pixel_size_um", pixel_size), **options)
     return out
+
+
+@dataclass(frozen=True)
+class TrainedSizes:
+    """What a model folder records about its training data's size (model_card.json); None where unknown.
+
+    ``pixel_size_um`` is per spatial axis, (Y, X) or (Z, Y, X); ``object_diameter_px``
+    is the median equivalent diameter of the training masks' objects in lateral
+    pixels (3D: of the sphere of their physical volume, in Y/X pixels).
+    """
+
+    pixel_size_um: tuple[float, ...] | None = None
+    object_diameter_px: float | None = None
+
+
+def trained_sizes(model) -> TrainedSizes:
+    """The recorded pixel size and object diameter of a loaded model's training data (``model_card.json``)."""
+    logdir = getattr(model, "logdir", None)
+    card = _model_card(Path(logdir)) if logdir is not None else {}
+    size, diameter = card.get("pixel_size_um"), card.get("object_diameter_px")
+    ndim = int(model.config.n_dim)
+    ok = (isinstance(size, list) and len(size) == ndim
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size))
+    if size is not None and not ok:
+        log.warning("%s/model_card.json: pixel_size_um=%r is not %d numbers above 0; taken as unknown",
+                    logdir, size, ndim)
+    good = isinstance(diameter, (int, float)) and not isinstance(diameter, bool) and diameter > 0
+    return TrainedSizes(tuple(float(v) for v in size) if ok else None, float(diameter) if good else None)
 
 
 def _model_card(folder: Path) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import Cancelled, LabelOverflowError
 from ..host import Cancel, ImageSet, Progress
-from .engine import UnitResult, anisotropy_scale, label_dtype_for, label_units, predictor, unit_planes, unit_reader
+from .engine import UnitResult, label_dtype_for, label_units, predictor, run_scale, unit_planes, unit_reader
 from .plan import Plan
 from .settings import Settings, schema
 
@@ -141,6 +141,9 @@ def segment(
     n_tiles: tuple[int, ...] | None = None,
     unique_labels: bool = False,
     label_dtype: str = "auto",
+    scale: Any = "auto",
+    model_pixel_size_um: Any = None,
+    object_diameter_um: float | None = None,
     device: str = "",
     precision: str = "",
     progress: Progress | None = None,
@@ -177,6 +180,9 @@ def segment(
         restarting at 1 in each plane (volume).
     label_dtype
         "auto", "uint16" or "uint32" (see :func:`label_dtype_for`).
+    scale, model_pixel_size_um, object_diameter_um
+        SCALE, MODEL_PIXEL_SIZE_UM, OBJECT_DIAMETER_UM: how each unit is resampled
+        before the network (:func:`~stardist_host.segmentation.engine.run_scale`).
     device, precision
         Where TensorFlow runs and the network's precision
         (:func:`~stardist_host.segmentation.models.load_for_run`), for the summary.
@@ -204,7 +210,9 @@ def segment(
     units = plan.units
     plane_shape = tuple(imageset.plane_shape)
     dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
-    scale = anisotropy_scale(model, imageset.voxel_size) if plan.ndim == 3 else None
+    unit_shape = ((units[0].last - units[0].first + 1,) if plan.ndim == 3 and units else ()) + plane_shape
+    scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
+                      object_diameter_um=object_diameter_um, unit_shape=unit_shape)
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
@@ -283,6 +291,9 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         n_tiles=settings.n_tiles,
         unique_labels=settings.unique_labels,
         label_dtype=settings.label_dtype,
+        scale=settings.scale,
+        model_pixel_size_um=settings.model_pixel_size_um,
+        object_diameter_um=settings.object_diameter_um,
         device=device,
         precision=precision,
         progress=progress,

@@ -24,7 +24,8 @@ from ..errors import SettingsError
 from ..schema import Schema, markdown_table, raise_all, setting
 from .precision import PRECISIONS
 
-__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "schema", "readme_table"]
+__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "SCALE_CHOICES", "MAX_SCALE",
+           "schema", "readme_table"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
 SEPARATE_PROCESS_CHOICES = ("auto", True, False)
@@ -41,6 +42,28 @@ def _folder_exists(value: Any) -> str | None:
 def schema(ndim: int) -> Schema:
     """The settings of the ``ndim``-D segmentation script, in the order of its USER SETTINGS block."""
     return Schema.from_dataclass(f"segment{ndim}d", Settings, ndim)
+
+
+#: SCALE's words; a number (or one per axis) is the other kind of value.
+SCALE_CHOICES = ("auto",)
+#: Largest SCALE factor: beyond it a plane is more interpolation than image.
+MAX_SCALE = 16.0
+
+
+def _axes(ndim: int) -> str:
+    return "Y, X" if ndim == 2 else "Z, Y, X"
+
+
+def _scale_allowed(ndim: int) -> str:
+    example = "[0.5, 0.5]" if ndim == 2 else "[1.0, 0.5, 0.5]"
+    return (f'must be "auto", a number above 0 and at most {MAX_SCALE:g} for every axis, or {ndim} such numbers '
+            f"({_axes(ndim)}), e.g. {example}")
+
+
+def _size_allowed(ndim: int) -> str:
+    example = "[0.5, 0.5]" if ndim == 2 else "[2.0, 0.5, 0.5]"
+    return (f"must be None (the model's recorded size), a number above 0 in µm for every axis, or {ndim} such "
+            f"numbers ({_axes(ndim)}), e.g. {example}")
 
 
 _PLANE = "must be a plane index (0 for the first plane) or -1"
@@ -107,6 +130,22 @@ class Settings:
         low=1, affects_labels=True,
         vary=lambda ndim: {"length": ndim, "allowed": f"must be None (automatic) or {ndim} whole numbers >= 1, "
                                                       f"e.g. {(2, 2) if ndim == 2 else (1, 2, 2)}"})
+    # the image is resampled by this factor before the network sees it; labels come back on the image's grid
+    scale: Any = setting(
+        "number_or_numbers", "auto", 'resampling before the network: "auto" scales each axis by the image\'s pixel '
+        "(voxel) size over the model's where both are known (else 1, said in the log); a number: every axis by it; "
+        "one number per axis: each axis by its own",
+        choices=SCALE_CHOICES, low=0, open_low=True, high=MAX_SCALE, affects_labels=True,
+        vary=lambda ndim: {"length": ndim, "allowed": _scale_allowed(ndim)})
+    model_pixel_size_um: Any = setting(
+        "number_or_numbers", None, "pixel (voxel) size of the model's training data, for SCALE=\"auto\"", unit="µm",
+        none="the size the model folder records (model_card.json), where it records one", low=0, open_low=True,
+        affects_labels=True,
+        vary=lambda ndim: {"length": ndim, "allowed": _size_allowed(ndim)})
+    object_diameter_um: float | None = setting(
+        "float", None, 'typical nucleus diameter in this image, for SCALE="auto": the image is scaled so that it '
+        "matches the median diameter the model was trained on (needs the image's pixel size)", unit="µm",
+        none="scale from the pixel sizes", low=0, open_low=True, affects_labels=True)
     # A GPU's float32 can differ from a CPU's in the last bits, which may move an object at a threshold.  The
     # journal has always let a run begun on a GPU go on on a CPU, the device being where, not what, it computes.
     use_gpu: bool = setting(
@@ -162,6 +201,9 @@ class Settings:
         raise_all(errors)
         if self.n_tiles is not None:
             object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
+        for attr in ("scale", "model_pixel_size_um"):
+            if isinstance(getattr(self, attr), list):
+                object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "export_objects", tuple(dict.fromkeys(self.export_objects)))
 
     def label_values(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def predict_all(
     prob_thresh: float | None = None,
     nms_thresh: float | None = None,
     voxel_size: tuple[float | None, float, float] | None = None,
+    scale: Any = "auto",
+    model_pixel_size_um: Any = None,
+    object_diameter_um: float | None = None,
 ) -> list[NDArray]:
     """Segment each sample whole with the production path, :func:`stardist_host.segmentation.segment.segment`.
 
@@ -70,7 +74,10 @@ def predict_all(
     prob_thresh, nms_thresh
         None: the model's own thresholds.
     voxel_size
-        (z, y, x) µm of 3D samples, for the anisotropy rescale; None: none.
+        (z, y, x) µm of the samples (z None in 2D), for SCALE="auto"; None: unknown.
+    scale, model_pixel_size_um, object_diameter_um
+        SCALE, MODEL_PIXEL_SIZE_UM, OBJECT_DIAMETER_UM, as a run takes them
+        (:func:`~stardist_host.segmentation.engine.run_scale`).
 
     Returns
     -------
@@ -90,19 +97,23 @@ def predict_all(
         stack = np.stack([np.asarray(images[i]) for i in members])
         # 2D: samples are planes of one time point; 3D: stacks are time points
         data = stack[None, None] if ndim == 2 else stack[:, None]
-        imageset = MemoryImageSet(data, voxel_size=voxel_size if ndim == 3 else None)
+        imageset = MemoryImageSet(data, voxel_size=voxel_size)
         n = len(members)
         plan = Plan(ndim, 0, (0,), 0, n - 1) if ndim == 2 else Plan(ndim, 0, tuple(range(n)), 0, shape[0] - 1)
         result = segment(imageset, model, plan, output_name="labels", prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                         percentiles=percentiles)
+                         percentiles=percentiles, scale=scale, model_pixel_size_um=model_pixel_size_um,
+                         object_diameter_um=object_diameter_um)
         labels = imageset.channel(result.channel)  # (T, Z, Y, X)
         for k, i in enumerate(members):
             out[i] = np.asarray(labels[0, k] if ndim == 2 else labels[k], dtype=np.int32)
     return out
 
 
-def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_thresh=None) -> tuple[list[dict], int]:
+def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_thresh=None, scale: Any = "auto",
+             model_pixel_size_um: Any = None, object_diameter_um: float | None = None) -> tuple[list[dict], int]:
     """Segment each sample whole, as in use, and score only ``region`` of it; return (rows, true objects).
+
+    ``scale``, ``model_pixel_size_um``, ``object_diameter_um``: as :func:`predict_all`.
 
     Cropping before predicting would turn nuclei cut by the region's edge into
     slivers that no model finds, so the model always sees the whole image.
@@ -110,7 +121,8 @@ def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_t
     from .pairs import count_objects, crop
 
     predicted = predict_all(model, pairs.images, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                            voxel_size=pairs.voxel_size)
+                            voxel_size=pairs.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
+                            object_diameter_um=object_diameter_um)
     masks = [crop(m, region) for m in pairs.masks]
     return score(masks, [crop(p, region) for p in predicted]), count_objects(masks)
 

@@ -606,6 +606,54 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
 # model card: written by train, extended by evaluate --save-to-card and models/train_demo.py, all through write_card
 
 
+def median_diameter_px(masks, *, ndim: int, z_ratio: float = 1.0) -> float | None:
+    """Median equivalent diameter of the objects of ``masks``, in lateral pixels; None where there are none.
+
+    2D: the diameter of the disc of an object's area.  3D: of the sphere of its
+    volume, with a voxel ``z_ratio`` lateral pixels deep (Z spacing over Y/X
+    spacing), so that it is the physical diameter in lateral pixels.  An object
+    is counted once per mask (per sample), with all its pixels.
+    """
+    sizes = []
+    for mask in masks:
+        counts = np.bincount(np.asarray(mask).ravel().astype(np.int64))[1:]
+        sizes.append(counts[counts > 0])
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    if not sizes.size:
+        return None
+    if ndim == 2:
+        diameters = 2 * np.sqrt(sizes / np.pi)
+    else:
+        diameters = np.cbrt(6 * sizes * z_ratio / np.pi)
+    return float(np.median(diameters))
+
+
+def training_sizes(pairs: Pairs, voxel_size, anisotropy) -> dict:
+    """What a model card records about its training data's size: ``pixel_size_um`` (per axis, None where
+    unknown), ``object_diameter_px`` and ``object_diameter_um`` (None without the lateral pixel size).
+
+    A run's SCALE="auto" and OBJECT_DIAMETER_UM read them
+    (:func:`~stardist_host.segmentation.models.trained_sizes`).
+    """
+    lateral = None
+    size = None
+    if voxel_size is not None and voxel_size[-1] is not None:
+        lateral = (float(voxel_size[-2]) + float(voxel_size[-1])) / 2
+        if pairs.ndim == 2:
+            size = [float(voxel_size[-2]), float(voxel_size[-1])]
+        elif voxel_size[0] is not None:
+            size = [float(v) for v in voxel_size]
+    z_ratio = 1.0
+    if pairs.ndim == 3:
+        if size is not None:
+            z_ratio = size[0] / lateral
+        elif anisotropy is not None:
+            z_ratio = anisotropy[0] / ((anisotropy[1] + anisotropy[2]) / 2)
+    diameter = median_diameter_px(pairs.masks, ndim=pairs.ndim, z_ratio=z_ratio)
+    return {"pixel_size_um": size, "object_diameter_px": diameter,
+            "object_diameter_um": diameter * lateral if diameter is not None and lateral is not None else None}
+
+
 def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotropy, device) -> dict:
     import csbdeep
     import stardist
@@ -632,6 +680,7 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
         "n_rays": int(model.config.n_rays),
         "grid": [int(g) for g in model.config.grid],
         "anisotropy": list(anisotropy) if anisotropy is not None else None,
+        **training_sizes(train_pairs, settings.voxel_size or train_pairs.voxel_size, anisotropy),
         "augmentation": {"rotate_flip": settings.rotate_flip, "flip_z": settings.flip_z,
                          "intensity": settings.intensity, "noise": settings.noise},
         "normalization_percentiles": list(settings.percentiles),

@@ -1,0 +1,272 @@
+"""Physical size: SCALE, MODEL_PIXEL_SIZE_UM, OBJECT_DIAMETER_UM, and what ``train`` records (issue 19, item 1).
+
+The known truth: a synthetic scene drawn at twice the pixel density of the
+model's training data (nuclei twice as many pixels across) segments as well
+as the same scene at the model's density where the pixel sizes are known,
+and much worse where they are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tifffile
+from stardist.matching import matching
+
+from stardist_host.errors import SettingsError
+from stardist_host.io.imagesets import MemoryImageSet, TiffImageSet
+from stardist_host.runs.files import segment_file
+from stardist_host.runs.local import run
+from stardist_host.segmentation.engine import run_scale
+from stardist_host.segmentation.models import bundled_models_dir, load_model, trained_sizes
+from stardist_host.segmentation.settings import Settings, schema
+from stardist_host.testing import synthetic
+from stardist_host.training.evaluation import predict_all
+from stardist_host.training.pairs import Pairs
+from stardist_host.training.train import median_diameter_px, training_sizes
+
+#: The pixel size (µm) the test's copy of 2D_demo records for its training data.
+PIXEL = 0.5
+#: A scene at the density 2D_demo was trained at: its median training diameter is 23.6 pixels.
+SHAPE, COUNT, RADIUS, SEED = (192, 192), 30, (10.0, 14.0), 1
+
+
+def scene(density: int):
+    """The same scene drawn at ``density`` times the pixel density: (image, truth)."""
+    return synthetic.nuclei(tuple(s * density for s in SHAPE), COUNT, radius=tuple(r * density for r in RADIUS),
+                            blur=1.0 * density, seed=SEED)
+
+
+def f1(truth, labels) -> float:
+    assert labels.shape == truth.shape  # the labels come back on the image's own grid
+    return matching(truth, labels, thresh=0.5).f1
+
+
+def write_tiff(path: Path, image, pixel: float | None) -> Path:
+    metadata = {"axes": "YX"}
+    if pixel is not None:
+        metadata.update(PhysicalSizeY=pixel, PhysicalSizeX=pixel)
+    tifffile.imwrite(path, image, ome=True, photometric="minisblack", metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """A copy of 2D_demo whose card records a pixel size, as ``train`` records one for files that state it."""
+    base = tmp_path_factory.mktemp("models")
+    folder = base / "demo_px"
+    shutil.copytree(bundled_models_dir() / "2D_demo", folder)
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    card.update(pixel_size_um=[PIXEL, PIXEL], object_diameter_um=card["object_diameter_px"] * PIXEL)
+    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+    return base
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """The 1x scene at the model's pixel size, the 2x scene at half of it, and the 2x scene without a pixel size."""
+    folder = tmp_path_factory.mktemp("scenes")
+    (one, truth1), (two, truth2) = scene(1), scene(2)
+    return SimpleNamespace(
+        one=write_tiff(folder / "one.tif", one, PIXEL), truth1=truth1,
+        two=write_tiff(folder / "two.tif", two, PIXEL / 2), truth2=truth2,
+        two_unknown=write_tiff(folder / "two_unknown.tif", two, None), image2=two,
+    )
+
+
+def labels_of(path: Path):
+    return tifffile.imread(path)[-1]  # the label channel, after the input's
+
+
+# ----------------------------------------------------------------------------- known truth, every path
+
+
+@pytest.mark.parametrize("way", ["in process", "resumable"])
+def test_twice_the_pixel_density_segments_as_well_when_the_files_state_the_pixel_size(tmp_path, models_dir, scenes,
+                                                                                        way):
+    settings = Settings(ndim=2, model_path=str(models_dir), model_name="demo_px", use_gpu=False)
+    options = {"resume": True} if way == "resumable" else {}  # resumable: runs/distributed.py's label store
+    got = {}
+    for name in ("one", "two", "two_unknown"):
+        segment_file(settings, getattr(scenes, name), tmp_path / f"{name}.ome.tif", **options)
+        got[name] = labels_of(tmp_path / f"{name}.ome.tif")
+    at_1x = f1(scenes.truth1, got["one"])
+    at_2x = f1(scenes.truth2, got["two"])
+    unknown = f1(scenes.truth2, got["two_unknown"])
+    assert at_1x > 0.9
+    assert abs(at_2x - at_1x) <= 0.05, (at_1x, at_2x)
+    assert unknown < at_1x - 0.5, (at_1x, unknown)  # over-split at scale 1 (seen: 0.0)
+
+
+def test_the_separate_process_gets_the_same_scale(models_dir, scenes):
+    settings = Settings(ndim=2, model_path=str(models_dir), model_name="demo_px", use_gpu=False,
+                        separate_process=True)
+    with TiffImageSet(scenes.two) as ims:
+        result = run(settings, ims)
+        labels = ims.get_channeldata(result.channel, 0, 0)
+    assert f1(scenes.truth2, labels) > 0.9
+
+
+def test_evaluate_scales_as_a_run_does(models_dir, scenes):
+    model = load_model("demo_px", ndim=2, path=models_dir)
+    scaled, = predict_all(model, [scenes.image2], voxel_size=(None, PIXEL / 2, PIXEL / 2))
+    unscaled, = predict_all(model, [scenes.image2], voxel_size=None)
+    assert f1(scenes.truth2, scaled) > 0.9 and f1(scenes.truth2, unscaled) < 0.4
+
+
+def test_model_pixel_size_um_states_what_the_bundled_model_does_not_record(tmp_path, scenes, caplog):
+    caplog.set_level(logging.INFO, logger="stardist_host")
+    bundled = Settings(ndim=2, use_gpu=False)
+    segment_file(bundled, scenes.two, tmp_path / "as_is.ome.tif")
+    assert "SCALE=\"auto\": the model's pixel size unknown: segmented at scale 1" in caplog.text
+    segment_file(dataclasses.replace(bundled, model_pixel_size_um=PIXEL), scenes.two, tmp_path / "stated.ome.tif")
+    assert f1(scenes.truth2, labels_of(tmp_path / "stated.ome.tif")) > 0.9
+    assert f1(scenes.truth2, labels_of(tmp_path / "as_is.ome.tif")) < 0.4
+
+
+def test_object_diameter_um_scales_to_the_models_training_diameter(tmp_path, scenes):
+    # 2x scene at 0.25 µm: nuclei about 47 pixels, 11.9 µm across; 2D_demo's median training diameter 23.6 pixels
+    truth_um = median_diameter_px([scenes.truth2], ndim=2) * PIXEL / 2
+    settings = Settings(ndim=2, use_gpu=False, object_diameter_um=round(truth_um, 1))
+    segment_file(settings, scenes.two, tmp_path / "out.ome.tif")
+    assert f1(scenes.truth2, labels_of(tmp_path / "out.ome.tif")) > 0.9
+
+
+# ----------------------------------------------------------------------------- the rule, on a stand-in model
+
+
+def fake_model(tmp_path: Path, ndim: int = 2, *, pixel=None, diameter=None, anisotropy=None, name: str = ""):
+    folder = tmp_path / (name or f"m{ndim}")
+    folder.mkdir(exist_ok=True)
+    (folder / "model_card.json").write_text(json.dumps({"pixel_size_um": pixel, "object_diameter_px": diameter}))
+    return SimpleNamespace(config=SimpleNamespace(n_dim=ndim, anisotropy=anisotropy), logdir=folder)
+
+
+def test_auto_is_image_over_model_per_axis(tmp_path):
+    model = fake_model(tmp_path, pixel=[0.5, 0.4])
+    assert run_scale(model, (None, 0.25, 0.2)) == (0.5, 0.5)
+    assert run_scale(model, (None, 1.0, 0.4)) == (2.0, 1.0)
+    assert run_scale(model, (None, 0.55, 0.44)) is None  # within 20%: not worth resampling
+    model3 = fake_model(tmp_path, 3, pixel=[1.0, 0.5, 0.5], anisotropy=(2.0, 1.0, 1.0))
+    assert run_scale(model3, (2.0, 0.25, 0.25)) == (2.0, 0.5, 0.5)
+    assert run_scale(model3, (None, 0.25, 0.25)) == (0.5, 0.5, 0.5)  # no Z spacing: the model's anisotropy
+
+
+def test_without_the_models_pixel_size_3d_keeps_matching_z_only(tmp_path):
+    model3 = fake_model(tmp_path, 3, anisotropy=(2.0, 1.0, 1.0))
+    assert run_scale(model3, (4.0, 1.0, 1.0)) == (2.0, 1.0, 1.0)
+    assert run_scale(model3, (2.2, 1.0, 1.0)) is None  # 10%: the dead band
+    assert run_scale(model3, (None, 1.0, 1.0)) is None
+
+
+def test_nothing_known_is_scale_1_with_one_log_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stardist_host")
+    assert run_scale(fake_model(tmp_path), None) is None
+    lines = [r.getMessage() for r in caplog.records if "SCALE" in r.getMessage()]
+    assert lines == ["SCALE=\"auto\": the image's and the model's pixel size unknown: segmented at scale 1 "
+                     "(set SCALE)"]
+
+
+def test_a_number_or_one_per_axis_is_used_as_given(tmp_path):
+    model = fake_model(tmp_path, pixel=[0.5, 0.5])
+    assert run_scale(model, (None, 0.25, 0.25), scale=1.1) == (1.1, 1.1)  # no dead band for a given number
+    assert run_scale(model, (None, 0.25, 0.25), scale=(0.5, 2.0)) == (0.5, 2.0)
+    assert run_scale(model, None, scale=1) is None
+
+
+def test_a_given_model_pixel_size_wins_with_a_warning(tmp_path, caplog):
+    model = fake_model(tmp_path, pixel=[0.5, 0.5])
+    assert run_scale(model, (None, 0.25, 0.25), model_pixel_size_um=1.0) == (0.25, 0.25)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "MODEL_PIXEL_SIZE_UM=1.0 differs from the pixel size the model records" in \
+        warned[0].getMessage()
+
+
+def test_object_diameter_needs_a_recorded_diameter_and_the_images_pixel_size(tmp_path):
+    model = fake_model(tmp_path, diameter=20.0)
+    assert run_scale(model, (None, 0.5, 0.5), object_diameter_um=20.0) == (0.5, 0.5)  # 40 pixels to 20
+    with pytest.raises(SettingsError, match=r"OBJECT_DIAMETER_UM=20.0: needs the image's pixel size"):
+        run_scale(model, None, object_diameter_um=20.0)
+    with pytest.raises(SettingsError, match=r"OBJECT_DIAMETER_UM=20.0: the model records no object diameter"):
+        run_scale(fake_model(tmp_path, name="none"), (None, 0.5, 0.5), object_diameter_um=20.0)
+
+
+def test_a_scale_that_shrinks_a_unit_below_the_minimum_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SettingsError, match=r"SCALE=0.1: scales a unit of shape \(40, 40\) by \(0.1, 0.1\)"):
+        run_scale(fake_model(tmp_path), None, scale=0.1, unit_shape=(40, 40))
+
+
+def test_scale_settings_are_checked_and_parsed():
+    assert schema(3).by_name["SCALE"].parse("1,0.5,0.5") == (1.0, 0.5, 0.5)
+    assert schema(2).by_name["SCALE"].parse("auto") == "auto"
+    assert Settings(ndim=3, scale=[1, 0.5, 0.5]).scale == (1, 0.5, 0.5)
+    with pytest.raises(SettingsError, match=r"SCALE=\[1, 2, 3\]: must be \"auto\", a number above 0"):
+        Settings(ndim=2, scale=[1, 2, 3])
+    with pytest.raises(SettingsError, match=r"MODEL_PIXEL_SIZE_UM=0: must be None"):
+        Settings(ndim=2, model_pixel_size_um=0)
+    assert {"scale", "model_pixel_size_um", "object_diameter_um"} <= set(Settings(ndim=2).label_values())
+
+
+# ----------------------------------------------------------------------------- what train records
+
+
+def test_median_diameter_of_discs_and_balls_of_known_size():
+    discs = synthetic.render((100, 100), [(25, 25), (25, 75), (75, 50)], [(8, 8), (10, 10), (12, 12)])
+    assert median_diameter_px([discs], ndim=2) == pytest.approx(20, rel=0.03)
+    # balls 4 planes deep in Z at twice the lateral spacing: radius 10 lateral pixels physically
+    balls = synthetic.render((20, 60, 60), [(10, 30, 30)], [(5, 10, 10)])
+    assert median_diameter_px([balls], ndim=3, z_ratio=2.0) == pytest.approx(20, rel=0.05)
+
+
+def test_training_sizes_record_the_pixel_size_where_known():
+    masks = [synthetic.render((64, 64), [(20, 20), (40, 44)], [(6, 6), (6, 6)])]
+    pairs = Pairs(2, [None], masks, (None, 0.25, 0.25), ["a"])
+    sizes = training_sizes(pairs, pairs.voxel_size, None)
+    assert sizes["pixel_size_um"] == [0.25, 0.25] and sizes["object_diameter_px"] == pytest.approx(12, rel=0.05)
+    assert sizes["object_diameter_um"] == pytest.approx(sizes["object_diameter_px"] * 0.25)
+    assert training_sizes(pairs, None, None)["pixel_size_um"] is None
+
+
+def test_train_records_the_sizes_and_a_run_reads_them(tmp_path):
+    from stardist_host.training.pairs import read_pairs
+    from stardist_host.training.train import TrainSettings, train
+
+    paths = []
+    for i in range(2):
+        image, mask = synthetic.nuclei((64, 64), 10, radius=(5, 7), seed=i)
+        paths.append((write_tiff(tmp_path / f"i{i}.tif", image, 0.3), write_tiff(tmp_path / f"m{i}.tif", mask, 0.3)))
+    pairs = read_pairs([str(paths[0][0])], [str(paths[0][1])])
+    val = read_pairs([str(paths[1][0])], [str(paths[1][1])])
+    settings = TrainSettings(basedir=tmp_path / "models", name="px", epochs=1, steps_per_epoch=1, patch_size=(32, 32),
+                             batch_size=1, use_gpu=False)
+    card = train(settings, pairs, val)
+    expected = median_diameter_px(pairs.masks, ndim=2)
+    assert card["pixel_size_um"] == [0.3, 0.3] and card["object_diameter_px"] == pytest.approx(expected)
+    assert 10 < expected < 14  # radii 5..7
+    model = load_model("px", ndim=2, path=tmp_path / "models")
+    assert trained_sizes(model).pixel_size_um == (0.3, 0.3)
+    assert run_scale(model, (None, 0.15, 0.15)) == pytest.approx((0.5, 0.5))
+
+
+def test_the_bundled_models_record_their_training_diameter():
+    for name, ndim in (("2D_demo", 2), ("3D_demo", 3)):
+        card = json.loads((bundled_models_dir() / name / "model_card.json").read_text(encoding="utf-8"))
+        assert card["pixel_size_um"] is None  # stardist's samples state none
+        assert card["object_diameter_px"] == pytest.approx(23.6 if ndim == 2 else 14.7, abs=0.05)
+
+
+def test_a_memory_imageset_without_voxel_size_runs_at_scale_1(model_2d):
+    from stardist_host.segmentation.plan import make_plan
+    from stardist_host.segmentation.segment import segment
+
+    image, truth = scene(1)
+    ims = MemoryImageSet(image[None, None, None])
+    result = segment(ims, model_2d, make_plan(Settings(ndim=2), ims), output_name="labels")
+    assert f1(truth, ims.get_channeldata(result.channel, 0, 0)) > 0.9
