@@ -3,7 +3,8 @@
 ``NapariImageSet(viewer, layer)`` is the image set of a napari Image layer;
 ``set_active_imageset(NapariImageSet(viewer, layer))`` lets the paste-and-edit
 scripts run in napari's console.  The dock widgets come through the npe2
-manifest ``napari.yaml`` (Plugins > StarDist (stardist-host)).  napari and Qt
+manifest ``napari.yaml`` (Plugins > StarDist (stardist-host)): segmentation 2D and 3D,
+and the analyses measure, track, atlas and cells.  napari and Qt
 are imported only when a name is used, so ``import stardist_host.napari`` costs
 nothing and says which extra to install where napari is missing.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers", "SegmentationWidget"]
+__all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers", "label_layers", "SegmentationWidget",
+           "AnalysisWidget"]
 
 _WHERE = {
     "NapariImageSet": "imageset", "LayerError": "imageset", "layer_axes": "imageset", "channel_layers": "imageset",
-    "SegmentationWidget": "widget",
+    "label_layers": "imageset", "SegmentationWidget": "widget", "AnalysisWidget": "widget",
 }
 
 

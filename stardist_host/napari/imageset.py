@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..errors import ReadOnlyInputError, StardistHostError, check_index
 from ..io.imagesets import fit_to_dtype
 
-__all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers"]
+__all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers", "label_layers"]
 
 # What a user may call an axis in napari (axis labels are free text), by the letter it means.
 _AXIS_NAMES = {
@@ -150,6 +150,24 @@ def _voxel_size(layer, axes: str) -> tuple[float | None, float, float] | None:
     return sizes.get("Z"), sizes["Y"], sizes["X"]
 
 
+def _is_labels_layer(layer) -> bool:
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels)
+
+
+def label_layers(viewer, image, axes: str | None = None) -> list:
+    """The Labels layers that fit ``image``: its shape without the channel axis and its scale, in the viewer's order."""
+    from napari.layers import Labels
+
+    letters = layer_axes(viewer, image, axes)
+    keep = [i for i, letter in enumerate(letters) if letter != "C"]
+    shape = tuple(image.data.shape[i] for i in keep)
+    scale = [image.scale[i] for i in keep]
+    return [other for other in viewer.layers
+            if isinstance(other, Labels) and other.data.shape == shape and np.allclose(other.scale, scale)]
+
+
 class NapariImageSet:
     """An image set over a napari Image layer, or over one Image layer per channel.
 
@@ -163,6 +181,10 @@ class NapariImageSet:
     axes
         The layer's axes as TCZYX letters where the axis labels do not say
         (see :func:`layer_axes`).
+    labels
+        Labels layers with the image's shape without its channel axis (see
+        :func:`label_layers`): read-only channels after the image's, as the
+        analyses read the labels a segmentation made.
 
     Notes
     -----
@@ -180,7 +202,7 @@ class NapariImageSet:
         or layers of different shapes.
     """
 
-    def __init__(self, viewer, layer, *, axes: str | None = None) -> None:
+    def __init__(self, viewer, layer, *, axes: str | None = None, labels=()) -> None:
         layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
         if not layers:
             raise LayerError("no layer given: choose the Image layer with the nuclei")
@@ -207,6 +229,10 @@ class NapariImageSet:
             names = [each.name for each in layers]
             self._inputs = [(each, None) for each in layers]
         self._input_names = [str(n) for n in names]
+        for each in labels:  # read-only label channels after the image's (the analyses' LABEL_CHANNEL ...)
+            self._check_labels_layer(each, first)
+            self._inputs.append((each, None))
+            self._input_names.append(str(each.name))
         self._added: list[Any] = []  # Labels layers, in channel order after the inputs
         self.time_point_count = int(shape.get("T", 1))
         self.plane_count = int(shape.get("Z", 1))
@@ -239,7 +265,8 @@ class NapariImageSet:
         if channel < n:
             layer, c = self._inputs[channel]
             self._present(layer)
-            return np.array(layer.data[self._index(self.axes, c, plane, time_point)], copy=True)
+            axes = self.axes if c is not None else self._label_axes  # the same without a channel axis
+            return np.array(layer.data[self._index(axes, c, plane, time_point)], copy=True)
         layer = self._added[channel - n]
         self._present(layer)
         return np.array(layer.data[self._index(self._label_axes, None, plane, time_point)], copy=True)
@@ -301,6 +328,23 @@ class NapariImageSet:
             self.viewer.layers.remove(layer)
 
     # ----- napari ------------------------------------------------------------------------------------------------
+
+    def _check_labels_layer(self, layer, image) -> None:
+        from napari.layers import Labels
+
+        if not isinstance(layer, Labels):
+            raise LayerError(f"layer {getattr(layer, 'name', layer)!r} is not a Labels layer; only Labels layers "
+                             "join an image's channels as label channels")
+        keep = [i for i, letter in enumerate(self.axes) if letter != "C"]
+        if layer.data.shape != tuple(image.data.shape[i] for i in keep):
+            raise LayerError(f"Labels layer {layer.name!r} has the shape {layer.data.shape}; the channels of "
+                             f"{image.name!r} have {tuple(image.data.shape[i] for i in keep)}")
+
+    def is_labels(self, channel: int) -> bool:
+        """Whether ``channel`` is a Labels layer's (given as ``labels`` or made with :meth:`add_channel`)."""
+        check_index("channel", channel, self.channel_count)
+        n = len(self._inputs)
+        return channel >= n or self._inputs[channel][1] is None and _is_labels_layer(self._inputs[channel][0])
 
     @property
     def layers(self) -> list:

@@ -1,38 +1,48 @@
-"""The dock widgets: StarDist 2D and 3D, generated from the one settings definition.
+"""The dock widgets: StarDist 2D and 3D, and the analyses, generated from each job's one settings definition.
 
-Each setting of :func:`stardist_host.segmentation.settings.schema` becomes a
-magicgui widget with the setting's name as label, its help, what is allowed
-and its default as tooltip: a check box for True/False, a spin box with the
-setting's range for a whole number or a number, a drop-down for a choice, a
-text field for the rest (texts, folders, and settings where None is allowed:
-typed as in a script, read by the same parser as the command line's options).
-The settings that concern output files of headless runs are left out.  An
-image-layer drop-down replaces the channel setting where the layers are the
-channels (one layer per channel, as napari opens multi-channel files).
+Each setting of a job's :class:`~stardist_host.schema.Schema` (the
+segmentation's :func:`stardist_host.segmentation.settings.schema`, an
+analysis's ``JOBS[job].schema``) becomes a magicgui widget with the setting's
+name as label, its help, what is allowed and its default as tooltip
+(:func:`schema_widgets`): a check box for True/False, a spin box with the
+setting's range for a whole number or a number, a drop-down for a choice
+(with None where None is allowed), a text field for the rest (texts, folders,
+lists, and numbers where None is allowed: typed as in a script, read by the
+same parser as the command line's options).  The settings that concern output
+files of headless segmentation runs are left out.  An image-layer drop-down
+replaces the channel setting where the layers are the channels (one layer per
+channel, as napari opens multi-channel files).
 
-Run starts a :class:`~stardist_host.napari.running.SegmentationRun`; Cancel
-stops it within a plane (volume) and the unfinished Labels layer goes.
+Run starts a :class:`~stardist_host.napari.running.SegmentationRun` or
+:class:`~stardist_host.napari.running.AnalysisRun`; Cancel stops it within a
+plane (volume, time point) and what it added goes.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
 
 from ..errors import SettingsError
-from ..schema import Field, raise_all
+from ..schema import Field, Schema, raise_all
 from ..segmentation.settings import Settings, schema
-from .imageset import LayerError, channel_layers, layer_axes
-from .running import SegmentationRun, one_line
+from .imageset import LayerError, NapariImageSet, channel_layers, label_layers, layer_axes
+from .running import AnalysisRun, SegmentationRun, one_line
 
-__all__ = ["SegmentationWidget", "segmentation_2d", "segmentation_3d", "field_widget", "HEADLESS_ONLY"]
+__all__ = ["SegmentationWidget", "AnalysisWidget", "segmentation_2d", "segmentation_3d", "measure", "track", "atlas",
+           "cells", "field_widget", "schema_widgets", "HEADLESS_ONLY", "LABEL_SETTINGS"]
 
 log = logging.getLogger(__name__)
 
 #: Settings of headless runs (output files) that a viewer has no use for.
 HEADLESS_ONLY = ("OVERWRITE", "LABELS_ONLY", "EXPORT_OBJECTS")
+#: The analyses' settings whose channel must be a Labels layer.
+LABEL_SETTINGS = ("LABEL_CHANNEL", "CELL_CHANNEL", "ATLAS_CHANNEL")
 _BIG = 2**31 - 1
 
 
@@ -70,41 +80,64 @@ class _TextValue:
 
 
 def field_widget(field: Field):
-    """The magicgui widget for one setting, and a function that reads its value."""
+    """The magicgui widget for one setting, and a function that reads its value.
+
+    A setting without a default starts at the example its script shows.
+    """
     common = {"name": field.name, "label": field.name, "tooltip": _tooltip(field)}
+    start = field.script_value
     if field.type == "bool":
-        widget = CheckBox(value=field.default, text=field.name, **common)
+        widget = CheckBox(value=start, text=field.name, **common)
         return widget, lambda: widget.value
     if field.type == "choice":
-        widget = ComboBox(choices=[(str(c), c) for c in field.choices], value=field.default, **common)
+        choices = ([("None", None)] if field.optional else []) + [(str(c), c) for c in field.choices]
+        widget = ComboBox(choices=choices, value=start, **common)
         return widget, lambda: widget.value
     if field.type in ("int", "float") and not field.optional:
         low = field.low if field.low is not None else -_BIG
         high = field.high if field.high is not None else _BIG
         if field.type == "int":
-            widget = SpinBox(value=field.default, min=int(low), max=int(high), **common)
+            widget = SpinBox(value=start, min=int(low), max=int(high), **common)
         else:
-            widget = FloatSpinBox(value=field.default, min=low, max=high, step=0.1, **common)
+            widget = FloatSpinBox(value=start, min=low, max=high, step=0.1, **common)
         return widget, lambda: widget.value
-    widget = LineEdit(value=_text(field.default), **common)
+    widget = LineEdit(value=_text(start), **common)
     return widget, _TextValue(field, widget)
 
 
-class SegmentationWidget(Container):
-    """StarDist 2D (per plane) or 3D (per volume) as a napari dock widget.
+def schema_widgets(fields: Schema | Iterable[Field], *, skip: Iterable[str] = ()) -> tuple[dict, dict]:
+    """The widgets of a job's settings (:func:`field_widget`), by script name, and their readers, by attribute name."""
+    skip = set(skip)
+    widgets: dict[str, Any] = {}
+    readers: dict[str, Callable[[], Any]] = {}
+    for field in fields:
+        if field.name in skip:
+            continue
+        widgets[field.name], readers[field.attr] = field_widget(field)
+    return widgets, readers
 
-    Parameters
-    ----------
-    napari_viewer
-        The viewer (napari passes it by this name).
-    ndim
-        2 or 3.
-    """
 
-    def __init__(self, napari_viewer, ndim: int = 2) -> None:
+def read_settings(readers: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The values the widgets show, by attribute name; every one that cannot be read in one error."""
+    values, errors = {}, []
+    for attr, read in readers.items():
+        try:
+            values[attr] = read()
+        except SettingsError as err:
+            errors.append(err)
+    raise_all(errors)
+    return values
+
+
+class _RunWidget(Container):
+    """An image-layer choice, its axes, the settings of one job (generated from its schema), Run, Cancel, progress."""
+
+    unit = "planes"
+
+    def __init__(self, napari_viewer, fields: Schema | Iterable[Field], *, skip: Iterable[str] = ()) -> None:
         super().__init__(labels=True)
-        self.viewer, self.ndim = napari_viewer, ndim
-        self.current_run: SegmentationRun | None = None
+        self.viewer = napari_viewer
+        self.current_run: Any = None
         self.layer = ComboBox(name="layer", label="image layer", choices=self._layer_choices,
                               tooltip="the Image layer with the nuclei; where it has no channel axis, the Image "
                                       "layers of its shape are the channels (INPUT_CHANNEL follows the choice)")
@@ -112,15 +145,9 @@ class SegmentationWidget(Container):
                              "the axis labels (t, c, z, y, x) or guessed from the number of axes: correct them where "
                              "they are wrong, e.g. TCYX for a time series of two channels")
         self.extend([self.layer, self.axes])
-        self.settings_widgets: dict[str, Any] = {}
-        self._readers = {}
-        for field in schema(ndim):
-            if field.name in HEADLESS_ONLY:
-                continue
-            widget, read = field_widget(field)
-            self.settings_widgets[field.name] = widget
-            self._readers[field.attr] = read
-            self.append(widget)
+        self._add_before_settings()
+        self.settings_widgets, self._readers = schema_widgets(fields, skip=skip)
+        self.extend(list(self.settings_widgets.values()))
         self.run_button = PushButton(name="run_button", text="Run")
         self.cancel_button = PushButton(name="cancel_button", text="Cancel", enabled=False)
         self.progress_bar = ProgressBar(name="progress_bar", label="progress", value=0, min=0, max=1)
@@ -134,6 +161,9 @@ class SegmentationWidget(Container):
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._reset_layers)
         self._reset_layers()
+
+    def _add_before_settings(self) -> None:
+        """Widgets between the axes and the settings (subclasses)."""
 
     # ----- layers ------------------------------------------------------------------------------------------------
 
@@ -168,19 +198,7 @@ class SegmentationWidget(Container):
         self._axes_changed()
 
     def _axes_changed(self, _value=None) -> None:
-        """Where the layers are the channels, INPUT_CHANNEL is the chosen layer's place among them."""
-        channel = self.settings_widgets["INPUT_CHANNEL"]
-        own_axis = "C" in self.axes.value.upper()
-        channel.enabled = own_axis
-        layer = self.layer.value
-        if layer is None or own_axis:
-            return
-        try:
-            layers = self.input_layers()
-        except Exception:  # Run says what is wrong
-            return
-        if layer in layers:
-            channel.value = layers.index(layer)
+        """What follows the layer and its axes (subclasses)."""
 
     def input_layers(self) -> list:
         """The layers of the image set: the chosen layer with its channel axis, or the layers of its shape."""
@@ -196,20 +214,16 @@ class SegmentationWidget(Container):
     def _axes(self) -> str | None:
         return self.axes.value.strip().upper() or None
 
-    # ----- settings and runs -------------------------------------------------------------------------------------
+    # ----- runs --------------------------------------------------------------------------------------------------
 
-    def settings(self) -> Settings:
-        """The settings the widgets show, validated; every bad one in one error."""
-        values, errors = {}, []
-        for attr, read in self._readers.items():
-            try:
-                values[attr] = read()
-            except SettingsError as err:
-                errors.append(err)
-        raise_all(errors)
-        return Settings(ndim=self.ndim, **values)
+    def _make_run(self) -> Any:
+        """The run of the settings shown, not started; raises what is wrong with them (subclasses)."""
+        raise NotImplementedError
 
-    def start(self, _value=None) -> SegmentationRun | None:
+    def _starting(self) -> str:
+        return "starting"
+
+    def start(self, _value=None) -> Any:
         """Start a run with the settings shown; a bad setting or layer is one notification and no run."""
         from napari.utils.notifications import show_error
 
@@ -217,14 +231,12 @@ class SegmentationWidget(Container):
             return None
         try:
             self._axes_changed()
-            settings = self.settings()
-            self.current_run = SegmentationRun(self.viewer, self.input_layers(), settings, axes=self._axes(),
-                                               on_progress=self._progress, on_finished=self._finished)
+            self.current_run = self._make_run()
         except Exception as err:
             show_error(f"StarDist: {one_line(err)}")
             return None
         self.progress_bar.value = 0
-        self.status.value = "starting (loading the model in its own process)"
+        self.status.value = self._starting()
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.current_run.start()
         return self.current_run
@@ -237,7 +249,7 @@ class SegmentationWidget(Container):
     def _progress(self, done: int, total: int) -> None:
         self.progress_bar.max = total
         self.progress_bar.value = done
-        self.status.value = f"{done} of {total} {'planes' if self.ndim == 2 else 'volumes'}"
+        self.status.value = f"{done} of {total} {self.unit}"
 
     def _finished(self, outcome) -> None:
         try:
@@ -245,6 +257,194 @@ class SegmentationWidget(Container):
             self.status.value = "done" if not isinstance(outcome, BaseException) else one_line(outcome)[:80]
         except RuntimeError:  # the viewer closed during the run and took the widget's Qt objects with it
             pass
+
+
+class SegmentationWidget(_RunWidget):
+    """StarDist 2D (per plane) or 3D (per volume) as a napari dock widget.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it by this name).
+    ndim
+        2 or 3.
+    """
+
+    def __init__(self, napari_viewer, ndim: int = 2) -> None:
+        self.ndim = ndim
+        self.unit = "planes" if ndim == 2 else "volumes"
+        super().__init__(napari_viewer, schema(ndim), skip=HEADLESS_ONLY)
+
+    def _axes_changed(self, _value=None) -> None:
+        """Where the layers are the channels, INPUT_CHANNEL is the chosen layer's place among them."""
+        channel = self.settings_widgets["INPUT_CHANNEL"]
+        own_axis = "C" in self.axes.value.upper()
+        channel.enabled = own_axis
+        layer = self.layer.value
+        if layer is None or own_axis:
+            return
+        try:
+            layers = self.input_layers()
+        except Exception:  # Run says what is wrong
+            return
+        if layer in layers:
+            channel.value = layers.index(layer)
+
+    def settings(self) -> Settings:
+        """The settings the widgets show, validated; every bad one in one error."""
+        return Settings(ndim=self.ndim, **read_settings(self._readers))
+
+    def _make_run(self) -> SegmentationRun:
+        return SegmentationRun(self.viewer, self.input_layers(), self.settings(), axes=self._axes(),
+                               on_progress=self._progress, on_finished=self._finished)
+
+    def _starting(self) -> str:
+        return "starting (loading the model in its own process)"
+
+
+def _safe_stem(name: str) -> str:
+    """A layer's name as the start of file names: letters, digits, ``.``, ``-`` and ``_`` kept, the rest ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "layer"
+
+
+class AnalysisWidget(_RunWidget):
+    """One analysis (measure, track, atlas, cells) as a napari dock widget, generated from the job's schema.
+
+    The image set is the chosen Image layer's channels (its channel axis, or the
+    Image layers of its shape) followed by the Labels layers of its shape (a
+    segmentation's ``Stardist_DAPI`` ...), in the viewer's order; the
+    *channels* line shows which number is which.  LABEL_CHANNEL, CELL_CHANNEL
+    and ATLAS_CHANNEL must be Labels layers' channels.
+
+    Files go to ``OUTPUT_FOLDER/<stem>_<table>.csv``, where the stem is the
+    name of the layer's file (the layer's name where it has no file); with
+    OUTPUT_FOLDER None, the folder of the layer's file, else the home folder.
+    ``track`` adds a Tracks layer from the track table.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it by this name).
+    job
+        ``"measure"``, ``"track"``, ``"atlas"`` or ``"cells"``.
+    """
+
+    unit = "time points"
+
+    def __init__(self, napari_viewer, job: str) -> None:
+        from ..analyses.jobs import JOBS
+
+        self.job = job
+        super().__init__(napari_viewer, JOBS[job].schema)
+        self.settings_widgets["OUTPUT_FOLDER"].tooltip += (
+            "\nIn napari, None: the folder of the image layer's file, else your home folder")
+
+    def _add_before_settings(self) -> None:
+        self.channels = Label(name="channels", label="channels", value="")
+        self.append(self.channels)
+
+    def _axes_changed(self, _value=None) -> None:
+        """The channels line: each channel's number and layer."""
+        try:
+            names = self.imageset().channel_names
+        except Exception:  # Run says what is wrong
+            names = []
+        self.channels.value = ", ".join(f"{i} {name}" for i, name in enumerate(names))
+
+    def imageset(self) -> NapariImageSet:
+        """The image set of the chosen layer, its label channels after its own."""
+        layers = self.input_layers()
+        labels = label_layers(self.viewer, layers[0], self._axes()) if len(layers) else []
+        return NapariImageSet(self.viewer, layers, axes=self._axes(), labels=labels)
+
+    def settings(self) -> dict[str, Any]:
+        """The job's settings the widgets show, by attribute name (``run_job`` validates them)."""
+        return read_settings(self._readers)
+
+    def output(self) -> tuple[Path, str]:
+        """The output folder and the files' stem for the chosen layer."""
+        layer = self.layer.value
+        source = getattr(getattr(layer, "source", None), "path", None)
+        from ..io.files import file_stem
+
+        stem = file_stem(source) if source else _safe_stem(layer.name)
+        folder = self.settings_widgets["OUTPUT_FOLDER"].value.strip()
+        if folder.lower() in ("", "none"):
+            folder = str(Path(source).parent) if source else str(Path.home())
+        return Path(folder), stem
+
+    def _check_label_channels(self, imageset: NapariImageSet, values: dict[str, Any]) -> None:
+        """The label settings name channels of Labels layers; every wrong one in one error."""
+        errors = []
+        listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(imageset.channel_names))
+        for name in LABEL_SETTINGS:
+            value = values.get(name.lower())
+            if name not in self.settings_widgets or value is None or isinstance(value, bool):
+                continue
+            if not isinstance(value, int) or not 0 <= value < imageset.channel_count:
+                errors.append(SettingsError(name, value, f"must be a channel of the image set: {listed}"))
+            elif not imageset.is_labels(value):
+                labels = [f"{i} {n!r}" for i, n in enumerate(imageset.channel_names) if imageset.is_labels(i)]
+                errors.append(SettingsError(
+                    name, value, f"channel {value} ({imageset.channel_names[value]!r}) is an Image layer; it must "
+                    f"be a Labels layer's channel: {', '.join(labels) or 'there is none (segment first)'}"))
+        raise_all(errors)
+
+    def _make_run(self) -> AnalysisRun:
+        imageset = self.imageset()
+        values = self.settings()
+        self._check_label_channels(imageset, values)
+        folder, stem = self.output()
+        values["output_folder"] = str(folder)
+        return AnalysisRun(self.viewer, imageset, self.job, folder, stem, values,
+                           after=self._add_tracks if self.job == "track" else None,
+                           on_progress=self._progress, on_finished=self._finished)
+
+    def _add_tracks(self, written: list) -> str:
+        """A Tracks layer from the track table (track_id, t, (z), y, x; in µm, scaled onto the image)."""
+        run = self.current_run
+        table = next(Path(p) for p in written if Path(p).name.endswith("_tracks.csv"))
+        layer = tracks_layer(self.viewer, run.imageset, table, run.settings.get("voxel_size"),
+                             name=f"{table.name[:-len('.csv')]}")
+        return f"added the Tracks layer {layer.name!r}" if layer is not None else "no tracks to show"
+
+
+def read_tracks(path: str | Path, *, with_z: bool) -> tuple[Any, dict]:
+    """The rows (track_id, t, (z_um), y_um, x_um) of a track table, and its divisions as napari's graph."""
+    import numpy as np
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    columns = ["track_id", "t"] + (["z_um"] if with_z else []) + ["y_um", "x_um"]
+    data = np.array([[float(row[c]) for c in columns] for row in rows], dtype=float).reshape(-1, len(columns))
+    graph: dict[int, list[int]] = {}
+    for row in rows:
+        if int(row["parent_id"]):
+            graph.setdefault(int(row["track_id"]), [int(row["parent_id"])])
+    return data, graph
+
+
+def tracks_layer(viewer, imageset: NapariImageSet, table: str | Path, voxel_size=None, *, name: str = "tracks"):
+    """Add the track table as a napari Tracks layer over the image: data in µm as the table has them.
+
+    The layer's scale maps µm onto the image's world coordinates (the image's
+    scale divided by the voxel size the tracking used) and its translate is
+    the image's.  None where the table has no rows.
+    """
+    import numpy as np
+
+    axes = imageset.axes
+    with_z = imageset.plane_count > 1
+    data, graph = read_tracks(table, with_z=with_z)
+    if not len(data):
+        return None
+    voxel = voxel_size or imageset.voxel_size or (1.0, 1.0, 1.0)
+    image = imageset.layers[0]
+    letters = ["T"] + (["Z"] if with_z else []) + ["Y", "X"]
+    by_letter = {"Z": voxel[0] or 1.0, "Y": voxel[1], "X": voxel[2], "T": 1.0}
+    scale = [image.scale[axes.index(a)] / by_letter[a] if a in axes else 1.0 for a in letters]
+    translate = [image.translate[axes.index(a)] if a in axes else 0.0 for a in letters]
+    return viewer.add_tracks(data, graph=graph, name=name, scale=scale, translate=translate)
 
 
 def segmentation_2d(napari_viewer) -> SegmentationWidget:
@@ -255,3 +455,23 @@ def segmentation_2d(napari_viewer) -> SegmentationWidget:
 def segmentation_3d(napari_viewer) -> SegmentationWidget:
     """The StarDist 3D dock widget (npe2 command)."""
     return SegmentationWidget(napari_viewer, ndim=3)
+
+
+def measure(napari_viewer) -> AnalysisWidget:
+    """The measure dock widget (npe2 command)."""
+    return AnalysisWidget(napari_viewer, "measure")
+
+
+def track(napari_viewer) -> AnalysisWidget:
+    """The track dock widget (npe2 command): tracks to CSV, a track-id Labels layer and a Tracks layer."""
+    return AnalysisWidget(napari_viewer, "track")
+
+
+def atlas(napari_viewer) -> AnalysisWidget:
+    """The atlas dock widget (npe2 command)."""
+    return AnalysisWidget(napari_viewer, "atlas")
+
+
+def cells(napari_viewer) -> AnalysisWidget:
+    """The cells dock widget (npe2 command)."""
+    return AnalysisWidget(napari_viewer, "cells")
