@@ -99,6 +99,35 @@ def test_measure_writes_what_the_command_line_writes(viewer, qtbot, tmp_path, no
     assert [layer.name for layer in viewer.layers] == ["DAPI", "Membrane", "nuclei"]
 
 
+@pytest.mark.parametrize("job", ["cells", "atlas"])
+def test_cells_and_atlas_write_what_the_command_line_writes(viewer, qtbot, tmp_path, notes, labelled, job):
+    """cells adds its channel as a Labels layer, equal to the command line's; atlas reads an atlas file (a path setting)."""
+    atlas = tmp_path / "atlas.tif"
+    halves = np.ones((256, 256), np.uint8)
+    halves[:, 128:] = 2
+    tifffile.imwrite(atlas, halves, imagej=True, resolution=(1 / VOXEL, 1 / VOXEL), metadata={"unit": "micron"})
+    settings = {"cells": {"LABEL_CHANNEL": 2, "MEMBRANE_CHANNEL": 1, "MAX_DISTANCE_UM": 5.0, "INTENSITY_CHANNELS": "0"},
+                "atlas": {"LABEL_CHANNEL": 2, "ATLAS_FILE": str(atlas)}}[job]
+    cli, out = tmp_path / "cli", tmp_path / "napari"
+    cli.mkdir(), out.mkdir()
+    options = [f"--{name.lower().replace('_', '-')}={value}" for name, value in settings.items()]
+    subprocess.run([sys.executable, "-m", "stardist_host.cli", job, str(labelled), str(cli), *options, "-q"],
+                   check=True, stdout=subprocess.DEVNULL)
+    widget = analysis_widget(viewer, job, open_labelled(viewer, labelled), out)
+    for name, value in settings.items():
+        widget.settings_widgets[name].value = value
+    run = run_to_end(qtbot, widget)
+    table = {"cells": "cells", "atlas": "regions"}[job]
+    assert run.result == [out / f"DAPI_{table}.csv"], run.result
+    assert len(rows(out / f"DAPI_{table}.csv")) > 2
+    assert (out / f"DAPI_{table}.csv").read_bytes() == (cli / f"labelled_{table}.csv").read_bytes()
+    if job == "cells":
+        expected = tifffile.imread(cli / "labelled_cells.ome.tif")[:, 3]  # T, C, Y, X: the channel cells added
+        assert expected.max() > 5
+        np.testing.assert_array_equal(viewer.layers["Cells"].data, expected)
+    assert len(notes) == 1 and notes[0].message.startswith(f"StarDist {job}: wrote DAPI_{table}.csv")
+
+
 def test_track_adds_a_tracks_layer_with_the_rows_of_the_track_table(viewer, qtbot, tmp_path, notes, labelled):
     dapi = open_labelled(viewer, labelled)
     widget = analysis_widget(viewer, "track", dapi, tmp_path)
@@ -125,14 +154,17 @@ def test_track_adds_a_tracks_layer_with_the_rows_of_the_track_table(viewer, qtbo
         "added the Tracks layer 'DAPI_tracks'"]
 
 
-@pytest.mark.parametrize("channel, message", [
-    (0, "LABEL_CHANNEL=0: channel 0 ('DAPI') is an Image layer; it must be a Labels layer's channel: 2 'nuclei'"),
-    (7, "LABEL_CHANNEL=7: must be a channel of the image set: 0 'DAPI', 1 'Membrane', 2 'nuclei'"),
+@pytest.mark.parametrize("setting, value, message", [
+    ("LABEL_CHANNEL", 0,
+     "LABEL_CHANNEL=0: channel 0 ('DAPI') is an Image layer; it must be a Labels layer's channel: 2 'nuclei'"),
+    ("LABEL_CHANNEL", 7, "LABEL_CHANNEL=7: must be a channel of the image set: 0 'DAPI', 1 'Membrane', 2 'nuclei'"),
+    ("MAX_DISTANCE_UM", 0.0, "MAX_DISTANCE_UM=0.0: must be a number in µm > 0"),
 ])
-def test_a_bad_label_channel_is_one_notification_and_nothing_written(viewer, qtbot, tmp_path, notes, labelled,
-                                                                      channel, message):
+def test_a_bad_setting_is_one_notification_and_nothing_written(viewer, qtbot, tmp_path, notes, labelled, setting,
+                                                                value, message):
     widget = analysis_widget(viewer, "track", open_labelled(viewer, labelled), tmp_path)
-    widget.settings_widgets["LABEL_CHANNEL"].value = channel
+    widget.settings_widgets["LABEL_CHANNEL"].value = 2
+    widget.settings_widgets[setting].value = value
     assert widget.start() is None
     assert [n.message for n in notes] == [f"StarDist: {message}"]
     assert list(tmp_path.iterdir()) == []

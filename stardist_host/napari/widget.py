@@ -358,8 +358,12 @@ class AnalysisWidget(_RunWidget):
         return NapariImageSet(self.viewer, layers, axes=self._axes(), labels=labels)
 
     def settings(self) -> dict[str, Any]:
-        """The job's settings the widgets show, by attribute name (``run_job`` validates them)."""
-        return read_settings(self._readers)
+        """The job's settings the widgets show, by attribute name, validated; every bad one in one error."""
+        from ..analyses.jobs import JOBS
+
+        values = read_settings(self._readers)
+        raise_all(JOBS[self.job].schema.errors(values))
+        return values
 
     def output(self) -> tuple[Path, str]:
         """The output folder and the files' stem for the chosen layer."""
