@@ -128,12 +128,30 @@ def test_cells_and_atlas_write_what_the_command_line_writes(viewer, qtbot, tmp_p
     assert len(notes) == 1 and notes[0].message.startswith(f"StarDist {job}: wrote DAPI_{table}.csv")
 
 
-def test_track_adds_a_tracks_layer_with_the_rows_of_the_track_table(viewer, qtbot, tmp_path, notes, labelled):
+def test_track_adds_a_tracks_layer_with_the_rows_of_the_track_table(viewer, qtbot, tmp_path, notes, labelled,
+                                                                    monkeypatch):
+    import threading
+
+    from stardist_host.analyses import jobs
+    from stardist_host.napari.imageset import NapariImageSet
+
+    threads = {"image set": set(), "job": set()}  # the image set's calls on the GUI thread, the job off it
+    for name in ("get_channeldata", "set_channeldata", "add_channel"):
+        def on_thread(self, *args, _call=getattr(NapariImageSet, name)):
+            threads["image set"].add(threading.current_thread())
+            return _call(self, *args)
+
+        monkeypatch.setattr(NapariImageSet, name, on_thread)
+    run_job = jobs.run_job
+    monkeypatch.setattr(jobs, "run_job", lambda *a, **k: (threads["job"].add(threading.current_thread()),
+                                                           run_job(*a, **k))[1])
     dapi = open_labelled(viewer, labelled)
     widget = analysis_widget(viewer, "track", dapi, tmp_path)
     widget.settings_widgets["LABEL_CHANNEL"].value = 2
     widget.settings_widgets["MAX_DISTANCE_UM"].value = 6.0
     run = run_to_end(qtbot, widget)
+    assert threads["image set"] == {threading.main_thread()}
+    assert len(threads["job"]) == 1 and threading.main_thread() not in threads["job"]
     table = tmp_path / "DAPI_tracks.csv"
     assert run.result == [table, tmp_path / "DAPI_track_properties.csv"], run.result
     tracks = viewer.layers["DAPI_tracks"]
@@ -214,3 +232,21 @@ def test_each_analysis_widget_is_its_schema_and_in_the_manifest(viewer, qtbot, j
     assert shown == {field.attr: field.script_value for field in schema}  # lists as the command line reads them
     for field in schema:
         assert widget.settings_widgets[field.name].tooltip.startswith(f"{field.name}: {field.help}")
+
+
+def test_output_folder_none_is_the_layer_files_folder_else_home(viewer, qtbot, tmp_path):
+    from napari.layers._source import layer_source
+
+    from stardist_host.napari.widget import AnalysisWidget
+
+    with layer_source(path=str(tmp_path / "embryo 1.ome.tif")):
+        opened = viewer.add_image(np.zeros((2, 8, 8), np.uint16), name="embryo 1 [DAPI]")
+    made = viewer.add_image(np.zeros((2, 8, 8), np.uint16), name="embryo 1 [DAPI]/copy")
+    widget = AnalysisWidget(viewer, "measure")
+    assert widget.settings_widgets["OUTPUT_FOLDER"].value == "None"
+    widget.layer.value = opened
+    assert widget.output() == (tmp_path, "embryo 1")
+    widget.layer.value = made
+    assert widget.output() == (Path.home(), "embryo_1_DAPI_copy")
+    widget.settings_widgets["OUTPUT_FOLDER"].value = str(tmp_path)
+    assert widget.output() == (tmp_path, "embryo_1_DAPI_copy")

@@ -225,3 +225,27 @@ def test_axes_given_for_a_layer_napari_opened_without_labels():
     np.testing.assert_array_equal(imageset.get_channeldata(1, 0, 2), layer.data[2, 1])
     new = imageset.add_channel("Stardist_nuclei_2d_t 0", np.uint16)
     assert viewer.layers["Stardist_nuclei_2d_t 0"].data.shape == (3, 256, 256) and new == 2
+
+
+def test_labels_layers_are_read_only_label_channels_after_the_images():
+    """As the analyses read a segmentation's labels: Labels layers of the image's shape (without C) as channels."""
+    from stardist_host.napari.imageset import label_layers
+
+    viewer = ViewerModel()
+    image = add_image(viewer, np.arange(2 * 2 * 3 * 4, dtype=np.uint16).reshape(2, 2, 3, 4),
+                      labels=("t", "c", "y", "x"))
+    nuclei = viewer.add_labels(np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4), name="nuclei")
+    viewer.add_labels(np.zeros((3, 4), np.int32), name="other shape")
+    assert label_layers(viewer, image) == [nuclei]
+    imageset = NapariImageSet(viewer, image, labels=[nuclei])
+    assert imageset.channel_names == [f"{image.name} 0", f"{image.name} 1", "nuclei"]
+    np.testing.assert_array_equal(imageset.get_channeldata(2, 0, 1), nuclei.data[1])
+    assert [imageset.is_labels(c) for c in range(3)] == [False, False, True]
+    with pytest.raises(ReadOnlyInputError):
+        imageset.set_channeldata(2, 0, 0, np.zeros((3, 4), np.int32))
+    added = imageset.add_channel("cells", np.uint16)
+    assert added == 3 and imageset.is_labels(3)
+    with pytest.raises(LayerError, match="'other shape' has the shape"):
+        NapariImageSet(viewer, image, labels=[viewer.layers["other shape"]])
+    with pytest.raises(LayerError, match="is not a Labels layer"):
+        NapariImageSet(viewer, image, labels=[image])
