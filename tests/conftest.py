@@ -119,3 +119,19 @@ def sample_planes_tczyx(t: int = 2, z: int = 4, size: int = 64) -> np.ndarray:
         y, x = (37 * i) % (512 - size), (53 * i) % (512 - size)
         data[i // z, 0, i % z] = img[y:y + size, x:x + size]
     return data
+
+
+#: Test modules that open napari's Qt viewer.  A Qt OpenGL viewer and TensorFlow cannot share a process
+#: here (either order ends in a segmentation fault), and the rest of the suite imports TensorFlow, so in a
+#: mixed session these run in a process of their own (tests/test_napari_gui.py); given alone, they run here.
+GUI_TESTS = ("test_napari_widget.py", "test_napari_analyses.py")
+
+
+def _gui_only(config) -> bool:
+    return all(Path(str(arg).split("::")[0]).name in GUI_TESTS for arg in config.args)
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name in GUI_TESTS and not _gui_only(config):
+        return True
+    return None
