@@ -24,13 +24,13 @@ from stardist_host.errors import SettingsError
 from stardist_host.io.imagesets import MemoryImageSet, TiffImageSet
 from stardist_host.runs.files import segment_file
 from stardist_host.runs.local import run
-from stardist_host.segmentation.engine import run_scale
+from stardist_host.segmentation.engine import median_diameter_px, run_scale
 from stardist_host.segmentation.models import bundled_models_dir, load_model, trained_sizes
 from stardist_host.segmentation.settings import Settings, schema
 from stardist_host.testing import synthetic
 from stardist_host.training.evaluation import predict_all
 from stardist_host.training.pairs import Pairs
-from stardist_host.training.train import median_diameter_px, training_sizes
+from stardist_host.training.train import training_sizes
 
 #: The pixel size (µm) the test's copy of 2D_demo records for its training data.
 PIXEL = 0.5
@@ -207,7 +207,7 @@ def test_scale_settings_are_checked_and_parsed():
     assert schema(3).by_name["SCALE"].parse("1,0.5,0.5") == (1.0, 0.5, 0.5)
     assert schema(2).by_name["SCALE"].parse("auto") == "auto"
     assert Settings(ndim=3, scale=[1, 0.5, 0.5]).scale == (1, 0.5, 0.5)
-    with pytest.raises(SettingsError, match=r"SCALE=\[1, 2, 3\]: must be \"auto\", a number above 0"):
+    with pytest.raises(SettingsError, match=r"SCALE=\[1, 2, 3\]: must be \"auto\", \"estimate\", a number above 0"):
         Settings(ndim=2, scale=[1, 2, 3])
     with pytest.raises(SettingsError, match=r"MODEL_PIXEL_SIZE_UM=0: must be None"):
         Settings(ndim=2, model_pixel_size_um=0)
@@ -270,3 +270,40 @@ def test_a_memory_imageset_without_voxel_size_runs_at_scale_1(model_2d):
     ims = MemoryImageSet(image[None, None, None])
     result = segment(ims, model_2d, make_plan(Settings(ndim=2), ims), output_name="labels")
     assert f1(truth, ims.get_channeldata(result.channel, 0, 0)) > 0.9
+
+
+# ----------------------------------------------------------------------------- SCALE="estimate" (item 2)
+
+
+@pytest.mark.parametrize("way", ["in process", "resumable"])
+def test_estimate_finds_the_scale_of_the_2x_scene_without_any_pixel_size(tmp_path, scenes, caplog, way):
+    caplog.set_level(logging.INFO, logger="stardist_host")
+    settings = Settings(ndim=2, use_gpu=False, scale="estimate")  # the bundled 2D_demo: no pixel size, a diameter
+    options = {"resume": True} if way == "resumable" else {}
+    segment_file(settings, scenes.two_unknown, tmp_path / "two.ome.tif", **options)
+    segment_file(settings, scenes.one, tmp_path / "one.ome.tif", **options)
+    at_2x = f1(scenes.truth2, labels_of(tmp_path / "two.ome.tif"))
+    at_1x = f1(scenes.truth1, labels_of(tmp_path / "one.ome.tif"))
+    assert at_1x > 0.9 and abs(at_2x - at_1x) <= 0.05, (at_1x, at_2x)
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith('SCALE="estimate": median')]
+    assert len(chosen) == 2 and "the model was trained on 23.6 pixels" in chosen[0]
+    factor = float(chosen[0].rsplit("scale (", 1)[1].split(",")[0])
+    assert factor == pytest.approx(0.5, abs=0.08)  # the scene is drawn at twice the model's density
+
+
+def test_estimate_on_small_nuclei_scales_up(scenes, model_2d, caplog):
+    from stardist_host.segmentation.engine import unit_reader
+    from stardist_host.segmentation.plan import make_plan
+
+    image, truth = synthetic.nuclei((96, 96), 30, radius=(5.0, 7.0), seed=SEED)  # half the model's density
+    ims = MemoryImageSet(image[None, None, None])
+    plan = make_plan(Settings(ndim=2), ims)
+    read = unit_reader(ims, 0, 2, (1.0, 99.8))
+    factors = run_scale(model_2d, None, scale="estimate", read=read, units=list(plan.units), unit_shape=(96, 96))
+    assert factors is not None and factors[0] == pytest.approx(2.0, abs=0.35)
+
+
+def test_estimate_needs_the_models_recorded_diameter(tmp_path):
+    model = fake_model(tmp_path, pixel=[0.5, 0.5])
+    with pytest.raises(SettingsError, match=r"SCALE='estimate': the model records no object diameter"):
+        run_scale(model, None, scale="estimate", read=lambda unit: np.zeros((32, 32), np.float32), units=[object()])

@@ -538,8 +538,10 @@ def _load(settings: Settings):
 def _scale(model, imageset, settings: Settings, plan: Plan):
     units = plan.units
     depth = (units[0].last - units[0].first + 1,) if settings.ndim == 3 and units else ()
+    read = unit_reader(imageset, plan.channel, settings.ndim, percentiles_for(settings))  # SCALE="estimate" samples
     return run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
-                     object_diameter_um=settings.object_diameter_um, unit_shape=depth + tuple(imageset.plane_shape))
+                     object_diameter_um=settings.object_diameter_um, unit_shape=depth + tuple(imageset.plane_shape),
+                     read=read, units=list(units))
 
 
 def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):

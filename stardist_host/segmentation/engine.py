@@ -27,7 +27,7 @@ from .pipeline import UnitPredictor, auto_n_tiles
 from .plan import Plan, Unit
 
 __all__ = ["UnitResult", "label_units", "predictor", "unit_reader", "read_unit", "normalise", "number",
-           "check_fits", "first_labels", "unit_planes", "label_dtype_for", "run_scale", "where", "MIN_NUCLEUS",
+           "check_fits", "first_labels", "unit_planes", "label_dtype_for", "run_scale", "estimate_scale", "median_diameter_px", "where", "MIN_NUCLEUS",
            "NO_SIGNAL_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ MIN_SCALED_SIZE = 8
 
 
 def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: Any = None,
-              object_diameter_um: float | None = None,
-              unit_shape: tuple[int, ...] | None = None) -> tuple[float, ...] | None:
+              object_diameter_um: float | None = None, unit_shape: tuple[int, ...] | None = None,
+              read: "Read | None" = None, units: "list[Unit] | None" = None) -> tuple[float, ...] | None:
     """The factor per spatial axis by which a run resamples each unit before the network, or None for none.
 
     The one rule of every path (in process, the child, Dask, ``evaluate``);
@@ -101,7 +101,8 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
     voxel_size
         The image set's (z, y, x) in µm, z None where unknown, or None.
     scale
-        SCALE: "auto", a number for every axis, or one per axis ((Y, X) or (Z, Y, X)).
+        SCALE: "auto", "estimate", a number for every axis, or one per axis ((Y, X) or (Z, Y, X)).
+        "estimate" measures the nuclei in a sample of ``units`` (:func:`estimate_scale`).
     model_pixel_size_um
         MODEL_PIXEL_SIZE_UM: the training data's pixel size (a number or one per
         axis); None: the recorded one.  Where both are known and differ, this one wins, with a warning.
@@ -111,6 +112,8 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
     unit_shape
         The shape of one plane (volume), to refuse a scale that leaves an axis
         under :data:`MIN_SCALED_SIZE` pixels.
+    read, units
+        For "estimate": how a unit is read (normalised) and the run's units.
 
     Returns
     -------
@@ -124,6 +127,11 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
         pixel size; a scale that makes a unit too small.
     """
     ndim = int(model.config.n_dim)
+    if scale == "estimate":
+        if read is None or not units:
+            raise ValueError('SCALE="estimate" needs the units and how to read them')
+        image = None if voxel_size is None else (tuple(voxel_size[1:]) if ndim == 2 else tuple(voxel_size))
+        return estimate_scale(model, read, units, image=image, unit_shape=unit_shape)
     if scale != "auto":
         factors = tuple(float(f) for f in scale) if isinstance(scale, (list, tuple)) else (float(scale),) * ndim
         log.info("SCALE=%s: each %s is resampled by %s before the network", scale,
@@ -208,6 +216,104 @@ def _diameter_scale(model, diameter_px, image, trained, diameter_um) -> tuple[fl
     log.info("OBJECT_DIAMETER_UM=%g: the model's median training diameter is %.1f pixels, the image's pixel %.4g µm: "
              "each unit is resampled by %s", diameter_um, diameter_px, (image[-1] + image[-2]) / 2, _factors(factors))
     return factors
+
+
+#: SCALE="estimate" tries these factors; larger ones only cut nuclei into pieces of the model's size.
+ESTIMATE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Units "estimate" segments: evenly spaced over the run's.
+ESTIMATE_SAMPLE = 3
+#: A factor fits where the nuclei reach the network within this ratio of its training diameter.
+ESTIMATE_TOLERANCE = 1.5
+#: Most pixels (voxels) of a scaled unit "estimate" segments; factors beyond it are not tried.
+ESTIMATE_MAX_PIXELS = 2 ** 24
+
+
+def median_diameter_px(masks: Iterable[NDArray], *, ndim: int, z_ratio: float = 1.0) -> float | None:
+    """Median equivalent diameter of the objects of ``masks``, in lateral pixels; None where there are none.
+
+    2D: the diameter of the disc of an object's area.  3D: of the sphere of its
+    volume, with a voxel ``z_ratio`` lateral pixels deep (Z spacing over Y/X
+    spacing), so that it is the physical diameter in lateral pixels.  An object
+    is counted once per mask (per sample), with all its pixels.
+    """
+    sizes = []
+    for mask in masks:
+        counts = np.bincount(np.asarray(mask).ravel().astype(np.int64))[1:]
+        sizes.append(counts[counts > 0])
+    found = np.concatenate(sizes) if sizes else np.zeros(0)
+    if not found.size:
+        return None
+    diameters = 2 * np.sqrt(found / np.pi) if ndim == 2 else np.cbrt(6 * found * z_ratio / np.pi)
+    return float(np.median(diameters))
+
+
+def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
+                   unit_shape: tuple[int, ...] | None = None) -> tuple[float, ...] | None:
+    """SCALE="estimate": the factor that brings this image's nuclei to the model's recorded training diameter.
+
+    A sample of units (:data:`ESTIMATE_SAMPLE`, evenly spaced) is segmented at
+    each of :data:`ESTIMATE_FACTORS` and the median nucleus diameter measured
+    on the image's grid.  A network shown nuclei larger than it was trained on
+    cuts them into pieces of its own size, so every factor above the right one
+    also "fits"; the smallest factor at which the nuclei reach the network
+    within :data:`ESTIMATE_TOLERANCE` of the training diameter is taken, and
+    the scale is the training diameter over the diameter measured there.  In
+    3D, Z follows the lateral factor times the anisotropy correction of
+    SCALE="auto" (where it is known).  The log says what was measured and chosen.
+
+    Raises
+    ------
+    SettingsError
+        The model records no object diameter.
+    """
+    ndim = int(model.config.n_dim)
+    trained = trained_sizes(model)
+    if trained.object_diameter_px is None:
+        raise SettingsError("SCALE", "estimate", "the model records no object diameter (object_diameter_px in its "
+                                                 "model_card.json, which train writes); give a number instead")
+    target = trained.object_diameter_px
+    z_fix, z_ratio = 1.0, 1.0
+    if ndim == 3:
+        anisotropy = getattr(model.config, "anisotropy", None)
+        model_ratio = (anisotropy[0] / ((anisotropy[1] + anisotropy[2]) / 2)) if anisotropy is not None else 1.0
+        z_ratio = model_ratio
+        if image is not None and image[0] is not None:
+            z_ratio = image[0] / ((image[1] + image[2]) / 2)
+            z_fix = z_ratio / model_ratio
+    step = max(1, math.ceil(len(units) / ESTIMATE_SAMPLE))
+    sample = list(units[len(units) % step // 2::step])[:ESTIMATE_SAMPLE]
+    images = [(unit, x) for unit in sample for x in [read(unit)] if x is not None]
+    if not images:
+        log.warning('SCALE="estimate": the sampled units have no signal: segmented at scale 1')
+        return None
+    measured: list[tuple[float, float | None]] = []
+    for factor in ESTIMATE_FACTORS:
+        factors = (factor * z_fix, factor, factor) if ndim == 3 else (factor, factor)
+        shape = unit_shape or images[0][1].shape
+        if (any(n > 1 and n * f < MIN_SCALED_SIZE for n, f in zip(shape, factors))
+                or math.prod(n * f for n, f in zip(shape, factors)) > ESTIMATE_MAX_PIXELS):
+            continue
+        with predictor(model, scale=None if factor == 1 and z_fix == 1 else factors, pipeline=False) as predict:
+            labels = [lab for _, lab in predict.predict([u for u, _ in images], dict(images).get) if lab is not None]
+        measured.append((factor, median_diameter_px(labels, ndim=ndim, z_ratio=z_ratio)))
+    text = ", ".join(f"{f:g}: {'none' if d is None else f'{d:.1f}'}" for f, d in measured)
+    fitting = [(f, d) for f, d in measured
+               if d is not None and abs(math.log(d * f / target)) <= math.log(ESTIMATE_TOLERANCE)]
+    if not fitting:
+        log.warning('SCALE="estimate": median nucleus diameter in pixels at each factor tried (%s) never reached the '
+                    "model's %.1f pixels within %gx: segmented at scale 1; give SCALE", text, target,
+                    ESTIMATE_TOLERANCE)
+        return None
+    factor, diameter = fitting[0]
+    lateral = target / diameter
+    chosen = (lateral * z_fix, lateral, lateral) if ndim == 3 else (lateral, lateral)
+    log.info('SCALE="estimate": median nucleus diameter in pixels at each factor tried: %s; the model was trained '
+             "on %.1f pixels; at %g the nuclei measure %.1f pixels: scale %s", text, target, factor, diameter,
+             _factors(chosen))
+    if all(abs(math.log(f)) < math.log(DEAD_BAND) for f in chosen):
+        log.info('SCALE="estimate": within %d%% of 1: not resampled', round((DEAD_BAND - 1) * 100))
+        return None
+    return _checked(chosen, unit_shape, "SCALE", "estimate")
 
 
 def _checked(factors, unit_shape, setting: str, value) -> tuple[float, ...] | None:

@@ -211,8 +211,9 @@ def segment(
     plane_shape = tuple(imageset.plane_shape)
     dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
     unit_shape = ((units[0].last - units[0].first + 1,) if plan.ndim == 3 and units else ()) + plane_shape
+    read = unit_reader(imageset, plan.channel, plan.ndim, percentiles)
     scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
-                      object_diameter_um=object_diameter_um, unit_shape=unit_shape)
+                      object_diameter_um=object_diameter_um, unit_shape=unit_shape, read=read, units=units)
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
@@ -230,7 +231,6 @@ def segment(
             written.append((z, unit.time_point))
             imageset.set_channeldata(out, z, unit.time_point, plane)
 
-    read = unit_reader(imageset, plan.channel, plan.ndim, percentiles)
     what = "planes" if plan.ndim == 2 else "volumes"
     try:
         with predictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,

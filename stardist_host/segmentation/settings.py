@@ -45,7 +45,7 @@ def schema(ndim: int) -> Schema:
 
 
 #: SCALE's words; a number (or one per axis) is the other kind of value.
-SCALE_CHOICES = ("auto",)
+SCALE_CHOICES = ("auto", "estimate")
 #: Largest SCALE factor: beyond it a plane is more interpolation than image.
 MAX_SCALE = 16.0
 
@@ -56,7 +56,7 @@ def _axes(ndim: int) -> str:
 
 def _scale_allowed(ndim: int) -> str:
     example = "[0.5, 0.5]" if ndim == 2 else "[1.0, 0.5, 0.5]"
-    return (f'must be "auto", a number above 0 and at most {MAX_SCALE:g} for every axis, or {ndim} such numbers '
+    return (f'must be "auto", "estimate", a number above 0 and at most {MAX_SCALE:g} for every axis, or {ndim} such numbers '
             f"({_axes(ndim)}), e.g. {example}")
 
 
@@ -133,7 +133,9 @@ class Settings:
     # the image is resampled by this factor before the network sees it; labels come back on the image's grid
     scale: Any = setting(
         "number_or_numbers", "auto", 'resampling before the network: "auto" scales each axis by the image\'s pixel '
-        "(voxel) size over the model's where both are known (else 1, said in the log); a number: every axis by it; "
+        "(voxel) size over the model's where both are known (else 1, said in the log); \"estimate\": measures the "
+        "nuclei in a sample of planes (volumes) and scales them to the model's training size; a number: every axis "
+        "by it; "
         "one number per axis: each axis by its own",
         choices=SCALE_CHOICES, low=0, open_low=True, high=MAX_SCALE, affects_labels=True,
         vary=lambda ndim: {"length": ndim, "allowed": _scale_allowed(ndim)})

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from ..console import stdout_to_log
 from ..errors import TrainError
 from ..io.files import atomic_write
+from ..segmentation.engine import median_diameter_px
 from .pairs import Pairs
 
 __all__ = [
@@ -604,28 +605,6 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
 
 # ---------------------------------------------------------------------------------------------------------------------
 # model card: written by train, extended by evaluate --save-to-card and models/train_demo.py, all through write_card
-
-
-def median_diameter_px(masks, *, ndim: int, z_ratio: float = 1.0) -> float | None:
-    """Median equivalent diameter of the objects of ``masks``, in lateral pixels; None where there are none.
-
-    2D: the diameter of the disc of an object's area.  3D: of the sphere of its
-    volume, with a voxel ``z_ratio`` lateral pixels deep (Z spacing over Y/X
-    spacing), so that it is the physical diameter in lateral pixels.  An object
-    is counted once per mask (per sample), with all its pixels.
-    """
-    sizes = []
-    for mask in masks:
-        counts = np.bincount(np.asarray(mask).ravel().astype(np.int64))[1:]
-        sizes.append(counts[counts > 0])
-    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    if not sizes.size:
-        return None
-    if ndim == 2:
-        diameters = 2 * np.sqrt(sizes / np.pi)
-    else:
-        diameters = np.cbrt(6 * sizes * z_ratio / np.pi)
-    return float(np.median(diameters))
 
 
 def training_sizes(pairs: Pairs, voxel_size, anisotropy) -> dict:
