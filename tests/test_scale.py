@@ -307,3 +307,16 @@ def test_estimate_needs_the_models_recorded_diameter(tmp_path):
     model = fake_model(tmp_path, pixel=[0.5, 0.5])
     with pytest.raises(SettingsError, match=r"SCALE='estimate': the model records no object diameter"):
         run_scale(model, None, scale="estimate", read=lambda unit: np.zeros((32, 32), np.float32), units=[object()])
+
+
+@pytest.mark.parametrize("way", ["in process", "resumable"])
+def test_a_scale_too_small_for_the_unit_stops_the_run_before_anything_is_written(tmp_path, scenes, way):
+    from stardist_host.io.outputs import scratch_labels_store
+
+    out = tmp_path / "out.ome.tif"
+    with pytest.raises(SettingsError, match=r"SCALE=0.02: scales a unit of shape \(192, 192\) by \(0.02, 0.02\), "
+                                            r"which leaves an axis under 8 pixels"):
+        segment_file(Settings(ndim=2, use_gpu=False, scale=0.02), scenes.one, out,
+                     **({"resume": True} if way == "resumable" else {}))
+    assert not out.exists() and not scratch_labels_store(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -518,10 +518,11 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
                               "with --overwrite (scripts: OVERWRITE = True)")
         with OutputLock(store):  # one run per store: the labels list is read and rewritten
             model, device, precision = _load(settings)
+            scale = _scale(model, imageset, settings, plan)  # a bad scale stops the run before anything is written
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings, plan),
+            task = Task(settings, source, target, plan.channel, str(dtype), scale,
                         percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             journal.remove()
@@ -575,12 +576,13 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             resuming = journal.check(str(store), stamp, resume=resume, overwrite=settings.overwrite,
                                      units=plan.units)
             model, device, precision = _load(settings)
+            scale = _scale(model, imageset, settings, plan)  # a bad scale stops the run before anything is written
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), _scale(model, imageset, settings, plan),
+            task = Task(settings, source, target, plan.channel, str(dtype), scale,
                         percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
