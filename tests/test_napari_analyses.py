@@ -102,7 +102,7 @@ def test_measure_writes_what_the_command_line_writes(viewer, qtbot, tmp_path, no
 
 @pytest.mark.parametrize("job", ["cells", "atlas"])
 def test_cells_and_atlas_write_what_the_command_line_writes(viewer, qtbot, tmp_path, notes, labelled, job):
-    """cells adds its channel as a Labels layer, equal to the command line's; atlas reads an atlas file (a path setting)."""
+    """cells adds its channel as a Labels layer, equal to the command line's; atlas reads a file (a path setting)."""
     atlas = tmp_path / "atlas.tif"
     halves = np.ones((256, 256), np.uint8)
     halves[:, 128:] = 2

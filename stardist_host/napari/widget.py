@@ -35,7 +35,8 @@ from .imageset import LayerError, NapariImageSet, channel_layers, label_layers, 
 from .running import AnalysisRun, SegmentationRun, one_line
 
 __all__ = ["SegmentationWidget", "AnalysisWidget", "segmentation_2d", "segmentation_3d", "measure", "track", "atlas",
-           "cells", "field_widget", "schema_widgets", "HEADLESS_ONLY", "LABEL_SETTINGS"]
+           "cells", "field_widget", "schema_widgets", "read_settings", "read_tracks", "tracks_layer", "HEADLESS_ONLY",
+           "LABEL_SETTINGS"]
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,15 @@ class _RunWidget(Container):
     """An image-layer choice, its axes, the settings of one job (generated from its schema), Run, Cancel, progress."""
 
     unit = "planes"
+    layer_tooltip = ("the Image layer with the nuclei; where it has no channel axis, the Image layers of its shape "
+                     "are the channels (INPUT_CHANNEL follows the choice)")
 
     def __init__(self, napari_viewer, fields: Schema | Iterable[Field], *, skip: Iterable[str] = ()) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.current_run: Any = None
         self.layer = ComboBox(name="layer", label="image layer", choices=self._layer_choices,
-                              tooltip="the Image layer with the nuclei; where it has no channel axis, the Image "
-                                      "layers of its shape are the channels (INPUT_CHANNEL follows the choice)")
+                              tooltip=self.layer_tooltip)
         self.axes = LineEdit(name="axes", label="axes", tooltip="the layer's axes as letters T, C, Z, Y, X, read from "
                              "the axis labels (t, c, z, y, x) or guessed from the number of axes: correct them where "
                              "they are wrong, e.g. TCYX for a time series of two channels")
@@ -330,6 +332,8 @@ class AnalysisWidget(_RunWidget):
     """
 
     unit = "time points"
+    layer_tooltip = ("the Image layer the analysis reads; its channels (its channel axis, or the Image layers of its "
+                     "shape) come first, then the Labels layers of its shape: see 'channels'")
 
     def __init__(self, napari_viewer, job: str) -> None:
         from ..analyses.jobs import JOBS
@@ -435,8 +439,6 @@ def tracks_layer(viewer, imageset: NapariImageSet, table: str | Path, voxel_size
     scale divided by the voxel size the tracking used) and its translate is
     the image's.  None where the table has no rows.
     """
-    import numpy as np
-
     axes = imageset.axes
     with_z = imageset.plane_count > 1
     data, graph = read_tracks(table, with_z=with_z)
