@@ -320,3 +320,20 @@ def test_a_scale_too_small_for_the_unit_stops_the_run_before_anything_is_written
                      **({"resume": True} if way == "resumable" else {}))
     assert not out.exists() and not scratch_labels_store(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_estimate_on_the_3d_sample_at_the_models_own_density_keeps_scale_1(model_3d, caplog):
+    """Nuclei merged at too small a factor measure too small to fit: the estimate stays at the model's density."""
+    from stardist.data import test_image_nuclei_3d
+
+    from stardist_host.segmentation.engine import unit_reader
+    from stardist_host.segmentation.plan import make_plan
+
+    caplog.set_level(logging.INFO, logger="stardist_host")
+    volume = test_image_nuclei_3d()[8:24, :64, :64]  # what 3D_demo trained on (columns 0-35) and beside it
+    ims = MemoryImageSet(volume[None, None])
+    plan = make_plan(Settings(ndim=3), ims)
+    read = unit_reader(ims, 0, 3, (1.0, 99.8))
+    assert run_scale(model_3d, None, scale="estimate", read=read, units=list(plan.units),
+                     unit_shape=volume.shape) is None
+    assert 'SCALE="estimate": within 20% of 1: not resampled' in caplog.text

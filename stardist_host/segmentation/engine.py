@@ -218,12 +218,13 @@ def _diameter_scale(model, diameter_px, image, trained, diameter_um) -> tuple[fl
     return factors
 
 
-#: SCALE="estimate" tries these factors; larger ones only cut nuclei into pieces of the model's size.
-ESTIMATE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: SCALE="estimate" tries these factors, 0.25 to 4 in steps of a square root of 2, smallest first.
+ESTIMATE_FACTORS = tuple(2 ** (k / 2) for k in range(-4, 5))
 #: Units "estimate" segments: evenly spaced over the run's.
 ESTIMATE_SAMPLE = 3
-#: A factor fits where the nuclei reach the network within this ratio of its training diameter.
-ESTIMATE_TOLERANCE = 1.5
+#: A factor fits where the nuclei reach the network within this ratio of its training diameter (about the
+#: factors' step: under it, nuclei merged at too small a factor measure too small to fit).
+ESTIMATE_TOLERANCE = 1.25
 #: Most pixels (voxels) of a scaled unit "estimate" segments; factors beyond it are not tried.
 ESTIMATE_MAX_PIXELS = 2 ** 24
 
@@ -252,12 +253,13 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
     """SCALE="estimate": the factor that brings this image's nuclei to the model's recorded training diameter.
 
     A sample of units (:data:`ESTIMATE_SAMPLE`, evenly spaced) is segmented at
-    each of :data:`ESTIMATE_FACTORS` and the median nucleus diameter measured
-    on the image's grid.  A network shown nuclei larger than it was trained on
-    cuts them into pieces of its own size, so every factor above the right one
-    also "fits"; the smallest factor at which the nuclei reach the network
-    within :data:`ESTIMATE_TOLERANCE` of the training diameter is taken, and
-    the scale is the training diameter over the diameter measured there.  In
+    :data:`ESTIMATE_FACTORS`, smallest first, and the median nucleus diameter
+    measured on the image's grid, until the nuclei reach the network within
+    :data:`ESTIMATE_TOLERANCE` of the model's training diameter.  The smallest
+    such factor is the one: a network shown nuclei larger than it was trained
+    on cuts them into pieces of its own size, so every factor above the right
+    one would seem to fit too.  The scale is the training diameter over the
+    diameter measured at that factor.  In
     3D, Z follows the lateral factor times the anisotropy correction of
     SCALE="auto" (where it is known).  The log says what was measured and chosen.
 
@@ -295,8 +297,11 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
             continue
         with predictor(model, scale=None if factor == 1 and z_fix == 1 else factors, pipeline=False) as predict:
             labels = [lab for _, lab in predict.predict([u for u, _ in images], dict(images).get) if lab is not None]
-        measured.append((factor, median_diameter_px(labels, ndim=ndim, z_ratio=z_ratio)))
-    text = ", ".join(f"{f:g}: {'none' if d is None else f'{d:.1f}'}" for f, d in measured)
+        diameter = median_diameter_px(labels, ndim=ndim, z_ratio=z_ratio)
+        measured.append((factor, diameter))
+        if diameter is not None and abs(math.log(diameter * factor / target)) <= math.log(ESTIMATE_TOLERANCE):
+            break
+    text = ", ".join(f"{f:.3g}: {'none' if d is None else f'{d:.1f}'}" for f, d in measured)
     fitting = [(f, d) for f, d in measured
                if d is not None and abs(math.log(d * f / target)) <= math.log(ESTIMATE_TOLERANCE)]
     if not fitting:
@@ -308,7 +313,7 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
     lateral = target / diameter
     chosen = (lateral * z_fix, lateral, lateral) if ndim == 3 else (lateral, lateral)
     log.info('SCALE="estimate": median nucleus diameter in pixels at each factor tried: %s; the model was trained '
-             "on %.1f pixels; at %g the nuclei measure %.1f pixels: scale %s", text, target, factor, diameter,
+             "on %.1f pixels; at %.3g the nuclei measure %.1f pixels: scale %s", text, target, factor, diameter,
              _factors(chosen))
     if all(abs(math.log(f)) < math.log(DEAD_BAND) for f in chosen):
         log.info('SCALE="estimate": within %d%% of 1: not resampled', round((DEAD_BAND - 1) * 100))
