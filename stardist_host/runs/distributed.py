@@ -42,7 +42,7 @@ from ..host import Progress
 from ..io.opening import is_omezarr
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
 from ..segmentation.engine import (first_labels, label_dtype_for, label_units, predictor, run_scale,
-                                   unit_planes, unit_reader, where)
+                                   unit_planes, unit_reader, unit_shape, where)
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, percentiles_for
 from ..segmentation.settings import Settings
@@ -518,12 +518,10 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
                               "with --overwrite (scripts: OVERWRITE = True)")
         with OutputLock(store):  # one run per store: the labels list is read and rewritten
             model, device, precision = _load(settings)
-            scale = _scale(model, imageset, settings, plan)  # a bad scale stops the run before anything is written
+            task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), scale,
-                        percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             journal.remove()
         time_point_count = imageset.time_point_count
@@ -536,13 +534,14 @@ def _load(settings: Settings):
     return load_for_settings(settings)
 
 
-def _scale(model, imageset, settings: Settings, plan: Plan):
-    units = plan.units
-    depth = (units[0].last - units[0].first + 1,) if settings.ndim == 3 and units else ()
-    read = unit_reader(imageset, plan.channel, settings.ndim, percentiles_for(settings))  # SCALE="estimate" samples
-    return run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
-                     object_diameter_um=settings.object_diameter_um, unit_shape=depth + tuple(imageset.plane_shape),
-                     read=read, units=list(units))
+def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
+    """The task of this run: the percentiles and the scale resolved once, here (a bad scale stops the run now)."""
+    percentiles = percentiles_for(settings)
+    read = unit_reader(imageset, plan.channel, settings.ndim, percentiles)  # SCALE="estimate" samples
+    scale = run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
+                      object_diameter_um=settings.object_diameter_um,
+                      unit_shape=unit_shape(plan, imageset.plane_shape), read=read, units=list(plan.units))
+    return Task(settings, source, target, plan.channel, str(dtype), scale, percentiles)
 
 
 def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):
@@ -576,14 +575,12 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             resuming = journal.check(str(store), stamp, resume=resume, overwrite=settings.overwrite,
                                      units=plan.units)
             model, device, precision = _load(settings)
-            scale = _scale(model, imageset, settings, plan)  # a bad scale stops the run before anything is written
+            task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 journal.start(stamp)
-            task = Task(settings, source, target, plan.channel, str(dtype), scale,
-                        percentiles_for(settings))
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,

@@ -26,7 +26,7 @@ from .models import trained_sizes
 from .pipeline import UnitPredictor, auto_n_tiles
 from .plan import Plan, Unit
 
-__all__ = ["UnitResult", "label_units", "predictor", "unit_reader", "read_unit", "normalise", "number",
+__all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "normalise", "number",
            "check_fits", "first_labels", "unit_planes", "label_dtype_for", "run_scale", "estimate_scale", "median_diameter_px", "where", "MIN_NUCLEUS",
            "NO_SIGNAL_FRACTION"]
 
@@ -61,6 +61,12 @@ def where(unit: Unit) -> str:
     return f"time point {unit.time_point}, {planes}"
 
 
+def unit_shape(plan: Plan, plane_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one of the plan's units: a plane (Y, X), or a volume (Z, Y, X) of the plan's planes."""
+    units = plan.units
+    return ((units[0].last - units[0].first + 1,) if plan.ndim == 3 and units else ()) + tuple(plane_shape)
+
+
 def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], unique: bool) -> np.dtype:
     """The label channel's type: ``choice``, or for "auto" uint16 unless more labels could occur.
 
@@ -71,9 +77,7 @@ def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], uniqu
     """
     if choice != "auto":
         return np.dtype(choice)
-    units = plan.units
-    pixels = math.prod(plane_shape) * (units[0].last - units[0].first + 1 if units else 1)
-    bound = pixels // MIN_NUCLEUS[plan.ndim] * (len(units) if unique else 1)
+    bound = math.prod(unit_shape(plan, plane_shape)) // MIN_NUCLEUS[plan.ndim] * (len(plan.units) if unique else 1)
     return np.dtype(np.uint16 if bound <= np.iinfo(np.uint16).max else np.uint32)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import Cancelled, LabelOverflowError
 from ..host import Cancel, ImageSet, Progress
-from .engine import UnitResult, label_dtype_for, label_units, predictor, run_scale, unit_planes, unit_reader
+from .engine import (UnitResult, label_dtype_for, label_units, predictor, run_scale, unit_planes, unit_reader,
+                     unit_shape)
 from .plan import Plan
 from .settings import Settings, schema
 
@@ -210,10 +211,10 @@ def segment(
     units = plan.units
     plane_shape = tuple(imageset.plane_shape)
     dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
-    unit_shape = ((units[0].last - units[0].first + 1,) if plan.ndim == 3 and units else ()) + plane_shape
     read = unit_reader(imageset, plan.channel, plan.ndim, percentiles)
     scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
-                      object_diameter_um=object_diameter_um, unit_shape=unit_shape, read=read, units=units)
+                      object_diameter_um=object_diameter_um, unit_shape=unit_shape(plan, plane_shape), read=read,
+                      units=units)
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
