@@ -43,6 +43,7 @@ from ..io.opening import is_omezarr
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
 from ..segmentation.engine import (first_labels, label_dtype_for, label_units, predictor, run_scale,
                                    unit_planes, unit_reader, unit_shape, where)
+from ..segmentation.nms_workers import available_cores
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, percentiles_for
 from ..segmentation.settings import Settings
@@ -321,9 +322,12 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
                 raise SettingsError("--scheduler", scheduler, f"no Dask scheduler answers there ({err}); give the "
                                     "address a running scheduler prints, e.g. tcp://10.0.0.5:8786") from err
         else:
-            # processes: TensorFlow and NMS hold the GIL; one thread each: the model's own threads use the cores
+            # processes: TensorFlow and NMS hold the GIL; one task thread each, and the model's and NMS's own
+            # threads get the worker's share of the cores (Dask's nanny would set OMP_NUM_THREADS=1: 2x slower)
+            threads = str(max(1, available_cores() // workers))
             cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"))
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                env={name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}))
             client = stack.enter_context(distributed.Client(cluster))
         log.info("Dask: %d worker(s) at %s", len(client.scheduler_info().get("workers", {})), client.scheduler.address)
         yield client
