@@ -60,13 +60,9 @@ def _host() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        import psutil
-    except ImportError:  # without psutil, assume alive: never remove another run's files
-        return True
-    return psutil.pid_exists(pid)
+    import psutil
+
+    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def _fsync(path: Path) -> None:
@@ -92,13 +88,8 @@ def file_stem(path: str | os.PathLike) -> str:
 
 def _kept_name(path: Path) -> Path:
     """A free name beside ``path`` for a finished result that could not replace it."""
-    stem, suffix = path.name, ""
-    for ext in (".ome.tiff", ".ome.tif"):
-        if stem.lower().endswith(ext):
-            stem, suffix = stem[: -len(ext)], stem[-len(ext):]
-            break
-    else:
-        stem, suffix = path.stem, path.suffix
+    stem = file_stem(path)
+    suffix = path.name[len(stem):]
     for i in range(1, 1000):
         candidate = path.with_name(f"{stem}.new{'' if i == 1 else i}{suffix}")
         if not candidate.exists():

@@ -258,18 +258,12 @@ class _VolumeStats:
         vs = (math.nan, math.nan, math.nan) if voxel_size is None else tuple(
             math.nan if v is None else float(v) for v in voxel_size
         )
-        table = {"label": labels, "time_point": np.full(len(labels), time_point)}
+        table = {"label": labels, "time_point": np.full(len(labels), time_point), "volume_voxels": n,
+                 "volume_um3": n * (vs[0] * vs[1] * vs[2])}
         for i, axis in enumerate("zyx"):
-            table[f"centroid_{axis}"] = centroid[i]
-        for i, axis in enumerate("zyx"):
-            table[f"centroid_{axis}_um"] = centroid[i] * vs[i]
-        for i, axis in enumerate("zyx"):
-            table[f"bbox_{axis}0"] = self.lo[i, labels]
-        for i, axis in enumerate("zyx"):
-            table[f"bbox_{axis}1"] = self.hi[i, labels]
-        table["volume_voxels"] = n
-        table["volume_um3"] = n * (vs[0] * vs[1] * vs[2])
-        return table
+            table.update({f"centroid_{axis}": centroid[i], f"centroid_{axis}_um": centroid[i] * vs[i],
+                          f"bbox_{axis}0": self.lo[i, labels], f"bbox_{axis}1": self.hi[i, labels]})
+        return {column: table[column] for column in TABLE_COLUMNS}
 
 
 def object_table(

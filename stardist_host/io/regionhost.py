@@ -168,12 +168,11 @@ class RegionImageSet:
         self.plane_shape = tuple(_positive(n, v) for n, v in zip(("height", "width"), plane_shape))
         self.plane_count = _positive("plane_count", plane_count)
         self.time_point_count = _positive("time_point_count", time_point_count)
-        self._channel_count = _positive("channel_count", channel_count)
-        self._input_count = self._channel_count  # the host's own channels, which are never removed
+        self._input_count = _positive("channel_count", channel_count)  # the host's own, which are never removed
         self.origin = tuple(int(v) for v in origin)
         self.order = order
         names = list(channel_names) if channel_names is not None else [f"Channel {i}" for i in range(channel_count)]
-        if len(names) != self._channel_count:
+        if len(names) != self._input_count:
             raise ValueError(f"{len(names)} channel names given for channel_count={channel_count}")
         self._names = [str(n) for n in names]
         self.voxel_size = check_voxel_size(voxel_size)
@@ -188,7 +187,7 @@ class RegionImageSet:
 
     @property
     def channel_count(self) -> int:
-        return self._channel_count
+        return len(self._names)
 
     @property
     def channel_names(self) -> list[str]:
@@ -196,7 +195,7 @@ class RegionImageSet:
 
     def _check(self, channel: int, plane: int, time_point: int) -> tuple[int, int, int]:
         return (
-            check_index("channel", channel, self._channel_count, names=self._names),
+            check_index("channel", channel, self.channel_count, names=self._names),
             check_index("plane", plane, self.plane_count),
             check_index("time_point", time_point, self.time_point_count, noun="time points"),
         )
@@ -244,12 +243,11 @@ class RegionImageSet:
                 "RegionImageSet(..., add_channel=callable(name, dtype) -> index)"
             )
         index = self._add(name, np.dtype(dtype))
-        if index != self._channel_count:
+        if index != self.channel_count:
             raise ValueError(
                 f"add_channel returned index {index!r}, but a new channel must come last, "
-                f"at index {self._channel_count}"
+                f"at index {self.channel_count}"
             )
-        self._channel_count += 1
         self._names.append(str(name))
         log.debug("added channel %d %r (%s) to the region host", index, name, np.dtype(dtype))
         return index
@@ -260,10 +258,9 @@ class RegionImageSet:
                 f"channel {index!r} is one of the host's own channels (0..{self._input_count - 1}); "
                 "only channels made with add_channel can be removed"
             )
-        if index != self._channel_count - 1:
+        if index != self.channel_count - 1:
             raise ValueError(
-                f"channel {index!r} cannot be removed: only the last channel ({self._channel_count - 1}) can"
+                f"channel {index!r} cannot be removed: only the last channel ({self.channel_count - 1}) can"
             )
         self._remove(index)
-        self._channel_count -= 1
         self._names.pop()
