@@ -6,6 +6,7 @@ import logging
 import platform
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -38,8 +39,6 @@ def _versions() -> str:
 
 
 def _python() -> str:
-    if sys.version_info < (3, 9):
-        raise RuntimeError(f"Python {platform.python_version()} is too old; stardist-host needs 3.9 or newer")
     return f"{platform.python_version()} at {sys.executable}"
 
 
@@ -82,21 +81,18 @@ def _bundled_models() -> str:
     return ", ".join(loaded)
 
 
-def _sample_run(ndim: int, use_gpu: bool) -> Callable[[], str]:
-    def check() -> str:
-        from .io.imagesets import TiffImageSet
-        from .runs.local import run
-        from .segmentation.settings import Settings
+def _sample_run(ndim: int, use_gpu: bool) -> str:
+    from .io.imagesets import TiffImageSet
+    from .runs.local import run
+    from .segmentation.settings import Settings
 
-        sample = samples_dir() / (SAMPLE_2D if ndim == 2 else SAMPLE_3D)
-        settings = Settings(ndim=ndim, model_name=f"{ndim}D_demo", current_time_point=True, use_gpu=use_gpu)
-        with TiffImageSet(sample) as imageset:  # nothing is saved: the doctor writes no file
-            result = run(settings, imageset)
-        if result.total == 0:
-            raise RuntimeError(f"{ndim}D_demo found no nuclei in {sample.name}")
-        return f"{ndim}D_demo on {sample.name}: {result.summary()}"
-
-    return check
+    sample = samples_dir() / (SAMPLE_2D if ndim == 2 else SAMPLE_3D)
+    settings = Settings(ndim=ndim, model_name=f"{ndim}D_demo", current_time_point=True, use_gpu=use_gpu)
+    with TiffImageSet(sample) as imageset:  # nothing is saved: the doctor writes no file
+        result = run(settings, imageset)
+    if result.total == 0:
+        raise RuntimeError(f"{ndim}D_demo found no nuclei in {sample.name}")
+    return f"{ndim}D_demo on {sample.name}: {result.summary()}"
 
 
 def _precision() -> str:
@@ -121,8 +117,8 @@ def run_checks(*, use_gpu: bool = True) -> bool:
         ("precision", _precision),
         ("GPUs", _gpus),
         ("bundled models", _bundled_models),
-        ("2D sample", _sample_run(2, use_gpu)),
-        ("3D sample", _sample_run(3, use_gpu)),
+        ("2D sample", partial(_sample_run, 2, use_gpu)),
+        ("3D sample", partial(_sample_run, 3, use_gpu)),
     ]
     ok = True
     for name, check in checks:
