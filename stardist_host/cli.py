@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .console import (add_input_options, add_scale_options, setup_logging, stdout_to_log, tqdm_progress,
+from .console import (add_analysis_arguments, add_segment_arguments, setup_logging, stdout_to_log, tqdm_progress,
                       user_errors)
 from .errors import Option, PairError, SettingsError
 
@@ -43,15 +43,8 @@ def _add_segment(sub) -> None:
         "the input store (no OUTPUT) or in a separate store. The input is never modified. Each option is the "
         "setting of the same name in the scripts' USER SETTINGS block, with the same default.",
     )
-    p.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr image (.zarr)")
-    p.add_argument("output", nargs="?", default=None,
-                   help="output OME-TIFF (written only once complete); for OME-Zarr input a separate labels store "
-                        "(.zarr), default: labels/ in the input store")
     p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2: each plane alone; 3: each Z range as a volume (default 2)")
-    p.add_argument("--time-point", type=int, default=0, metavar="T",
-                   help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
-    add_input_options(p)
-    add_scale_options(p)
+    add_segment_arguments(p)
     # --dim is known only once parsed: take the 3D choices of EXPORT_OBJECTS (a superset); Settings checks them
     exports = schema(3).by_name["EXPORT_OBJECTS"]
     overrides = {**SEGMENT_DIM_DEFAULTS, "EXPORT_OBJECTS": {"type": exports.parse, "help": exports.cli_help()
@@ -212,9 +205,7 @@ def _add_jobs(sub) -> None:
     for name, job in JOBS.items():
         p = sub.add_parser(name, help=job.help, description=f"{job.help}. {job.description} Each option is the "
                            f"setting of the same name in scripts/{job.script}, with the same default.")
-        p.add_argument("input", help="input TIFF, e.g. the output of stardist-host segment; never modified")
-        p.add_argument("output_folder", help="folder for the results")
-        add_input_options(p)
+        add_analysis_arguments(p)
         job.schema.add_arguments(p)
         p.set_defaults(func=_job, job=name)
 

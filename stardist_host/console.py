@@ -10,8 +10,8 @@ One place decides what a user sees on a terminal:
   and only on a terminal;
 - :func:`user_errors`: a user error is one log line and status 2, a cancel or
   Ctrl-C the line "cancelled" and status 130;
-- :func:`add_input_options`, :func:`add_scale_options`: the input options that
-  the ``stardist-host`` command and the scripts share.
+- :func:`add_segment_arguments`, :func:`add_analysis_arguments`: the arguments
+  that the ``stardist-host`` commands and the scripts share.
 
 It imports nothing heavy, so any entry point can use it before TensorFlow loads.
 """
@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
 
 __all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress",
-           "add_input_options", "add_scale_options"]
+           "add_input_options", "add_segment_arguments", "add_analysis_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,18 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                              "different sizes (default: all of the same size, as one image)")
 
 
-def add_scale_options(parser: argparse.ArgumentParser) -> None:
-    """The options of large inputs: ``--level`` (OME-Zarr), ``--workers``, ``--scheduler`` (Dask), ``--resume``."""
+def add_segment_arguments(parser: argparse.ArgumentParser, *time_point_aliases: str) -> None:
+    """A segmentation of a file: its input and output, ``--time-point`` (and ``time_point_aliases``), the input
+    options and those of large inputs: ``--level`` (OME-Zarr), ``--workers``, ``--scheduler`` (Dask), ``--resume``."""
+    parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr "
+                        "image (.zarr); never modified")
+    parser.add_argument("output", nargs="?", default=None,
+                        help="output OME-TIFF (written only once complete): the input channels plus the label "
+                             "channel; for OME-Zarr input a separate labels store (.zarr), default: labels/ in the "
+                             "input store")
+    parser.add_argument("--time-point", *time_point_aliases, type=int, default=0, dest="time_point", metavar="T",
+                        help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
+    add_input_options(parser)
     parser.add_argument("--level", type=int, default=0, metavar="N",
                         help="OME-Zarr input: the resolution level to segment, 0 for the highest (default 0)")
     group = parser.add_mutually_exclusive_group()
@@ -65,6 +75,13 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run with the same settings, redoing only the planes "
                              "(volumes) it did not finish")
+
+
+def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
+    """An analysis of a file: its input, the folder for the results, the input options."""
+    parser.add_argument("input", help="input TIFF, e.g. the output of a segmentation; never modified")
+    parser.add_argument("output_folder", help="folder for the results (tables, pictures, the image with new channels)")
+    add_input_options(parser)
 
 
 def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:

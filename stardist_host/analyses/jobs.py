@@ -399,7 +399,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     """
     import argparse
 
-    from ..console import add_input_options, setup_logging, user_errors
+    from ..console import add_analysis_arguments, setup_logging, user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     values, errors = JOBS[job].schema.from_namespace(namespace)
@@ -411,9 +411,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
         return run_job(job, active_imageset(), values.pop("output_folder"), "stardist_host", values)
 
     parser = argparse.ArgumentParser(description=f"The {job} analysis on a TIFF file with this script's settings.")
-    parser.add_argument("input", help="input TIFF, e.g. the output of scripts/stardist_2d.py; never modified")
-    parser.add_argument("output_folder", help="folder for the tables (and the image with new channels)")
-    add_input_options(parser)
+    add_analysis_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     opts = parser.parse_args(args)
     setup_logging(quiet=opts.quiet)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..console import add_input_options, add_scale_options, setup_logging, user_errors
+from ..console import add_segment_arguments, setup_logging, user_errors
 from ..errors import NoImageSetError
 from ..host import active_imageset
 from ..segmentation.segment import SegmentResult
@@ -56,15 +56,7 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
         prog=Path(sys.argv[0]).name or f"stardist_{ndim}d.py",
         description=f"StarDist {ndim}D on a TIFF file with the settings at the top of this script.",
     )
-    parser.add_argument("input", help="input TIFF (ImageJ hyperstack, OME-TIFF or multi-page TIFF) or OME-Zarr "
-                        "image (.zarr); never modified")
-    parser.add_argument("output", nargs="?", default=None,
-                        help="output OME-TIFF: the input channels plus the label channel; for OME-Zarr input a "
-                             "separate labels store (.zarr), default: labels/ in the input store")
-    add_input_options(parser)
-    add_scale_options(parser)
-    parser.add_argument("--time-point", "--current-time-point", type=int, default=0, dest="time_point",
-                        help="the time point CURRENT_TIME_POINT=True segments, 0 for the first (default 0)")
+    add_segment_arguments(parser, "--current-time-point")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     opts = parser.parse_args(args)
     setup_logging(quiet=opts.quiet)
