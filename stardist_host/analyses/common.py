@@ -115,9 +115,9 @@ def write_stack(imageset: ImageSet, channel: int, t: int, stack: NDArray) -> Non
         imageset.set_channeldata(channel, z, t, stack[z])
 
 
-def units(imageset: ImageSet, ndim: int) -> Iterable[tuple[int, int | None, NDArray]]:
-    """Yield (t, plane or None, reader) per plane (2D) or time point (3D), reading lazily."""
-    for t in range(imageset.time_point_count):
+def units(imageset: ImageSet, ndim: int, current_only: bool = False) -> Iterable[tuple[int, int | None, NDArray]]:
+    """Yield (t, plane or None, reader) per plane (2D) or time point (3D) of :func:`time_points`, reading lazily."""
+    for t in time_points(imageset, current_only):
         if ndim == 3:
             yield t, None, lambda ch, t=t: read_stack(imageset, ch, t)
         else:

@@ -37,24 +37,24 @@ log = logging.getLogger(__name__)
 
 # ----- the jobs ---------------------------------------------------------------------------------------------------
 
-def measure_job(imageset: ImageSet, out: Path, *, label_channel: int, intensity_channels: Sequence[int],
+def measure_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, intensity_channels: Sequence[int],
                 cell_channel: int | None, voxel_size, ndim: int | None, current_time_point: bool) -> list[Path]:
     """Per-nucleus measurements -> <stem>_measurements.csv."""
     from .measure import measure
 
     table = measure(imageset, label_channel, intensity_channels=intensity_channels, cell_channel=cell_channel,
                     voxel_size=voxel_size, ndim=ndim, current_time_point=current_time_point)
-    return [write_csv(table, f"{out}_measurements.csv")]
+    return [write_csv(table, paths[0])]
 
 
-def track_job(imageset: ImageSet, out: Path, *, label_channel: int, max_distance_um: float, max_gap: int,
+def track_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, max_distance_um: float, max_gap: int,
               divisions: bool, voxel_size, ndim: int | None, track_channel_name: str | None) -> list[Path]:
     """Tracks -> <stem>_tracks.csv and <stem>_track_properties.csv (and a track-id channel)."""
     from .tracking import track
 
     result = track(imageset, label_channel, max_distance_um=max_distance_um, max_gap=max_gap, divisions=divisions,
                    voxel_size=voxel_size, ndim=ndim, output_name=track_channel_name)
-    return [write_csv(result.tracks, f"{out}_tracks.csv"), write_csv(result.properties, f"{out}_track_properties.csv")]
+    return [write_csv(result.tracks, paths[0]), write_csv(result.properties, paths[1])]
 
 
 def _read_atlas_file(path: str, axes: str | None) -> tuple[np.ndarray, Any]:
@@ -68,9 +68,9 @@ def _read_atlas_file(path: str, axes: str | None) -> tuple[np.ndarray, Any]:
         reader.close()
 
 
-def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channel: int | None, atlas_file: str | None,
-              atlas_axes: str | None, atlas_voxel_size, region_names: str | None, voxel_size, ndim: int | None,
-              current_time_point: bool) -> list[Path]:
+def atlas_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, atlas_channel: int | None,
+              atlas_file: str | None, atlas_axes: str | None, atlas_voxel_size, region_names: str | None, voxel_size,
+              ndim: int | None, current_time_point: bool) -> list[Path]:
     """Counts and densities per atlas region -> <stem>_regions.csv."""
     from .atlas import atlas_counts, read_region_names
 
@@ -86,12 +86,12 @@ def atlas_job(imageset: ImageSet, out: Path, *, label_channel: int, atlas_channe
     names = read_region_names(region_names) if region_names else None
     table = atlas_counts(imageset, label_channel, atlas, region_names=names, voxel_size=voxel_size,
                          atlas_voxel_size=atlas_voxel_size, ndim=ndim, current_time_point=current_time_point)
-    return [write_csv(table, f"{out}_regions.csv")]
+    return [write_csv(table, paths[0])]
 
 
-def cells_job(imageset: ImageSet, out: Path, *, label_channel: int, membrane_channel: int, max_distance_um: float,
-              threshold: float | None, smooth_um: float, voxel_size, ndim: int | None, current_time_point: bool,
-              output_ch_name: str, intensity_channels: Sequence[int]) -> list[Path]:
+def cells_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, membrane_channel: int,
+              max_distance_um: float, threshold: float | None, smooth_um: float, voxel_size, ndim: int | None,
+              current_time_point: bool, output_ch_name: str, intensity_channels: Sequence[int]) -> list[Path]:
     """Cells grown from the nuclei (a new channel) -> <stem>_cells.csv with nucleus and cell measurements."""
     from .cells import grow_cells
     from .measure import measure
@@ -101,16 +101,15 @@ def cells_job(imageset: ImageSet, out: Path, *, label_channel: int, membrane_cha
                          current_time_point=current_time_point, output_name=output_ch_name)
     table = measure(imageset, label_channel, intensity_channels=intensity_channels, cell_channel=channel,
                     voxel_size=voxel_size, ndim=ndim, current_time_point=current_time_point)
-    return [write_csv(table, f"{out}_cells.csv")]
+    return [write_csv(table, paths[0])]
 
 
-def overlay_job(imageset: ImageSet, out: Path, *, image_channel: int, label_channel: int, time_point: int,
+def overlay_job(imageset: ImageSet, paths: list[Path], *, image_channel: int, label_channel: int, time_point: int,
                 plane: int, cell_channel: int | None, track_channel: int | None) -> list[Path]:
     """A QC picture -> <stem>_overlay_t<T>_z<Z>.png."""
     from .overlay import overlay
 
-    path = Path(f"{out}_overlay_t{time_point}_z{plane}.png")
-    return [overlay(imageset, path, image_channel=image_channel, label_channel=label_channel, time_point=time_point,
+    return [overlay(imageset, paths[0], image_channel=image_channel, label_channel=label_channel, time_point=time_point,
                     plane=plane, cell_channel=cell_channel, track_channel=track_channel)]
 
 
@@ -215,7 +214,7 @@ def _schemas() -> dict[str, Schema]:
 
 @dataclass(frozen=True)
 class Job:
-    """One analysis: its settings, its function and the files it writes."""
+    """One analysis: its settings, its function (given the paths of :attr:`tables`) and the files it writes."""
 
     name: str
     script: str
@@ -225,7 +224,7 @@ class Job:
     #: The files it writes for an output prefix and settings (tables and pictures).
     tables: Callable[[Path, Mapping[str, Any]], list[Path]]
     #: Whether it adds a channel to the image set, for settings.
-    adds_channel: Callable[[Mapping[str, Any]], bool]
+    adds_channel: Callable[[Mapping[str, Any]], bool] = lambda settings: False
 
     @property
     def description(self) -> str:
@@ -235,18 +234,17 @@ class Job:
 _SCHEMAS = _schemas()
 JOBS: dict[str, Job] = {
     "measure": Job("measure", "measure.py", "per-nucleus measurements (position, size, intensities) to CSV",
-                   _SCHEMAS["measure"], measure_job, lambda out, s: [Path(f"{out}_measurements.csv")],
-                   lambda s: False),
+                   _SCHEMAS["measure"], measure_job, lambda out, s: [Path(f"{out}_measurements.csv")]),
     "track": Job("track", "track.py", "link nuclei over time into tracks (CSV, track-id channel)", _SCHEMAS["track"],
                  track_job, lambda out, s: [Path(f"{out}_tracks.csv"), Path(f"{out}_track_properties.csv")],
                  lambda s: s["track_channel_name"] is not None),
     "atlas": Job("atlas", "atlas.py", "count nuclei and densities per atlas region (CSV)", _SCHEMAS["atlas"],
-                 atlas_job, lambda out, s: [Path(f"{out}_regions.csv")], lambda s: False),
+                 atlas_job, lambda out, s: [Path(f"{out}_regions.csv")]),
     "cells": Job("cells", "cell_volumes.py", "grow cells from the nuclei over a membrane channel (new channel, CSV)",
                  _SCHEMAS["cells"], cells_job, lambda out, s: [Path(f"{out}_cells.csv")], lambda s: True),
     "overlay": Job("overlay", "overlay.py", "a QC picture of one plane with the outlines drawn over it (PNG)",
                    _SCHEMAS["overlay"], overlay_job,
-                   lambda out, s: [Path(f"{out}_overlay_t{s['time_point']}_z{s['plane']}.png")], lambda s: False),
+                   lambda out, s: [Path(f"{out}_overlay_t{s['time_point']}_z{s['plane']}.png")]),
 }
 
 #: Settings of every job that are about where results go, not passed to the job's function.
@@ -310,7 +308,8 @@ def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any], *, 
     total = 1 if single else imageset.time_point_count
     before = imageset.channel_count
     try:
-        written = JOBS[job].function(_Watched(imageset, total, progress=progress, cancel=cancel), out, **kwargs)
+        watched = _Watched(imageset, total, progress=progress, cancel=cancel)
+        written = JOBS[job].function(watched, JOBS[job].tables(out, values), **kwargs)
     except BaseException:
         _remove_added(imageset, before)
         raise
@@ -370,10 +369,8 @@ def run_job_on_file(job: str, input: str | os.PathLike, output_folder: str | os.
     """
     from ..io.opening import open_imageset
 
-    values = _validated(job, {k: v for k, v in settings.items() if k != "output_folder"})
+    values = _validated(job, {**settings, "output_folder": str(output_folder)})
     folder = Path(output_folder)
-    if not folder.is_dir():
-        raise SettingsError("OUTPUT_FOLDER", str(folder), "this folder does not exist")
     stem = file_stem(input)
     outputs = JOBS[job].tables(folder / stem, values)
     image = folder / f"{stem}_{job}.ome.tif"

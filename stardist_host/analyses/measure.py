@@ -215,11 +215,8 @@ def measure(
     ndim = objects_ndim(imageset, ndim)
     voxel = resolve_voxel_size(imageset, voxel_size, need_z=ndim == 3)
     keys = _channel_keys(imageset, channels)
-    wanted = {imageset.current_time_point} if current_time_point else None
     tables = []
-    for t, plane, read in units(imageset, ndim):
-        if wanted is not None and t not in wanted:
-            continue
+    for t, plane, read in units(imageset, ndim, current_time_point):
         labels = check_labels(read(label_channel), channel_label(imageset, label_channel, "LABEL_CHANNEL"))
         if not labels.any():
             continue
