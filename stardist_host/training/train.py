@@ -259,18 +259,15 @@ def fit_patch(
     axes = _AXES[train_pairs.ndim]
     patch, limits = [], []
     for a, (d, cap) in enumerate(zip(divisor, largest)):
-        t_size, t_src = min((im.shape[a], s) for im, s in zip(train_pairs.images, train_pairs.sources))
-        v_size, v_src = min((im.shape[a], s) for im, s in zip(val_pairs.images, val_pairs.sources))
-        if t_size < d:
-            raise TrainError(
-                f"training sample {t_src} has {t_size} pixels along {axes[a]}, but the network needs patches of at "
-                f"least {d} there (a multiple of 2^depth x grid); give larger images, or a smaller --grid"
-            )
-        if v_size < d:
-            raise TrainError(
-                f"validation sample {v_src} has {v_size} pixels along {axes[a]}, but the network needs patches of at "
-                f"least {d} there (a multiple of 2^depth x grid); {validation.advice(d)}"
-            )
+        smallest = []
+        for what, pairs, fix in (("training", train_pairs, "give larger images, or a smaller --grid"),
+                                 ("validation", val_pairs, validation.advice(d))):
+            size, src = min((im.shape[a], s) for im, s in zip(pairs.images, pairs.sources))
+            if size < d:
+                raise TrainError(f"{what} sample {src} has {size} pixels along {axes[a]}, but the network needs "
+                                 f"patches of at least {d} there (a multiple of 2^depth x grid); {fix}")
+            smallest.append((size, src))
+        (t_size, _), (v_size, v_src) = smallest
         patch.append(min(cap, t_size, v_size) // d * d)
         if v_size < min(cap, t_size) and v_size // d < min(cap, t_size) // d:
             limits.append(f"{axes[a]} is limited by validation sample {v_src} ({v_size} pixels)")
@@ -478,11 +475,11 @@ def _validation_split(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pa
         if val_pairs.ndim != train_pairs.ndim:
             raise TrainError(f"the validation data are {val_pairs.ndim}D but the training data {train_pairs.ndim}D")
         return train_pairs, val_pairs, _Validation("files")
-    if len(train_pairs.images) >= 2:
-        return (*split_validation(train_pairs, settings.val_fraction, settings.seed), _Validation("samples"))
-    shape = train_pairs.images[0].shape
-    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
-    validation = _Validation("part", settings.val_fraction, shape[axis], _AXES[train_pairs.ndim][axis])
+    validation = _Validation("samples")
+    if len(train_pairs.images) == 1:  # split_validation takes a part of the sample along its longest axis
+        shape = train_pairs.images[0].shape
+        axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+        validation = _Validation("part", settings.val_fraction, shape[axis], _AXES[train_pairs.ndim][axis])
     return (*split_validation(train_pairs, settings.val_fraction, settings.seed), validation)
 
 
