@@ -34,7 +34,6 @@ __all__ = [
     "check_index",
     "require",
     "Option",
-    "in_command_line_words",
     "EXIT_USER_ERROR",
     "EXIT_CANCELLED",
 ]
@@ -65,9 +64,36 @@ class StardistHostError(Exception):
         ``--cpu``, ``set MODEL2D_PATH to`` ``give --model-path``; a name alone is
         left as it is (a message may name the script setting on purpose).
         """
+        import ast
+        import re
+        import shlex
+
         if self.command_line:
             return self.command_line
-        return in_command_line_words(str(self), options) if options else str(self)
+        if not options:
+            return str(self)
+
+        def option(name: str, value: Any) -> str:
+            flag, sets = options[name]
+            if sets is not None:
+                return flag if value == sets else f"without {flag}"
+            if value is None:
+                return f"{flag} none"
+            if isinstance(value, (list, tuple)):
+                return f"{flag} {','.join(map(str, value)) or chr(34) * 2}"
+            return f"{flag} {shlex.quote(str(value))}"
+
+        def assignment(match: re.Match) -> str:
+            text = match["value"]
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):  # a pattern such as (z, y, x): the option takes it comma-separated
+                value = re.sub(r"\s+", "", text[1:-1]).split(",") if text[:1] in "([" and text[-1:] in ")]" else text
+            return option(match["name"], value)
+
+        names = "|".join(re.escape(n) for n in sorted(options, key=len, reverse=True))
+        message = re.sub(rf"\b(?P<name>{names})=(?P<value>{_LITERAL})", assignment, str(self))
+        return re.sub(rf"\bset (?P<name>{names}) to\b", lambda m: f"give {options[m['name']].flag}", message)
 
 
 class Option(NamedTuple):
@@ -79,36 +105,6 @@ class Option(NamedTuple):
 
 
 _LITERAL = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\([^()]*\)|\[[^\[\]]*\]|[-+\w.]+"""
-
-
-def in_command_line_words(message: str, options: Mapping[str, Option]) -> str:
-    """``message`` with the script settings named in ``options`` written as their command-line options."""
-    import ast
-    import re
-    import shlex
-
-    def option(name: str, value: Any) -> str:
-        flag, sets = options[name]
-        if sets is not None:
-            return flag if value == sets else f"without {flag}"
-        if value is None:
-            return f"{flag} none"
-        if isinstance(value, (list, tuple)):
-            return f"{flag} {','.join(map(str, value)) or chr(34) * 2}"
-        return f"{flag} {shlex.quote(str(value))}"
-
-    def assignment(match: re.Match) -> str:
-        text = match["value"]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):  # a pattern such as (z, y, x): the option takes it comma-separated
-            value = re.sub(r"\s+", "", text[1:-1]).split(",") if text[:1] in "([" and text[-1:] in ")]" else text
-        return option(match["name"], value)
-
-    names = "|".join(re.escape(n) for n in sorted(options, key=len, reverse=True))
-    message = re.sub(rf"\b(?P<name>{names})=(?P<value>{_LITERAL})", assignment, message)
-    message = re.sub(rf"\bset (?P<name>{names}) to\b", lambda m: f"give {options[m['name']].flag}", message)
-    return message
 
 
 class SettingsError(StardistHostError, ValueError):
