@@ -21,6 +21,9 @@ PROB_THRESH = None  # None: the model's own threshold
 NMS_THRESH = None  # None: the model's own threshold
 PERCENTILE_LOW = 1.0  # normalisation percentiles
 PERCENTILE_HIGH = 99.8
+NORMALIZE = "unit"  # percentiles of: "unit" each plane (volume), "time series" all together; or "fixed", "none"
+NORMALIZE_MIN = None  # with NORMALIZE = "fixed": the intensity mapped to 0, e.g. 100
+NORMALIZE_MAX = None  # with NORMALIZE = "fixed": the intensity mapped to 1, e.g. 4000
 N_TILES = None  # None: automatic; e.g. (1, 2, 2) for large volumes
 SCALE = "auto"  # "auto": image pixel size over the model's; "estimate": measure the nuclei; or e.g. 0.5, or [1.0, 0.5, 0.5] per axis
 MODEL_PIXEL_SIZE_UM = None  # µm, e.g. [2.0, 0.5, 0.5]: the model's training pixel size where it records none

@@ -181,6 +181,7 @@ def test_a_run_through_a_package_normalises_with_its_percentiles(stardist_04_zip
     from stardist_host.io.imagesets import MemoryImageSet
     from stardist_host.runs.files import segment_file
     from stardist_host.runs.local import run
+    from stardist_host.segmentation.normalisation import Normalisation
     from stardist_host.segmentation.plan import make_plan
     from stardist_host.segmentation.segment import segment
     from stardist_host.segmentation.settings import Settings
@@ -193,7 +194,7 @@ def test_a_run_through_a_package_normalises_with_its_percentiles(stardist_04_zip
     # the oracle: the engine given the package's percentiles by hand
     oracle = MemoryImageSet(image[None, None, None])
     expected = segment(oracle, load_model(str(stardist_04_zip), ndim=2), make_plan(settings, oracle),
-                       output_name="labels", percentiles=(3.0, 99.5))
+                       output_name="labels", normalisation=Normalisation(percentiles=(3.0, 99.5)))
     np.testing.assert_array_equal(ims.channel(result.channel), oracle.channel(expected.channel))
     tifffile.imwrite(tmp_path / "in.tif", image)
     caplog.clear()

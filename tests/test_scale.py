@@ -292,13 +292,13 @@ def test_estimate_finds_the_scale_of_the_2x_scene_without_any_pixel_size(tmp_pat
 
 
 def test_estimate_on_small_nuclei_scales_up(scenes, model_2d, caplog):
-    from stardist_host.segmentation.engine import unit_reader
+    from stardist_host.segmentation.engine import Normalisation, unit_reader
     from stardist_host.segmentation.plan import make_plan
 
     image, truth = synthetic.nuclei((96, 96), 30, radius=(5.0, 7.0), seed=SEED)  # half the model's density
     ims = MemoryImageSet(image[None, None, None])
     plan = make_plan(Settings(ndim=2), ims)
-    read = unit_reader(ims, 0, 2, (1.0, 99.8))
+    read = unit_reader(ims, 0, 2, Normalisation())
     factors = run_scale(model_2d, None, scale="estimate", read=read, units=list(plan.units), unit_shape=(96, 96))
     assert factors is not None and factors[0] == pytest.approx(2.0, abs=0.35)
 
@@ -326,14 +326,14 @@ def test_estimate_on_the_3d_sample_at_the_models_own_density_keeps_scale_1(model
     """Nuclei merged at too small a factor measure too small to fit: the estimate stays at the model's density."""
     from stardist.data import test_image_nuclei_3d
 
-    from stardist_host.segmentation.engine import unit_reader
+    from stardist_host.segmentation.engine import Normalisation, unit_reader
     from stardist_host.segmentation.plan import make_plan
 
     caplog.set_level(logging.INFO, logger="stardist_host")
     volume = test_image_nuclei_3d()[8:24, :64, :64]  # what 3D_demo trained on (columns 0-35) and beside it
     ims = MemoryImageSet(volume[None, None])
     plan = make_plan(Settings(ndim=3), ims)
-    read = unit_reader(ims, 0, 3, (1.0, 99.8))
+    read = unit_reader(ims, 0, 3, Normalisation())
     assert run_scale(model_3d, None, scale="estimate", read=read, units=list(plan.units),
                      unit_shape=volume.shape) is None
     assert 'SCALE="estimate": within 20% of 1: not resampled' in caplog.text

@@ -16,7 +16,7 @@ from stardist_host.segmentation.pipeline import auto_n_tiles
 from stardist_host.segmentation.plan import make_plan
 from stardist_host.errors import Cancelled
 from stardist_host.runs.local import run
-from stardist_host.segmentation.engine import label_dtype_for, normalise
+from stardist_host.segmentation.engine import Normalisation, label_dtype_for, normalise
 from stardist_host.segmentation.segment import LabelOverflowError, percent_progress, segment
 
 
@@ -256,7 +256,7 @@ def test_nan_pixels_normalised_over_finite_ones_and_set_to_zero(caplog):
     image[3, 4] = np.nan
     image[7, 1] = np.inf
     with caplog.at_level("WARNING"):
-        got = normalise(image, (0.0, 100.0), unit=Unit(2, 5, 5))
+        got = normalise(image, Normalisation(percentiles=(0.0, 100.0)), unit=Unit(2, 5, 5))
     assert "time point 2, plane 5: 2 NaN or Inf pixel(s), the first at (3, 4) (y, x)" in caplog.text
     assert got[3, 4] == 0 and got[7, 1] == 0 and np.isfinite(got).all()
     assert got[0, 0] == 0 and got[9, 9] == pytest.approx(1)  # min and max of the finite pixels
@@ -273,7 +273,7 @@ def test_normalise_equals_csbdeeps_normalize_bit_for_bit(dtype, shape, seed, low
     image = (rng.random(shape) * top).astype(dtype)
     image.flat[0] = 0  # a spread that is signal for every type
     before = image.copy()
-    got = normalise(image, (low, high))
+    got = normalise(image, Normalisation(percentiles=(low, high)))
     assert got.dtype == np.float32 and got.tobytes() == normalize(image, low, high, axis=None).tobytes()
     assert np.array_equal(image, before)  # the scratch copy, not the image, was partitioned
 
@@ -288,8 +288,8 @@ def test_no_signal_planes_give_no_nuclei_without_the_model(caplog):
     assert [u.count for u in result.units] == [3, 0, 0]
     assert len(model.calls) == 1 and "plane 1: no signal (min 500, max 500)" in caplog.text
     data[0, 0, 2, 0, 0] = 507  # a spread of 7 counts is signal
-    assert normalise(data[0, 0, 2], (1, 99.8)) is not None
-    assert normalise(np.full((4, 4), 0.25, np.float32), (1, 99.8)) is None  # float: constant only
+    assert normalise(data[0, 0, 2], Normalisation()) is not None
+    assert normalise(np.full((4, 4), 0.25, np.float32), Normalisation()) is None  # float: constant only
 
 
 def test_percent_progress_reports_each_percent_once():

@@ -41,11 +41,11 @@ from ..errors import OutputError, SettingsError, StardistHostError, UnitFailedEr
 from ..host import Progress
 from ..io.opening import is_omezarr
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
-from ..segmentation.engine import (first_labels, label_dtype_for, label_units, predictor, run_scale,
-                                   unit_planes, unit_reader, unit_shape, where)
+from ..segmentation.engine import (Normalisation, first_labels, label_dtype_for, label_units, predictor,
+                                   resolve_normalisation, run_scale, unit_planes, unit_reader, unit_shape, where)
 from ..segmentation.nms_workers import available_cores
 from ..segmentation.plan import Plan, Unit, make_plan
-from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, percentiles_for
+from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, normalisation_for
 from ..segmentation.settings import Settings
 from .journal import JOURNAL, Journal, check_no_journal, fingerprint, key
 
@@ -111,7 +111,7 @@ class Task:
     channel: int
     dtype: str
     scale: tuple[float, ...] | None
-    percentiles: tuple[float, float]  # PERCENTILE_LOW / _HIGH, or a bioimage.io package's own
+    normalisation: Normalisation  # resolved: a time series' intensities computed once, by the client
 
 
 # One entry per kind ("model", "predictor", "source", "target"): a worker keeps the model and its
@@ -226,7 +226,7 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
     s = task.settings
     imageset = _cached("source", task.source, task.source.open)
     planes = _planes(task.target)
-    read_normalised = unit_reader(imageset, task.channel, s.ndim, task.percentiles)
+    read_normalised = unit_reader(imageset, task.channel, s.ndim, task.normalisation)
 
     def read(unit: Unit):
         try:
@@ -539,13 +539,14 @@ def _load(settings: Settings):
 
 
 def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
-    """The task of this run: the percentiles and the scale resolved once, here (a bad scale stops the run now)."""
-    percentiles = percentiles_for(settings)
-    read = unit_reader(imageset, plan.channel, settings.ndim, percentiles)  # SCALE="estimate" samples
+    """The task of this run: the normalisation and the scale resolved once, here (a bad scale stops the run now)."""
+    normalisation = resolve_normalisation(normalisation_for(settings), imageset, plan.channel, settings.ndim,
+                                          list(plan.units))
+    read = unit_reader(imageset, plan.channel, settings.ndim, normalisation)  # SCALE="estimate" samples
     scale = run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
                       object_diameter_um=settings.object_diameter_um,
                       unit_shape=unit_shape(plan, imageset.plane_shape), read=read, units=list(plan.units))
-    return Task(settings, source, target, plan.channel, str(dtype), scale, percentiles)
+    return Task(settings, source, target, plan.channel, str(dtype), scale, normalisation)
 
 
 def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):

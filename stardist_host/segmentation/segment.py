@@ -20,12 +20,12 @@ import numpy as np
 
 from ..errors import Cancelled, LabelOverflowError
 from ..host import Cancel, ImageSet, Progress
-from .engine import (UnitResult, label_dtype_for, label_units, predictor, run_scale, unit_planes, unit_reader,
-                     unit_shape)
+from .engine import (Normalisation, UnitResult, label_dtype_for, label_units, predictor, resolve_normalisation,
+                     run_scale, unit_planes, unit_reader, unit_shape)
 from .plan import Plan
 from .settings import Settings, schema
 
-__all__ = ["segment", "segment_with_settings", "load_for_settings", "percentiles_for", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
+__all__ = ["segment", "segment_with_settings", "load_for_settings", "normalisation_for", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
            "Cancelled", "percent_progress"]
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def segment(
     output_name: str,
     prob_thresh: float | None = None,
     nms_thresh: float | None = None,
-    percentiles: tuple[float, float] = (1.0, 99.8),
+    normalisation: Normalisation = Normalisation(),
     n_tiles: tuple[int, ...] | None = None,
     unique_labels: bool = False,
     label_dtype: str = "auto",
@@ -170,10 +170,11 @@ def segment(
         Name of the new channel.
     prob_thresh, nms_thresh
         Thresholds; None uses the model's own (thresholds.json).
-    percentiles
-        Low and high percentile of each plane's (volume's) finite intensities
-        that normalisation maps to 0 and 1 (see :func:`normalise`: NaN and Inf
-        pixels become 0; planes without signal give no nuclei and skip the model).
+    normalisation
+        NORMALIZE: each plane's (volume's) own percentiles of its finite
+        intensities, the whole run's, fixed intensities or none (see
+        :mod:`~stardist_host.segmentation.normalisation`: NaN and Inf pixels
+        become 0; planes without signal give no nuclei and skip the model).
     n_tiles
         Tiles per axis; None chooses them from the size.
     unique_labels
@@ -211,7 +212,8 @@ def segment(
     units = plan.units
     plane_shape = tuple(imageset.plane_shape)
     dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
-    read = unit_reader(imageset, plan.channel, plan.ndim, percentiles)
+    normalisation = resolve_normalisation(normalisation, imageset, plan.channel, plan.ndim, units)
+    read = unit_reader(imageset, plan.channel, plan.ndim, normalisation)
     scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
                       object_diameter_um=object_diameter_um, unit_shape=unit_shape(plan, plane_shape), read=read,
                       units=units)
@@ -265,12 +267,14 @@ def load_for_settings(settings: Settings):
                         memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
 
 
-def percentiles_for(settings: Settings) -> tuple[float, float]:
-    """The normalisation percentiles of a run: PERCENTILE_LOW / PERCENTILE_HIGH, or a bioimage.io package's own."""
+def normalisation_for(settings: Settings) -> Normalisation:
+    """A run's NORMALIZE, with PERCENTILE_LOW / PERCENTILE_HIGH or a bioimage.io package's own percentiles."""
     from .models import run_percentiles
 
-    return run_percentiles(settings.model_name, (settings.percentile_low, settings.percentile_high),
-                           ndim=settings.ndim, path=settings.model_path)
+    percentiles = (settings.percentile_low, settings.percentile_high)
+    if settings.normalize in ("unit", "time series"):
+        percentiles = run_percentiles(settings.model_name, percentiles, ndim=settings.ndim, path=settings.model_path)
+    return Normalisation.of(settings.normalize, percentiles, settings.normalize_min, settings.normalize_max)
 
 
 def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
@@ -288,7 +292,7 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         output_name=output_name,
         prob_thresh=settings.prob_thresh,
         nms_thresh=settings.nms_thresh,
-        percentiles=percentiles_for(settings),
+        normalisation=normalisation_for(settings),
         n_tiles=settings.n_tiles,
         unique_labels=settings.unique_labels,
         label_dtype=settings.label_dtype,

@@ -24,11 +24,13 @@ from ..errors import SettingsError
 from ..schema import Schema, markdown_table, raise_all, setting
 from .precision import PRECISIONS
 
-__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "SCALE_CHOICES", "MAX_SCALE",
+__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "NORMALIZE_CHOICES", "SCALE_CHOICES", "MAX_SCALE",
            "schema", "readme_table"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
 SEPARATE_PROCESS_CHOICES = ("auto", True, False)
+#: NORMALIZE's scopes (:mod:`~stardist_host.segmentation.normalisation`).
+NORMALIZE_CHOICES = ("unit", "time series", "fixed", "none")
 
 
 def _folder_exists(value: Any) -> str | None:
@@ -124,6 +126,17 @@ class Settings:
     percentile_high: float = setting(
         "float", 99.8, "intensity percentile mapped to 1 in normalisation", unit="percentile", low=0, high=100,
         allowed=_PERCENTILE, affects_labels=True)
+    normalize: str = setting(
+        "choice", "unit", 'what the percentiles are taken over: "unit" each plane (volume) on its own; "time series" '
+        'all the planes (volumes) of the run together, so that intensities compare across time; "fixed" '
+        'NORMALIZE_MIN and NORMALIZE_MAX instead of percentiles; "none" the raw intensities',
+        choices=NORMALIZE_CHOICES, affects_labels=True)
+    normalize_min: float | None = setting(
+        "float", None, 'with NORMALIZE="fixed": the intensity mapped to 0', none='NORMALIZE is not "fixed"',
+        affects_labels=True)
+    normalize_max: float | None = setting(
+        "float", None, 'with NORMALIZE="fixed": the intensity mapped to 1', none='NORMALIZE is not "fixed"',
+        affects_labels=True)
     # tiles overlap, but the network sees different context at their borders
     n_tiles: tuple[int, ...] | None = setting(
         "ints", None, "tiles per axis for large planes or volumes", none="chosen from the size and the free memory",
@@ -200,6 +213,7 @@ class Settings:
         if not bad & {"PERCENTILE_LOW", "PERCENTILE_HIGH"} and self.percentile_low >= self.percentile_high:
             errors.append(SettingsError(
                 "PERCENTILE_LOW", self.percentile_low, f"must be below PERCENTILE_HIGH={self.percentile_high}"))
+        errors += self._normalize_errors(bad)
         raise_all(errors)
         if self.n_tiles is not None:
             object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
@@ -207,6 +221,24 @@ class Settings:
             if isinstance(getattr(self, attr), list):
                 object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "export_objects", tuple(dict.fromkeys(self.export_objects)))
+
+    def _normalize_errors(self, bad: set[str]) -> list[SettingsError]:
+        """NORMALIZE_MIN and NORMALIZE_MAX: both, in order, with "fixed"; neither without."""
+        if bad & {"NORMALIZE", "NORMALIZE_MIN", "NORMALIZE_MAX"}:
+            return []
+        given = {name: value for name, value in (("NORMALIZE_MIN", self.normalize_min),
+                                                 ("NORMALIZE_MAX", self.normalize_max)) if value is not None}
+        if self.normalize != "fixed":
+            return [SettingsError(name, value, f'is used only with NORMALIZE="fixed" (here NORMALIZE="{self.normalize}")')
+                    for name, value in given.items()]
+        missing = [name for name in ("NORMALIZE_MIN", "NORMALIZE_MAX") if name not in given]
+        if missing:
+            return [SettingsError(name, None, 'must be an intensity with NORMALIZE="fixed", e.g. 100 '
+                                              "(NORMALIZE_MIN) and 4000 (NORMALIZE_MAX)") for name in missing]
+        if self.normalize_min >= self.normalize_max:  # type: ignore[operator]
+            return [SettingsError("NORMALIZE_MIN", self.normalize_min,
+                                  f"must be below NORMALIZE_MAX={self.normalize_max}")]
+        return []
 
     def label_values(self) -> dict[str, Any]:
         """The settings the labels depend on, ready for JSON: ``ndim`` and each setting declared ``affects_labels``.

@@ -86,6 +86,7 @@ def predict_all(
     """
     from ..io.imagesets import MemoryImageSet
     from ..segmentation.plan import Plan
+    from ..segmentation.normalisation import Normalisation
     from ..segmentation.segment import segment
 
     ndim = int(model.config.n_dim)
@@ -101,7 +102,7 @@ def predict_all(
         n = len(members)
         plan = Plan(ndim, 0, (0,), 0, n - 1) if ndim == 2 else Plan(ndim, 0, tuple(range(n)), 0, shape[0] - 1)
         result = segment(imageset, model, plan, output_name="labels", prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                         percentiles=percentiles, scale=scale, model_pixel_size_um=model_pixel_size_um,
+                         normalisation=Normalisation(percentiles=tuple(percentiles)), scale=scale, model_pixel_size_um=model_pixel_size_um,
                          object_diameter_um=object_diameter_um)
         labels = imageset.channel(result.channel)  # (T, Z, Y, X)
         for k, i in enumerate(members):
