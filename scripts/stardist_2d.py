@@ -6,7 +6,7 @@
 # is only used to read/write the voxels
 # ---> imageset.get_channeldata / imageset.set_channeldata
 # -----------------------------------------------------------------------------
-INPUT_CHANNEL = 0  # <---- Count start from 0 (Ch#1 == 0)
+INPUT_CHANNEL = 0  # <---- Count start from 0 (Ch#1 == 0); a list such as [0, 1] for a model with several
 # name of the new channel: this prefix + the input channel's name
 OUTPUT_CH_NAME = "Stardist_"
 # folder that holds your model folders; None = the bundled models
@@ -24,6 +24,7 @@ PERCENTILE_HIGH = 99.8
 NORMALIZE = "unit"  # percentiles of: "unit" each plane (volume), "time series" all together; or "fixed", "none"
 NORMALIZE_MIN = None  # with NORMALIZE = "fixed": the intensity mapped to 0, e.g. 100
 NORMALIZE_MAX = None  # with NORMALIZE = "fixed": the intensity mapped to 1, e.g. 4000
+NORMALIZE_CHANNELS_JOINTLY = None  # several input channels: True together, False each; None: as trained
 N_TILES = None  # None: automatic; e.g. (2, 2) for large planes
 SCALE = "auto"  # "auto": image pixel size over the model's; "estimate": measure the nuclei; or e.g. 0.5, or [0.5, 0.5] per axis
 MODEL_PIXEL_SIZE_UM = None  # µm, e.g. [0.5, 0.5]: the model's training pixel size where it records none

@@ -199,6 +199,18 @@ def _number_or_numbers_allowed(f: Any) -> str:
     return f"{choices}a number{_unit(f)}{_range(f)} or {f.length or 'a list of'} such numbers, one per axis"
 
 
+def _int_or_ints(f: Any, v: Any) -> bool:
+    """A whole number in range, or a non-empty list of them: INPUT_CHANNEL of a model with several input channels."""
+    return _whole(f, v) or (isinstance(v, (list, tuple)) and bool(v) and all(_whole(f, x) for x in v))
+
+
+def _parse_int_or_ints(f: Any, text: str) -> Any:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values:
+        raise ValueError(text)
+    return values[0] if len(values) == 1 else values
+
+
 #: Field types: what a value must be, how the command line gives it and the words for it.
 TYPES: dict[str, Kind] = {
     "int": Kind("a whole number", _whole, lambda f: f"a whole number{_unit(f)}{_range(f)}", lambda f, t: int(t), "3"),
@@ -215,6 +227,9 @@ TYPES: dict[str, Kind] = {
                  _numbers(int), "1,2"),
     "floats": Kind("a list of numbers", _sequence(_real),
                    lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
+    "int_or_ints": Kind("a whole number or a list of them", _int_or_ints,
+                        lambda f: f"a whole number{_range(f)} or a list of them, e.g. [0, 1]", _parse_int_or_ints,
+                        "0 or 0,1"),
     # a choice such as "auto", one number for all axes, or one number per axis
     "number_or_numbers": Kind("a number or a list of numbers", _number_or_numbers, _number_or_numbers_allowed,
                               _parse_number_or_numbers, "0.5 or 1,0.5,0.5"),

@@ -143,7 +143,7 @@ def cached_models(monkeypatch, model_2d, model_3d):
     """Each run loads its model once per process, as a host session would, not once per example."""
     from stardist_host.segmentation import models
 
-    monkeypatch.setattr(models, "load_model", lambda name, *, ndim, path=None: model_2d if ndim == 2 else model_3d)
+    monkeypatch.setattr(models, "load_model", lambda name, *, ndim, path=None, channels=None: model_2d if ndim == 2 else model_3d)
 
 
 @FUZZ

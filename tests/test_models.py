@@ -43,13 +43,19 @@ def test_folder_without_config_or_weights(tmp_path):
         load_model("noweights", ndim=2, path=tmp_path)
 
 
-def test_multichannel_model_is_refused(tmp_path):
+def test_a_model_whose_input_channels_are_not_the_runs_is_refused_before_it_loads(tmp_path, monkeypatch):
     shutil.copytree(models.bundled_models_dir() / "2D_demo", tmp_path / "rgb")
     config = json.loads((tmp_path / "rgb" / "config.json").read_text())
     config["n_channel_in"] = 3
     (tmp_path / "rgb" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="expects 3 input channels"):
-        load_model("rgb", ndim=2, path=tmp_path)
+    monkeypatch.setattr(models, "_model_class", lambda ndim: lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(ModelError) as err:
+        load_model("rgb", ndim=2, path=tmp_path, channels=1)
+    assert str(err.value) == ("MODEL_NAME='rgb' takes 3 input channels, but INPUT_CHANNEL=1 gives 1: give 3 channels "
+                              "in the model's order, e.g. INPUT_CHANNEL=[0, 1, 2]")
+    with pytest.raises(ModelError, match=r"MODEL_NAME='2D_demo' takes 1 input channel, but INPUT_CHANNEL=\[0, 1\] gives "
+                                         "2: give one channel, e.g. INPUT_CHANNEL=0"):
+        load_model("2D_demo", ndim=2, channels=(0, 1))
 
 
 def test_unknown_name_lists_bundled_and_registered():

@@ -124,7 +124,8 @@ def test_every_bad_setting_is_reported_at_once():
         Settings(input_channel=-1, use_gpu="yes", percentile_high=101, first_plane=3, last_plane=1)
     assert [e.setting for e in err.value.errors] == ["INPUT_CHANNEL", "PERCENTILE_HIGH", "USE_GPU", "FIRST_PLANE"]
     assert str(err.value) == (
-        "INPUT_CHANNEL=-1: must be a whole number, 0 for the first channel | "
+        "INPUT_CHANNEL=-1: must be a whole number, 0 for the first channel, or a list such as [0, 1] for a model "
+        "with several input channels | "
         "PERCENTILE_HIGH=101: must be a percentile between 0 and 100 | USE_GPU='yes': must be True or False | "
         "FIRST_PLANE=3: must not be above LAST_PLANE=1")
     assert isinstance(err.value, SettingsError) and isinstance(err.value, ValueError)
@@ -170,7 +171,7 @@ def test_operator_main_validates_and_segments_the_active_imageset(monkeypatch, m
     from stardist_host.segmentation import models, segment
 
     calls = []
-    monkeypatch.setattr(models, "load_model", lambda name, *, ndim, path=None: FakeModel(ndim))
+    monkeypatch.setattr(models, "load_model", lambda name, *, ndim, path=None, channels=None: FakeModel(ndim))
     monkeypatch.setattr(segment, "segment", lambda imageset, model, plan, **kw: calls.append((imageset, model, plan, kw))
                         or "result")
     set_active_imageset(memory_imageset)
@@ -199,6 +200,7 @@ PARSED = [  # one per type the command line gives as text (a bool is a flag)
     ("number_or_numbers", {"choices": ("auto",), "length": 3}, "auto", "auto"),
     ("number_or_numbers", {"choices": ("auto",), "length": 3}, "0.5", 0.5),
     ("number_or_numbers", {"choices": ("auto",), "length": 3}, "1,0.5,0.5", (1.0, 0.5, 0.5)),
+    ("int_or_ints", {}, "2", 2), ("int_or_ints", {}, "0,1", (0, 1)),
 ]
 
 

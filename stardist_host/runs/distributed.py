@@ -108,7 +108,7 @@ class Task:
     settings: Settings
     source: Source
     target: Target
-    channel: int
+    channel: int | tuple[int, ...]  # a tuple: a model's several input channels
     dtype: str
     scale: tuple[float, ...] | None
     normalisation: Normalisation  # resolved: a time series' intensities computed once, by the client
@@ -494,7 +494,7 @@ def segment_distributed(
 def _prepare(settings: Settings, source: Source, imageset, target_of: Callable[[str], Target]):
     """The plan, the label image's name and type, its target and fingerprint."""
     plan = make_plan(settings, imageset)
-    name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
+    name = plan.output_name(settings.output_ch_name, imageset.channel_names)
     dtype = label_dtype_for(settings.label_dtype, plan, tuple(imageset.plane_shape), settings.unique_labels)
     stamp = fingerprint(settings, input=source.path, level=source.level, axes=source.axes, series=source.series,
                          plan=plan, name=name, dtype=dtype)
@@ -540,7 +540,7 @@ def _load(settings: Settings):
 
 def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
     """The task of this run: the normalisation and the scale resolved once, here (a bad scale stops the run now)."""
-    normalisation = resolve_normalisation(normalisation_for(settings), imageset, plan.channel, settings.ndim,
+    normalisation = resolve_normalisation(normalisation_for(settings, model), imageset, plan.channel, settings.ndim,
                                           list(plan.units))
     read = unit_reader(imageset, plan.channel, settings.ndim, normalisation)  # SCALE="estimate" samples
     scale = run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,

@@ -51,7 +51,7 @@ def run(settings: Settings, imageset: ImageSet | None = None, *, progress: Progr
     """
     imageset = check_imageset(imageset) if imageset is not None else active_imageset()
     plan = make_plan(settings, imageset)
-    name = f"{settings.output_ch_name}{imageset.channel_names[plan.channel]}"
+    name = plan.output_name(settings.output_ch_name, imageset.channel_names)
     if separate_process(settings.separate_process, imageset):
         from .child import run_in_child
 

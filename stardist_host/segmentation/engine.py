@@ -25,6 +25,7 @@ from ..host import ImageSet
 from .models import trained_sizes
 from .normalisation import NO_SIGNAL_FRACTION, Normalisation, normalise, series_intensities, where
 from .pipeline import UnitPredictor, auto_n_tiles
+from .stardist_compat import instance_options
 from .plan import Plan, Unit
 
 __all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_normalisation",
@@ -330,32 +331,39 @@ def _checked(factors, unit_shape, setting: str, value) -> tuple[float, ...] | No
 # --------------------------------------------------------------------------- reading
 
 
-def read_unit(imageset: ImageSet, channel: int, unit: Unit, ndim: int) -> NDArray:
-    """A unit's plane (2D) or its planes stacked into a volume (3D), through the host contract."""
+def read_unit(imageset: ImageSet, channel: int | tuple[int, ...], unit: Unit, ndim: int) -> NDArray:
+    """A unit's plane (2D) or its planes stacked into a volume (3D), through the host contract.
+
+    ``channel`` a tuple (a model with several input channels): the channels stacked last, (Y, X, C) or (Z, Y, X, C).
+    """
+    if isinstance(channel, tuple):
+        return np.stack([read_unit(imageset, c, unit, ndim) for c in channel], axis=-1)
     if ndim == 2:
         return np.asarray(imageset.get_channeldata(channel, unit.first, unit.time_point))
     return np.stack([np.asarray(imageset.get_channeldata(channel, z, unit.time_point)) for z in unit.planes])
 
 
-def unit_reader(imageset: ImageSet, channel: int, ndim: int, how: Normalisation) -> Read:
+def unit_reader(imageset: ImageSet, channel: int | tuple[int, ...], ndim: int, how: Normalisation) -> Read:
     """``read(unit)``: the unit from ``channel`` of ``imageset``, normalised (None where it has no signal).
 
     ``how`` must be resolved (:func:`resolve_normalisation`).
     """
 
     def read(unit: Unit) -> NDArray | None:
-        return normalise(read_unit(imageset, channel, unit, ndim), how, unit=unit)
+        return normalise(read_unit(imageset, channel, unit, ndim), how, unit=unit,
+                         channels=isinstance(channel, tuple))
 
     return read
 
 
-def resolve_normalisation(how: Normalisation, imageset: ImageSet, channel: int, ndim: int,
+def resolve_normalisation(how: Normalisation, imageset: ImageSet, channel: int | tuple[int, ...], ndim: int,
                           units: list[Unit]) -> Normalisation:
     """``how`` ready for :func:`unit_reader`: NORMALIZE="time series" reads the run's units once for its intensities.
 
     Done once per run, before its units are shared out (a Dask run's client, then every task).
     """
-    return series_intensities(how, lambda unit: read_unit(imageset, channel, unit, ndim), units)
+    return series_intensities(how, lambda unit: read_unit(imageset, channel, unit, ndim), units,
+                              channels=isinstance(channel, tuple))
 
 
 # --------------------------------------------------------------------------- numbering
@@ -415,7 +423,7 @@ class _Reference:
 
     def __init__(self, model, *, prob_thresh, nms_thresh, n_tiles, scale, cancel) -> None:
         self.model, self.cancel = model, cancel
-        self.options = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, scale=scale, show_tile_progress=False)
+        self.options = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, scale=scale)
         self.n_tiles = n_tiles
 
     def predict(self, units: Iterable[Unit], read: Read) -> Iterator[tuple[Unit, NDArray | None]]:
@@ -426,8 +434,10 @@ class _Reference:
             if x is None:
                 yield unit, None
                 continue
-            tiles = self.n_tiles or auto_n_tiles(x.shape)
-            yield unit, self.model.predict_instances(x, n_tiles=tiles, **self.options)[0]
+            ndim = int(self.model.config.n_dim)
+            tiles = self.n_tiles or auto_n_tiles(x.shape[:ndim])
+            yield unit, self.model.predict_instances(x, **instance_options(self.model, n_tiles=tiles,
+                                                                           **self.options))[0]
 
     def __enter__(self) -> "_Reference":
         return self

@@ -26,7 +26,8 @@ from . import bioimageio
 from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
-           "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes"]
+           "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes", "check_channels",
+           "trained_jointly"]
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,28 @@ def _model_class(ndim: int):
     return StarDist2D if ndim == 2 else StarDist3D
 
 
+def check_channels(name: str, expected: int, channels: int | tuple[int, ...] | None) -> None:
+    """Refuse a model whose input channels (``expected``) are not the run's INPUT_CHANNEL (None: not checked).
+
+    Raises
+    ------
+    ModelError
+        Naming both counts and what to give.
+    """
+    given = (channels,) if isinstance(channels, int) else channels
+    if given is None or len(given) == expected:
+        return
+    value = list(given) if len(given) > 1 else given[0]
+    give = "one channel, e.g. INPUT_CHANNEL=0" if expected == 1 else (
+        f"{expected} channels in the model's order, e.g. INPUT_CHANNEL={list(range(expected))}")
+    raise ModelError(f"MODEL_NAME={name!r} takes {expected} input channel{'s' if expected > 1 else ''}, but "
+                     f"INPUT_CHANNEL={value} gives {len(given)}: give {give}")
+
+
 def _check_folder(folder: Path, ndim: int, path_setting: str, name: str | None = None,
-                  where: Path | None = None) -> dict[str, Any]:
-    """``name``: MODEL_NAME as given (default the folder's name); ``where``: the path messages show."""
+                  where: Path | None = None, channels=None) -> dict[str, Any]:
+    """``name``: MODEL_NAME as given (default the folder's name); ``where``: the path messages show;
+    ``channels``: the run's INPUT_CHANNEL (:func:`check_channels`)."""
     config = read_config(folder)
     name, where = name or folder.name, where or folder
     found = config.get("n_dim")
@@ -85,17 +105,14 @@ def _check_folder(folder: Path, ndim: int, path_setting: str, name: str | None =
             f"MODEL_NAME={name!r} ({where}) is a {found}D model, but this is the {ndim}D run: "
             f"give a {ndim}D model, or use {other} for a {found}D model"
         )
-    if config.get("n_channel_in", 1) != 1:
-        raise ModelError(
-            f"MODEL_NAME={name!r} expects {config['n_channel_in']} input channels; "
-            "stardist-host segments one channel (INPUT_CHANNEL), so the model must have n_channel_in=1"
-        )
+    check_channels(name, config.get("n_channel_in", 1), channels)
     if not any((folder / w).is_file() for w in _WEIGHTS):
         raise ModelError(f"MODEL_NAME={name!r}: {where} has no weights ({' or '.join(_WEIGHTS)})")
     return config
 
 
-def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None):
+def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None,
+               channels: int | tuple[int, ...] | None = None):
     """Load a StarDist model once, checking that it fits the run before TensorFlow builds it.
 
     Parameters
@@ -107,6 +124,8 @@ def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None):
     path
         MODEL2D_PATH / MODEL3D_PATH: the folder holding model folders; None
         looks among the bundled models, then stardist's registered ones.
+    channels
+        INPUT_CHANNEL: the run's channel, or channels; None: not checked.
 
     Returns
     -------
@@ -122,10 +141,12 @@ def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None):
     path_setting = f"MODEL{ndim}D_PATH"
     kind, where = _locate(name, ndim, path)
     if kind == "package":
-        return _load_package(cls, where, name, ndim, path_setting)
+        return _load_package(cls, where, name, ndim, path_setting, channels)
     if kind == "folder":
-        return _load_folder(cls, where, ndim, path_setting)
-    return _load_pretrained(cls, name, ndim)
+        return _load_folder(cls, where, ndim, path_setting, channels)
+    model = _load_pretrained(cls, name, ndim)
+    check_channels(name, int(model.config.n_channel_in), channels)
+    return model
 
 
 def _locate(name: str, ndim: int, path: str | os.PathLike | None) -> tuple[str, Any]:
@@ -165,7 +186,8 @@ def _locate(name: str, ndim: int, path: str | os.PathLike | None) -> tuple[str, 
 
 
 def load_for_run(name: str, *, ndim: int, path: str | os.PathLike | None = None, use_gpu: bool = True,
-                 memory_limit_mb: int | None = None, precision: str = "auto") -> tuple[Any, str, str]:
+                 memory_limit_mb: int | None = None, precision: str = "auto",
+                 channels: int | tuple[int, ...] | None = None) -> tuple[Any, str, str]:
     """Set TensorFlow's device and precision up, then :func:`load_model`: the start of every run that predicts.
 
     Every way of running (in this process, the SEPARATE_PROCESS child, each
@@ -184,11 +206,11 @@ def load_for_run(name: str, *, ndim: int, path: str | os.PathLike | None = None,
 
     device = configure_device(use_gpu, memory_limit_mb=memory_limit_mb)
     dtype = configure_precision(precision)
-    return load_model(name, ndim=ndim, path=path), device, dtype
+    return load_model(name, ndim=ndim, path=path, channels=channels), device, dtype
 
 
-def _load_folder(cls, folder: Path, ndim: int, path_setting: str):
-    _check_folder(folder, ndim, path_setting)
+def _load_folder(cls, folder: Path, ndim: int, path_setting: str, channels=None):
+    _check_folder(folder, ndim, path_setting, channels=channels)
     log.info("loading %dD model %s from %s", ndim, folder.name, folder.parent)
     try:
         with prints_to_log(log):  # stardist prints "Loading network weights from ..." and the thresholds
@@ -197,13 +219,13 @@ def _load_folder(cls, folder: Path, ndim: int, path_setting: str):
         raise ModelError(f"the model in {folder} could not be loaded: {err}") from err
 
 
-def _load_package(cls, package: Path, name: str, ndim: int, path_setting: str):
+def _load_package(cls, package: Path, name: str, ndim: int, path_setting: str, channels=None):
     """Install the package into a scratch folder, load it from there, and remove the folder again."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="stardist-host-package-") as tmp:
         folder = bioimageio.install_package(package, tmp, label=f"MODEL_NAME={name!r}")
-        _check_folder(folder, ndim, path_setting, name=name, where=package)
+        _check_folder(folder, ndim, path_setting, name=name, where=package, channels=channels)
         log.info("loading %dD model %s from the bioimage.io package %s", ndim, folder.name, package)
         try:
             with prints_to_log(log):
@@ -338,6 +360,21 @@ def trained_sizes(model) -> TrainedSizes:
                     logdir, size, ndim)
     good = isinstance(diameter, (int, float)) and not isinstance(diameter, bool) and diameter > 0
     return TrainedSizes(tuple(float(v) for v in size) if ok else None, float(diameter) if good else None)
+
+
+#: Registered pretrained models trained on channels normalised together (stardist's H&E example does so).
+_JOINTLY = {"2D_versatile_he": True}
+
+
+def trained_jointly(model) -> bool:
+    """Whether a loaded model with several input channels was trained on them normalised together.
+
+    Its ``model_card.json``'s ``normalize_channels_jointly`` (``train`` records
+    it), for stardist's registered H&E model True, else False (each on its own).
+    """
+    logdir = getattr(model, "logdir", None)
+    recorded = (_model_card(Path(logdir)) if logdir is not None else {}).get("normalize_channels_jointly")
+    return recorded if isinstance(recorded, bool) else _JOINTLY.get(getattr(model, "name", ""), False)
 
 
 def _model_card(folder: Path) -> dict[str, Any]:

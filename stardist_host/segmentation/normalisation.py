@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -71,24 +71,29 @@ class Normalisation:
     scope: str = "unit"
     percentiles: tuple[float, float] | None = (1.0, 99.8)
     intensities: tuple[float, float] | None = None
+    jointly: bool = False  # several input channels: one mapping for all (True) or one per channel
+    per_channel: tuple[tuple[float, float], ...] | None = None  # "time series" of several channels, not jointly
 
     @classmethod
     def of(cls, scope: str, percentiles: tuple[float, float], low: float | None = None,
-           high: float | None = None) -> "Normalisation":
-        """From the settings: NORMALIZE, the percentiles, NORMALIZE_MIN and NORMALIZE_MAX."""
+           high: float | None = None, *, jointly: bool = False) -> "Normalisation":
+        """From the settings: NORMALIZE, the percentiles, NORMALIZE_MIN, NORMALIZE_MAX, NORMALIZE_CHANNELS_JOINTLY."""
         if scope == "fixed":
-            return cls(scope, None, (float(low), float(high)))  # type: ignore[arg-type]
+            return cls(scope, None, (float(low), float(high)), jointly)  # type: ignore[arg-type]
         if scope == "none":
-            return cls(scope, None, None)
-        return cls(scope, tuple(float(p) for p in percentiles), None)  # type: ignore[arg-type]
+            return cls(scope, None, None, jointly)
+        return cls(scope, tuple(float(p) for p in percentiles), None, jointly)  # type: ignore[arg-type]
 
     @property
     def pending(self) -> bool:
         """A "time series" scope whose intensities are not computed yet."""
-        return self.scope == "time series" and self.intensities is None
+        return self.scope == "time series" and self.intensities is None and self.per_channel is None
 
-    def with_intensities(self, low: float, high: float) -> "Normalisation":
-        return Normalisation(self.scope, self.percentiles, (float(low), float(high)))
+    def channel(self, index: int) -> "Normalisation":
+        """The mapping of one of several input channels normalised each on its own."""
+        if self.per_channel is None:
+            return self
+        return replace(self, intensities=self.per_channel[index], per_channel=None)
 
 
 def _has_signal(image: NDArray) -> bool:
@@ -107,7 +112,9 @@ def sample(image: NDArray, values: int = SAMPLE_VALUES) -> NDArray:
     ``image`` itself (a view) where it has no more than ``values`` values.
     """
     step = max(1, math.isqrt(image.size // max(values, 1)))
-    return image if step == 1 else image[..., ::step, ::step]
+    if step == 1:
+        return image
+    return image[::step * step] if image.ndim == 1 else image[..., ::step, ::step]
 
 
 def unit_percentiles(values: NDArray, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -126,7 +133,8 @@ def _exact(values: NDArray, percentiles: tuple[float, float]) -> tuple[float, fl
             np.percentile(scratch, percentiles[1], overwrite_input=True))
 
 
-def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None) -> NDArray | None:
+def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None, channels: bool = False,
+              ) -> NDArray | None:
     """Normalise a plane (volume) as ``how`` says (float32), or None where it has no signal.
 
     NaN and Inf pixels do not take part: the percentiles are those of the
@@ -144,9 +152,18 @@ def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None) -
         Percentiles of this image, fixed intensities, or neither (unchanged but for the type).
     unit
         Where the image comes from, for the log.
+    channels
+        The last axis holds several input channels: each is normalised on its
+        own (a channel without signal becomes 0; None only where none has
+        any), or all together where ``how.jointly``.
     """
     from csbdeep.utils import normalize_mi_ma
 
+    if channels and not how.jointly:
+        parts = [normalise(image[..., c], how.channel(c), unit=unit) for c in range(image.shape[-1])]
+        if all(part is None for part in parts):
+            return None
+        return np.stack([np.zeros(image.shape[:-1], np.float32) if part is None else part for part in parts], -1)
     if how.pending:
         raise ValueError('NORMALIZE="time series": compute its intensities first (series_intensities)')
     place = where(unit) if unit is not None else "image"
@@ -170,7 +187,8 @@ def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None) -
     if how.intensities is not None:
         low, high = how.intensities
     elif how.percentiles is not None:
-        low, high = unit_percentiles(values, how.percentiles)
+        low, high = unit_percentiles(np.moveaxis(values, -1, 0) if channels and bad is None else values,
+                                     how.percentiles)
     else:
         out = image.astype(np.float32)
         low = high = None
@@ -181,30 +199,40 @@ def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None) -
     return out
 
 
-def series_intensities(how: Normalisation, read: Callable[[Unit], NDArray], units: Iterable[Unit],
-                       ) -> Normalisation:
+def series_intensities(how: Normalisation, read: Callable[[Unit], NDArray], units: Iterable[Unit], *,
+                       channels: bool = False) -> Normalisation:
     """NORMALIZE="time series": the percentiles of all ``units`` together, as fixed intensities.
 
-    Each unit is read once (``read`` gives it as stored) and contributes a
-    regular subsample of its finite values (:func:`sample`), an equal share of
-    :data:`SERIES_VALUES`, so memory holds one unit and the samples.  Where the
-    whole series has no signal, the percentiles are of nothing: each unit is
-    then found empty as it is read again.
+    Each unit is read once (``read`` gives it as stored; ``channels``: with
+    several input channels last) and contributes a regular subsample of its
+    finite values (:func:`sample`), an equal share of :data:`SERIES_VALUES`,
+    so memory holds one unit and the samples.  Several channels get one pair
+    of intensities each, or one for all where ``how.jointly``.  Where the whole
+    series has no signal, the percentiles are of nothing: each unit is then
+    found empty as it is read again.
     """
     if not how.pending:
         return how
     units = list(units)
     share = max(1, SERIES_VALUES // max(len(units), 1))
-    samples = []
+    samples: list[list[NDArray]] = []
     for unit in units:
-        values = sample(np.asarray(read(unit)), share)
-        if values.dtype.kind in "fc":
-            values = values[np.isfinite(values)]
-        samples.append(values.reshape(-1).copy())
-    values = np.concatenate(samples) if samples else np.zeros(0, np.float32)
-    if not values.size:
-        return how.with_intensities(0.0, 1.0)
-    low, high = _exact(values, how.percentiles)  # type: ignore[arg-type]
-    log.info('NORMALIZE="time series": percentiles %g and %g of %d values sampled from %d unit(s): intensity %.6g '
-             "-> 0, %.6g -> 1 in every unit", *how.percentiles, values.size, len(units), low, high)  # type: ignore
-    return how.with_intensities(low, high)
+        image = np.asarray(read(unit))
+        image = np.moveaxis(image, -1, 0) if channels else image  # (C, ..., Y, X): sample() strides Y and X
+        parts = list(image) if channels and not how.jointly else [image]
+        samples = samples or [[] for _ in parts]
+        for bucket, part in zip(samples, parts):
+            values = sample(part, share // len(parts))
+            if values.dtype.kind in "fc":
+                values = values[np.isfinite(values)]
+            bucket.append(values.reshape(-1).copy())
+    found = []
+    for bucket in samples:
+        values = np.concatenate(bucket)
+        found.append(_exact(values, how.percentiles) if values.size else (0.0, 1.0))  # type: ignore[arg-type]
+        log.info('NORMALIZE="time series"%s: percentiles %g and %g of %d values sampled from %d unit(s): intensity '
+                 "%.6g -> 0, %.6g -> 1 in every unit", f", channel {len(found) - 1} of the input" if len(samples) > 1
+                 else "", *how.percentiles, values.size, len(units), *found[-1])  # type: ignore[misc]
+    if len(found) > 1:
+        return replace(how, per_channel=tuple((float(a), float(b)) for a, b in found))
+    return replace(how, intensities=(float(found[0][0]), float(found[0][1])))

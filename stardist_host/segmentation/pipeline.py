@@ -197,14 +197,14 @@ class BatchedPredictor:
     def instances(self, prepared: _Prepared, prob: NDArray, dist: NDArray) -> NDArray:
         """Labels from one input's network output: stardist's sparse thresholding, NMS and rendering."""
         points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
-        return compat.instances(self.model, prepared.image.shape, points, probs, dists,
+        return compat.instances(self.model, prepared.image.shape[:self.ndim], points, probs, dists,
                                 prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh)
 
     def submit_to(self, pool: procs.NmsPool, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
         """:meth:`instances` in a worker process of ``pool`` (the same stardist calls, without the model)."""
         points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist,
                                                  self.prob_thresh)
-        return pool.submit(points, probs, dists, shape=prepared.image.shape, nms_thresh=self.nms_thresh)
+        return pool.submit(points, probs, dists, shape=prepared.image.shape[:self.ndim], nms_thresh=self.nms_thresh)
 
 
 def _done(value) -> Future:
@@ -365,7 +365,8 @@ class UnitPredictor:
     def needs_direct(self, image: NDArray) -> bool:
         """Whether ``image`` goes through stardist's own prediction: tiled, rescaled, or too big for one call."""
         tiled = bool(self.n_tiles and math.prod(self.n_tiles) > 1) or self.scale is not None
-        return tiled or math.prod(image.shape) > BIG_PIXELS or math.prod(auto_n_tiles(image.shape, self.budget, ndim=self.ndim)) > 1
+        shape = image.shape[:self.ndim]
+        return tiled or math.prod(shape) > BIG_PIXELS or math.prod(auto_n_tiles(shape, self.budget, ndim=self.ndim)) > 1
 
     def predict(self, units: Iterable, read: Read) -> Iterator[tuple[object, NDArray | None]]:
         """Yield (unit, labels) in order; ``read(unit)`` gives the normalised image, or None for "no signal".
@@ -472,8 +473,9 @@ class UnitPredictor:
 
     def direct(self, image: NDArray) -> NDArray:
         """stardist's own prediction, for units that are tiled, rescaled or big; retried with more tiles on OOM."""
-        plan = self.blocks(image.shape) if math.prod(image.shape) > BIG_PIXELS else None
-        shape = self._scaled(plan.block_size if plan else image.shape)
+        spatial = image.shape[:self.ndim]  # without the channels of a model with several
+        plan = self.blocks(spatial) if math.prod(spatial) > BIG_PIXELS else None
+        shape = self._scaled(plan.block_size if plan else spatial)
         tiles = self.n_tiles or auto_n_tiles(shape, self.budget, ndim=self.ndim)
         while True:
             try:
@@ -486,16 +488,18 @@ class UnitPredictor:
                 log.warning("out of memory: retrying with n_tiles=%s", tiles)
 
     def _predict(self, image: NDArray, plan: BlockPlan | None, tiles: tuple[int, ...]) -> NDArray:
-        options = dict(prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh, n_tiles=tiles, scale=self.scale,
-                       show_tile_progress=False)
+        options = compat.instance_options(self.model, prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh,
+                                          n_tiles=tiles, scale=self.scale)
         if plan is None:
             return self.model.predict_instances(image, **options)[0]
         log.info("%s of %s pixels: predicted in blocks of %s (overlap %s, context %s)", "plane" if self.ndim == 2
                  else "volume", image.shape, plan.block_size, plan.min_overlap, plan.context)
         with compat.prints_to_log(log):  # stardist prints the block geometry
+            channels = (1,) if image.ndim > self.ndim else ()
             labels, _ = self.model.predict_instances_big(
-                image, axes="YX" if self.ndim == 2 else "ZYX", block_size=plan.block_size,
-                min_overlap=plan.min_overlap, context=plan.context, show_progress=False, **options)
+                image, axes=("YX" if self.ndim == 2 else "ZYX") + ("C" if channels else ""),
+                block_size=plan.block_size + channels, min_overlap=plan.min_overlap + (0,) * len(channels),
+                context=plan.context + (0,) * len(channels), show_progress=False, **options)
         return labels
 
 

@@ -29,10 +29,18 @@ class Plan:
     """Which channel, time points and planes a run segments, and how."""
 
     ndim: int
-    channel: int
+    channel: int | tuple[int, ...]  # a tuple: the input channels of a model with several, in its order
     time_points: tuple[int, ...]
     first_plane: int
     last_plane: int
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return self.channel if isinstance(self.channel, tuple) else (self.channel,)
+
+    def output_name(self, prefix: str, channel_names) -> str:
+        """The label channel's name: ``prefix`` and the input channel's name (names joined by "+" for several)."""
+        return prefix + "+".join(channel_names[c] for c in self.channels)
 
     @property
     def units(self) -> list[Unit]:
@@ -61,7 +69,8 @@ def make_plan(settings: Settings, imageset: ImageSet) -> Plan:
         single = "needs Z planes, but the image set has one plane per time point"
         raise PlanError(f"the 3D script {single}: use the 2D script (stardist_2d.py)",
                         command_line=f"--dim 3 {single}: use --dim 2")
-    check_index("INPUT_CHANNEL", settings.input_channel, n_channels, names=imageset.channel_names)
+    for channel in settings.channels:
+        check_index("INPUT_CHANNEL", channel, n_channels, names=imageset.channel_names)
     first = 0 if settings.first_plane == -1 else settings.first_plane
     last = n_planes - 1 if settings.last_plane == -1 else settings.last_plane
     for name, value in (("FIRST_PLANE", settings.first_plane), ("LAST_PLANE", settings.last_plane)):

@@ -223,8 +223,8 @@ def segment(
     result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision,
                            time_point_count=imageset.time_point_count)
     log.info(
-        "segmenting channel %d, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
-        plan.channel, len(units), "plane" if plan.ndim == 2 else "volume",
+        "segmenting channel %s, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
+        "+".join(map(str, plan.channels)), len(units), "plane" if plan.ndim == 2 else "volume",
         _ranges(plan.time_points), plan.first_plane, plan.last_plane, out, output_name, dtype,
     )
     written: list[tuple[int, int]] = []
@@ -264,17 +264,23 @@ def load_for_settings(settings: Settings):
     from .models import load_for_run
 
     return load_for_run(settings.model_name, ndim=settings.ndim, path=settings.model_path, use_gpu=settings.use_gpu,
-                        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision)
+                        memory_limit_mb=settings.gpu_memory_limit_mb, precision=settings.precision,
+                        channels=settings.input_channel)
 
 
-def normalisation_for(settings: Settings) -> Normalisation:
-    """A run's NORMALIZE, with PERCENTILE_LOW / PERCENTILE_HIGH or a bioimage.io package's own percentiles."""
-    from .models import run_percentiles
+def normalisation_for(settings: Settings, model) -> Normalisation:
+    """A run's NORMALIZE, with PERCENTILE_LOW / PERCENTILE_HIGH or a bioimage.io package's own percentiles, and
+    NORMALIZE_CHANNELS_JOINTLY (None: as the loaded ``model`` was trained)."""
+    from .models import run_percentiles, trained_jointly
 
     percentiles = (settings.percentile_low, settings.percentile_high)
     if settings.normalize in ("unit", "time series"):
         percentiles = run_percentiles(settings.model_name, percentiles, ndim=settings.ndim, path=settings.model_path)
-    return Normalisation.of(settings.normalize, percentiles, settings.normalize_min, settings.normalize_max)
+    jointly = settings.normalize_channels_jointly
+    if jointly is None:
+        jointly = len(settings.channels) > 1 and trained_jointly(model)
+    return Normalisation.of(settings.normalize, percentiles, settings.normalize_min, settings.normalize_max,
+                            jointly=jointly)
 
 
 def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
@@ -292,7 +298,7 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         output_name=output_name,
         prob_thresh=settings.prob_thresh,
         nms_thresh=settings.nms_thresh,
-        normalisation=normalisation_for(settings),
+        normalisation=normalisation_for(settings, model),
         n_tiles=settings.n_tiles,
         unique_labels=settings.unique_labels,
         label_dtype=settings.label_dtype,

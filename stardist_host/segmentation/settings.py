@@ -91,9 +91,11 @@ class Settings:
     """
 
     ndim: int = 2
-    input_channel: int = setting(
-        "int", 0, "channel with the nuclei, 0 for the first", low=0, affects_labels=True,
-        allowed="must be a whole number, 0 for the first channel")
+    input_channel: int | tuple[int, ...] = setting(
+        "int_or_ints", 0, "channel with the nuclei, 0 for the first; a list of channels for a model with several "
+        "input channels, in the model's order", low=0, affects_labels=True,
+        allowed="must be a whole number, 0 for the first channel, or a list such as [0, 1] for a model with "
+                "several input channels")
     # the label channel's (or label image's) name: a resume continues only the output it started
     output_ch_name: str = setting(
         "str", "Stardist_", "prefix of the new channel's name; the input channel's name follows", affects_labels=True)
@@ -137,6 +139,10 @@ class Settings:
     normalize_max: float | None = setting(
         "float", None, 'with NORMALIZE="fixed": the intensity mapped to 1', none='NORMALIZE is not "fixed"',
         affects_labels=True)
+    normalize_channels_jointly: bool | None = setting(
+        "bool", None, "with several input channels: True normalises them together (one pair of percentiles, as "
+        "stardist's H&E model expects), False each on its own", none="as the model was trained (its "
+        "model_card.json), else each on its own", affects_labels=True)
     # tiles overlap, but the network sees different context at their borders
     n_tiles: tuple[int, ...] | None = setting(
         "ints", None, "tiles per axis for large planes or volumes", none="chosen from the size and the free memory",
@@ -196,6 +202,11 @@ class Settings:
                     "Manager), 'geojson' QuPath detections" + ("" if ndim == 2 else ", both per plane; 'csv' one row "
                                                                "per object with centroid, bounding box, volume")})
 
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """INPUT_CHANNEL as a tuple: one channel, or the model's input channels in its order."""
+        return self.input_channel if isinstance(self.input_channel, tuple) else (self.input_channel,)
+
     def name(self, field: str) -> str:
         """The name a user writes for ``field`` in a settings block."""
         return schema(self.ndim).by_attr[field].name
@@ -214,9 +225,16 @@ class Settings:
             errors.append(SettingsError(
                 "PERCENTILE_LOW", self.percentile_low, f"must be below PERCENTILE_HIGH={self.percentile_high}"))
         errors += self._normalize_errors(bad)
+        channels = self.input_channel
+        if "INPUT_CHANNEL" not in bad and isinstance(channels, (list, tuple)) and len(set(channels)) < len(channels):
+            errors.append(SettingsError("INPUT_CHANNEL", list(channels), "lists a channel more than once; give "
+                                        "each of the model's input channels once, in the model's order"))
         raise_all(errors)
         if self.n_tiles is not None:
             object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
+        if isinstance(self.input_channel, (list, tuple)):  # one channel is the channel, not a list of one
+            channels = tuple(self.input_channel)
+            object.__setattr__(self, "input_channel", channels[0] if len(channels) == 1 else channels)
         for attr in ("scale", "model_pixel_size_um"):
             if isinstance(getattr(self, attr), list):
                 object.__setattr__(self, attr, tuple(getattr(self, attr)))

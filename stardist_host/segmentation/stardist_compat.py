@@ -117,6 +117,14 @@ def pad_for_network(model, image: NDArray) -> tuple[NDArray, object]:
     return setup[_SETUP_X], setup[_SETUP_RESIZER]
 
 
+def instance_options(model, *, prob_thresh, nms_thresh, n_tiles, scale) -> dict:
+    """``predict_instances``' options for a unit: ``n_tiles`` and ``scale`` are per spatial axis; a model with
+    several input channels takes its units with the channels last, where stardist wants a 1 for that axis too."""
+    extra = (1,) if int(getattr(model.config, "n_channel_in", 1)) > 1 else ()
+    return dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=tuple(n_tiles) + extra,
+                scale=None if scale is None else tuple(scale) + extra, show_tile_progress=False)
+
+
 def candidates(model, x: NDArray, resizer, prob: NDArray, dist: NDArray, prob_thresh: float):
     """Points, probabilities and distances above ``prob_thresh`` inside the unpadded image, as stardist picks them.
 
