@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-__all__ = ["nuclei", "render", "moving_nuclei", "atlas_scene", "cell_scene"]
+__all__ = ["nuclei", "two_channel_nuclei", "render", "moving_nuclei", "atlas_scene", "cell_scene"]
 
 
 def nuclei(
@@ -55,13 +55,27 @@ def nuclei(
     image, labels
         ``uint16`` arrays of ``shape``; labels are 1..N, 0 is background.
     """
+    rng, scale = _start(shape, anisotropy, seed)
+    labels, placed = _place(shape, n, radius, scale, rng)
+    brightness = rng.uniform(0.4, 1.0, size=placed + 1)
+    brightness[0] = background
+    return _shade(labels, brightness, scale, blur=blur, noise=noise, rng=rng), labels
+
+
+def _start(shape: tuple[int, ...], anisotropy: float, seed: int) -> tuple[np.random.Generator, NDArray]:
+    """The scene's random generator and its voxel scale (Z voxel over lateral voxel in 3D, else 1)."""
     if len(shape) not in (2, 3):
         raise ValueError(f"shape must be (Y, X) or (Z, Y, X), got {shape!r}")
-    rng = np.random.default_rng(seed)
-    ndim = len(shape)
-    scale = np.ones(ndim)
-    if ndim == 3:
+    scale = np.ones(len(shape))
+    if len(shape) == 3:
         scale[0] = anisotropy
+    return np.random.default_rng(seed), scale
+
+
+def _place(shape: tuple[int, ...], n: int, radius: tuple[float, float], scale: NDArray,
+           rng: np.random.Generator) -> tuple[NDArray[np.uint16], int]:
+    """Up to ``n`` ellipsoids at random, touching but not overlapping much: their labels 1..N and N."""
+    ndim = len(shape)
     grid = np.indices(shape, dtype=np.float32)
 
     best = np.full(shape, np.inf, np.float32)
@@ -84,16 +98,75 @@ def nuclei(
         labels[inside] = placed
         best[inside] = dist[inside]
         centres.append(centre)
+    return labels, placed
 
-    brightness = rng.uniform(0.4, 1.0, size=placed + 1)
-    brightness[0] = background
+
+def _shade(labels: NDArray, brightness: NDArray, scale: NDArray, *, blur: float, noise: float,
+           rng: np.random.Generator) -> NDArray[np.uint16]:
+    """The image of ``labels`` (``brightness`` per label, [0] the background): texture, the PSF, noise."""
+    shape = labels.shape
     image = brightness[labels].astype(np.float32)
     # texture inside nuclei, then the PSF
     image *= 1 + 0.15 * ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.5)
     image = ndimage.gaussian_filter(image, blur / scale)
     image += noise * rng.standard_normal(shape).astype(np.float32)
     image = np.clip(image, 0, None) * 4000 + 100
-    return image.astype(np.uint16), labels
+    return image.astype(np.uint16)
+
+
+def two_channel_nuclei(
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    decoys: int | None = None,
+    radius: tuple[float, float] = (5.0, 9.0),
+    anisotropy: float = 1.0,
+    blur: float = 1.0,
+    noise: float = 0.05,
+    background: float = 0.05,
+    seed: int = 0,
+) -> tuple[NDArray[np.uint16], NDArray[np.uint16]]:
+    """Two channels in which neither alone shows which blobs are nuclei: the nuclei are the blobs in both.
+
+    Objects are placed as :func:`nuclei` places them; each is a true nucleus
+    (in both channels) or a decoy of channel 0 or of channel 1 (in that one
+    only).  Decoys are drawn like the nuclei: the same sizes, and in every
+    channel each object's brightness drawn anew from the same range, so that
+    one channel alone cannot tell them apart.
+
+    Parameters
+    ----------
+    shape
+        (Y, X) or (Z, Y, X) in pixels.
+    n
+        Number of true nuclei to place (with the decoys, some may be dropped if no free spot is found).
+    decoys
+        Decoys in each channel; None: ``n``.
+    radius, anisotropy, blur, noise, background, seed
+        As :func:`nuclei`.
+
+    Returns
+    -------
+    image
+        ``uint16`` (2, ``*shape``): the two channels, channel axis first (as a CYX / CZYX TIFF stores them).
+    labels
+        ``uint16`` ``shape``: the true nuclei only, 1..N; 0 is background and the decoys.
+    """
+    rng, scale = _start(shape, anisotropy, seed)
+    decoys = n if decoys is None else decoys
+    every, placed = _place(shape, n + 2 * decoys, radius, scale, rng)
+    # role of object k (label k + 1): 0 a true nucleus, 1 a decoy of channel 0, 2 a decoy of channel 1
+    roles = rng.permutation(np.repeat([0, 1, 2], [n, decoys, decoys]))[:placed]
+    true = np.flatnonzero(roles == 0) + 1
+    relabel = np.zeros(placed + 1, np.uint16)
+    relabel[true] = np.arange(1, len(true) + 1)
+    channels = []
+    for decoy_role in (1, 2):
+        brightness = rng.uniform(0.4, 1.0, size=placed + 1)
+        brightness[0] = background
+        brightness[1:][(roles != 0) & (roles != decoy_role)] = background  # the other channel's decoys
+        channels.append(_shade(every, brightness, scale, blur=blur, noise=noise, rng=rng))
+    return np.stack(channels), relabel[every]
 
 
 def render(shape: tuple[int, ...], centres, radii, scale=None) -> NDArray[np.int32]:
