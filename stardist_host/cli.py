@@ -82,11 +82,22 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers such as 2,0.5,0.5") from None
 
 
+def _channels(text: str) -> int | tuple[int, ...]:
+    """--channel: one channel (an int), or a comma list of them for a model with several input channels (a tuple)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a channel number or a list such as 0,1") from None
+    return values if "," in text else values[0]
+
+
 def _add_pair_options(p) -> None:
     p.add_argument("--images", nargs="+", required=True, help="image TIFF files")
     p.add_argument("--masks", nargs="+", required=True, help="label mask TIFF files, one per image, same order")
     p.add_argument("--dim", type=int, choices=(2, 3), default=None, help="2 or 3 (default: 3 where the files have Z planes)")
-    p.add_argument("--channel", type=int, default=0, help="image channel with the nuclei (default 0)")
+    p.add_argument("--channel", type=_channels, default=0,
+                   help="image channel with the nuclei (default 0), or a list such as 0,1 for a model with several "
+                   "input channels, in its order (an RGB image's colours are channels 0,1,2)")
     p.add_argument("--axes", default=None, help="axes of files that do not say, e.g. ZYX")
 
 
@@ -115,6 +126,9 @@ def _add_train(sub) -> None:
     p.add_argument("--no-flip-z", action="store_true", help="no flips along Z (3D)")
     p.add_argument("--no-intensity", action="store_true", help="no random intensity scale and shift")
     p.add_argument("--noise", type=float, default=0.0, help="largest std of additive noise on normalised images (default 0: off)")
+    p.add_argument("--normalize-channels-jointly", action="store_true",
+                   help="with several --channel: normalise them together (as stardist's H&E model), "
+                   "not each on its own")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in the folder")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last epoch")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where there is a GPU")
@@ -140,10 +154,12 @@ def _train(args) -> int:
         patch_size=args.patch_size, n_rays=args.rays, grid=args.grid, batch_size=args.batch_size,
         val_fraction=args.val_fraction, seed=args.seed, rotate_flip=not args.no_rotate_flip,
         flip_z=not args.no_flip_z, intensity=not args.no_intensity, noise=args.noise, voxel_size=args.voxel_size,
-        overwrite=args.overwrite, resume=args.resume, use_gpu=not args.cpu,
+        normalize_channels_jointly=args.normalize_channels_jointly, overwrite=args.overwrite, resume=args.resume,
+        use_gpu=not args.cpu,
         command="stardist-host " + shlex.join(sys.argv[1:] if _argv is None else _argv),
         data={"images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
-              "val_images": args.val_images, "val_masks": args.val_masks},
+              "val_images": args.val_images, "val_masks": args.val_masks,
+              "channel": list(args.channel) if isinstance(args.channel, tuple) else args.channel},
     )
     card = train(settings, pairs, val)
     print(f"{settings.folder}: {card['epochs']} epochs, best {card['best_epoch']}; validation scores:")
@@ -182,12 +198,15 @@ def _evaluate(args) -> int:
     from .segmentation.models import load_for_run
     from .training.evaluation import evaluate, format_table, write_scores
     from .training.pairs import read_pairs
-    from .training.train import record_test_scores
+    from .training.train import read_card, record_test_scores
 
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     model, _, precision = load_for_run(args.model_name, ndim=pairs.ndim, path=args.model_path, use_gpu=not args.cpu,
                                        precision=args.precision)
-    rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
+    logdir = getattr(model, "logdir", None)
+    jointly = bool(logdir) and read_card(logdir).get("normalize_channels_jointly") is True  # as it was trained
+    rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh,
+                               nms_thresh=args.nms_thresh, normalize_channels_jointly=jointly)
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
             "region": args.region, "n_objects": n_objects, "precision": precision}
     print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects, network in {precision}:")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from pathlib import Path
 
@@ -56,19 +57,23 @@ def predict_all(
     scale: Any = "auto",
     model_pixel_size_um: Any = None,
     object_diameter_um: float | None = None,
+    normalize_channels_jointly: bool = False,
 ) -> list[NDArray]:
     """Segment each sample whole with the production path, :func:`stardist_host.segmentation.segment.segment`.
 
     Samples of one shape go into one in-memory image set (2D: as its planes,
     3D: as its time points), so that scores are measured with the batched
     pipeline, normalisation and 3D anisotropy rescaling a user's run gets.
+    Samples with a trailing channel axis, (Y, X, C) or (Z, Y, X, C), become an
+    image set of C channels, run as the tuple of all of them (a model with C
+    input channels).
 
     Parameters
     ----------
     model
         A StarDist2D or StarDist3D model.
     images
-        2D planes or 3D stacks.
+        2D planes or 3D stacks, each with or without a trailing channel axis.
     percentiles
         Normalisation percentiles, as ``PERCENTILE_LOW/HIGH``.
     prob_thresh, nms_thresh
@@ -78,6 +83,8 @@ def predict_all(
     scale, model_pixel_size_um, object_diameter_um
         SCALE, MODEL_PIXEL_SIZE_UM, OBJECT_DIAMETER_UM, as a run takes them
         (:func:`~stardist_host.segmentation.engine.run_scale`).
+    normalize_channels_jointly
+        Samples with several channels: normalise them together, not each on its own.
 
     Returns
     -------
@@ -96,13 +103,22 @@ def predict_all(
         groups.setdefault(tuple(x.shape), []).append(i)
     for shape, members in groups.items():
         stack = np.stack([np.asarray(images[i]) for i in members])
+        if len(shape) > ndim:  # a trailing channel axis: the image set's channels, run together
+            stack = np.moveaxis(stack, -1, 1)
+            channel: int | tuple[int, ...] = tuple(range(shape[-1]))
+        else:
+            stack, channel = stack[:, None], 0
         # 2D: samples are planes of one time point; 3D: stacks are time points
-        data = stack[None, None] if ndim == 2 else stack[:, None]
+        data = np.swapaxes(stack, 0, 1)[None] if ndim == 2 else stack
         imageset = MemoryImageSet(data, voxel_size=voxel_size)
         n = len(members)
-        plan = Plan(ndim, 0, (0,), 0, n - 1) if ndim == 2 else Plan(ndim, 0, tuple(range(n)), 0, shape[0] - 1)
+        plan = (Plan(ndim, channel, (0,), 0, n - 1) if ndim == 2
+                else Plan(ndim, channel, tuple(range(n)), 0, shape[0] - 1))
+        how = Normalisation(percentiles=tuple(percentiles))
+        if isinstance(channel, tuple):
+            how = replace(how, jointly=normalize_channels_jointly)
         result = segment(imageset, model, plan, output_name="labels", prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                         normalisation=Normalisation(percentiles=tuple(percentiles)), scale=scale, model_pixel_size_um=model_pixel_size_um,
+                         normalisation=how, scale=scale, model_pixel_size_um=model_pixel_size_um,
                          object_diameter_um=object_diameter_um)
         labels = imageset.channel(result.channel)  # (T, Z, Y, X)
         for k, i in enumerate(members):
@@ -111,19 +127,33 @@ def predict_all(
 
 
 def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_thresh=None, scale: Any = "auto",
-             model_pixel_size_um: Any = None, object_diameter_um: float | None = None) -> tuple[list[dict], int]:
+             model_pixel_size_um: Any = None, object_diameter_um: float | None = None,
+             normalize_channels_jointly: bool = False) -> tuple[list[dict], int]:
     """Segment each sample whole, as in use, and score only ``region`` of it; return (rows, true objects).
 
-    ``scale``, ``model_pixel_size_um``, ``object_diameter_um``: as :func:`predict_all`.
+    ``scale``, ``model_pixel_size_um``, ``object_diameter_um``, ``normalize_channels_jointly``: as
+    :func:`predict_all` (give the last as the model was trained: its card's ``normalize_channels_jointly``).
 
     Cropping before predicting would turn nuclei cut by the region's edge into
     slivers that no model finds, so the model always sees the whole image.
+
+    Raises
+    ------
+    PairError
+        The samples have another number of channels than the model takes.
     """
+    from ..errors import PairError
     from .pairs import count_objects, crop
 
+    expected, given = int(getattr(model.config, "n_channel_in", 1)), pairs.n_channels or 1
+    if expected != given:
+        example = ",".join(map(str, range(expected)))
+        give = "one" if expected == 1 else f"{expected} in the model's order, e.g. {example}"
+        raise PairError(f"the model takes {expected} input channel(s) but --channel gives {given}: give {give}")
     predicted = predict_all(model, pairs.images, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
                             voxel_size=pairs.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
-                            object_diameter_um=object_diameter_um)
+                            object_diameter_um=object_diameter_um,
+                            normalize_channels_jointly=normalize_channels_jointly)
     masks = [crop(m, region) for m in pairs.masks]
     return score(masks, [crop(p, region) for p in predicted]), count_objects(masks)
 

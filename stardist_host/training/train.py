@@ -7,7 +7,8 @@ A run writes into the model folder, as it goes:
   once finished), so a stopped run loses nothing;
 - ``losses.csv`` (one row per epoch) and ``losses.png`` (the curves);
 - at the end ``thresholds.json`` (optimised on the validation data) and
-  ``model_card.json`` / ``README.md`` (data, command, seed, epochs, scores).
+  ``model_card.json`` / ``README.md`` (data, command, seed, epochs, scores,
+  the number of input channels and how they were normalised).
 
 Every file this module writes goes through :func:`stardist_host.io.files.atomic_write`
 in UTF-8; the weights are written by Keras.  Keras's per-step progress bars and
@@ -18,6 +19,11 @@ what the network needs (2^depth x grid) up to 256 x 256 (2D) or 48 x 96 x 96
 (3D) that fits every training and validation sample.  Without validation files
 several samples are split by whole samples, a single sample along its longest
 axis (its last ``val_fraction`` of rows, columns or planes).
+
+Samples with a trailing channel axis (:func:`~stardist_host.training.pairs.read_pairs`
+with a list of channels) train a model with that many input channels, each
+channel normalised on its own over space, or all of them together with
+``normalize_channels_jointly``.
 """
 
 from __future__ import annotations
@@ -156,6 +162,7 @@ class TrainSettings:
     noise: float = 0.0
     voxel_size: tuple[float | None, float, float] | None = None
     percentiles: tuple[float, float] = (1.0, 99.8)
+    normalize_channels_jointly: bool = False
     overwrite: bool = False
     resume: bool = False
     use_gpu: bool = True
@@ -221,7 +228,7 @@ def split_validation(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, P
         order = np.random.default_rng(seed).permutation(n)
         n_val = min(n - 1, max(1, round(n * fraction)))
         return pairs.select(sorted(order[n_val:])), pairs.select(sorted(order[:n_val]))
-    shape = pairs.images[0].shape
+    shape = pairs.images[0].shape[:pairs.ndim]  # a trailing channel axis is never split
     axis = max(range(len(shape)), key=lambda a: (shape[a], a))
     length = shape[axis]
     cut = length - max(1, round(length * fraction))
@@ -329,8 +336,8 @@ def _anisotropy(pairs: Pairs, voxel_size) -> tuple[float, float, float]:
 def _config(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, validation: _Validation):
     """Stardist's Config for the data, its patch fitted or checked; and the 3D anisotropy (None in 2D)."""
     common = {
-        "n_channel_in": 1, "train_batch_size": settings.batch_size, "train_epochs": settings.epochs,
-        "train_steps_per_epoch": settings.steps_per_epoch, "train_tensorboard": False,
+        "n_channel_in": train_pairs.n_channels or 1, "train_batch_size": settings.batch_size,
+        "train_epochs": settings.epochs, "train_steps_per_epoch": settings.steps_per_epoch, "train_tensorboard": False,
     }
     if train_pairs.ndim == 2:
         from stardist.models import Config2D
@@ -460,24 +467,42 @@ def _quiet_fit(model) -> None:
     keras_model.fit = fit_quietly
 
 
-def _normalized(images, percentiles) -> list[NDArray]:
+def _normalized(images, percentiles, ndim: int, *, jointly: bool = False) -> list[NDArray]:
+    """Each image mapped by its ``percentiles``: a trailing channel axis each channel on its own over space
+    (csbdeep's ``axis=(0, 1)`` in 2D, ``(0, 1, 2)`` in 3D), or with ``jointly`` all channels together."""
     from csbdeep.utils import normalize
 
-    return [normalize(x, *percentiles, axis=None).astype(np.float32) for x in images]
+    return [normalize(x, *percentiles, axis=None if jointly or x.ndim == ndim else tuple(range(ndim)))
+            .astype(np.float32) for x in images]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # training
 
 
+def _channels(pairs: Pairs) -> str:
+    n = pairs.n_channels
+    return "one channel (no channel axis)" if n is None else f"{n} channel{'s' if n != 1 else ''} (a channel axis)"
+
+
+def _channels_normalised(settings: TrainSettings, pairs: Pairs) -> str:
+    if not pairs.n_channels:
+        return "1 input channel"
+    how = "jointly" if settings.normalize_channels_jointly else "each on its own"
+    return f"{pairs.n_channels} input channels normalised {how}"
+
+
 def _validation_split(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None):
     if val_pairs is not None:
         if val_pairs.ndim != train_pairs.ndim:
             raise TrainError(f"the validation data are {val_pairs.ndim}D but the training data {train_pairs.ndim}D")
+        if val_pairs.n_channels != train_pairs.n_channels:
+            raise TrainError(f"the validation data have {_channels(val_pairs)} but the training data "
+                             f"{_channels(train_pairs)}; read both with the same --channel")
         return train_pairs, val_pairs, _Validation("files")
     validation = _Validation("samples")
     if len(train_pairs.images) == 1:  # split_validation takes a part of the sample along its longest axis
-        shape = train_pairs.images[0].shape
+        shape = train_pairs.images[0].shape[:train_pairs.ndim]
         axis = max(range(len(shape)), key=lambda a: (shape[a], a))
         validation = _Validation("part", settings.val_fraction, shape[axis], _AXES[train_pairs.ndim][axis])
     return (*split_validation(train_pairs, settings.val_fraction, settings.seed), validation)
@@ -509,8 +534,11 @@ def _prepare(model, history: list[dict], folder: Path, patience: int, epochs: in
 
 
 def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, done: int, device: str) -> None:
-    X, Y = _normalized(train_pairs.images, settings.percentiles), train_pairs.masks
-    X_val, Y_val = _normalized(val_pairs.images, settings.percentiles), val_pairs.masks
+    def normalized(pairs: Pairs) -> list[NDArray]:
+        return _normalized(pairs.images, settings.percentiles, pairs.ndim, jointly=settings.normalize_channels_jointly)
+
+    X, Y = normalized(train_pairs), train_pairs.masks
+    X_val, Y_val = normalized(val_pairs), val_pairs.masks
     augmenter = None
     if settings.rotate_flip or settings.intensity or settings.noise or (settings.flip_z and train_pairs.ndim == 3):
         augmenter = make_augmenter(flip_z=settings.flip_z, rotate_flip=settings.rotate_flip,
@@ -518,8 +546,9 @@ def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, d
     patch = tuple(model.config.train_patch_size)
     if settings.rotate_flip and patch[-1] != patch[-2]:
         log.info("patch %s is not square in the image plane: 90-degree rotations are skipped, flips kept", patch)
-    log.info("training %s (%dD) on %d samples (%d objects), validating on %d (%d objects), on %s",
-             settings.name, train_pairs.ndim, len(X), train_pairs.n_objects, len(X_val), val_pairs.n_objects, device)
+    log.info("training %s (%dD, %s) on %d samples (%d objects), validating on %d (%d objects), on %s",
+             settings.name, train_pairs.ndim, _channels_normalised(settings, train_pairs), len(X),
+             train_pairs.n_objects, len(X_val), val_pairs.n_objects, device)
     model.train(X, Y, validation_data=(X_val, Y_val), augmenter=augmenter, seed=settings.seed,
                 epochs=settings.epochs - done, steps_per_epoch=settings.steps_per_epoch)
     # stardist has reloaded weights_best.h5: thresholds and scores are those of the best epoch
@@ -569,6 +598,11 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
         raise TrainError(f"--resume: {folder} holds no model to continue; start without --resume")
     train_pairs, val_pairs, validation = _validation_split(settings, train_pairs, val_pairs)
     history = _read_losses(folder) if settings.resume else []
+    if settings.resume:
+        trained = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("n_channel_in", 1)
+        if trained != (train_pairs.n_channels or 1):
+            raise TrainError(f"--resume: {folder.name} takes {trained} input channel(s), but the data have "
+                             f"{_channels(train_pairs)}; give the --channel it was trained with")
     if len(history) >= settings.epochs:
         raise TrainError(f"--resume: {folder.name} has already trained {len(history)} of {settings.epochs} epochs; "
                          "raise --epochs")
@@ -594,7 +628,8 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
         _prepare(model, history, folder, patience, settings.epochs)
         _fit(model, settings, train_pairs, val_pairs, len(history), device)
         rows = score(val_pairs.masks, predict_all(model, val_pairs.images, percentiles=settings.percentiles,
-                                                  voxel_size=val_pairs.voxel_size))
+                                                  voxel_size=val_pairs.voxel_size,
+                                                  normalize_channels_jointly=settings.normalize_channels_jointly))
     card = _model_card(settings, model, train_pairs, val_pairs, _read_losses(folder), rows, anisotropy, device)
     write_card(folder, card)
     return card
@@ -660,6 +695,9 @@ def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotro
         "augmentation": {"rotate_flip": settings.rotate_flip, "flip_z": settings.flip_z,
                          "intensity": settings.intensity, "noise": settings.noise},
         "normalization_percentiles": list(settings.percentiles),
+        # the run side reads these two: how many channels the model takes and how it wants them normalised
+        "input_channels": int(model.config.n_channel_in),
+        "normalize_channels_jointly": bool(settings.normalize_channels_jointly and model.config.n_channel_in > 1),
         "thresholds": {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)},
         "validation_scores": rows,
         "device": device,
@@ -711,6 +749,15 @@ def record_test_scores(folder: str | Path, rows: list[dict], test_data: dict) ->
     return card
 
 
+def _channel_lines(card: dict) -> list[str]:
+    """A sentence on the input channels of a model with several (cards of one-channel models stay as they were)."""
+    n = card.get("input_channels") or 1
+    if n == 1:
+        return []
+    how = "all together" if card.get("normalize_channels_jointly") else "each channel on its own"
+    return [f"Input: {n} channels, normalised {how}.", ""]
+
+
 def card_text(card: dict) -> str:
     """The model card as Markdown, for the model folder's README.md."""
     from .evaluation import format_table
@@ -728,6 +775,7 @@ def card_text(card: dict) -> str:
          f"best epoch {card['best_epoch']} (validation loss {best}); patch {card['patch_size']}, "
          f"{card['n_rays']} rays, grid {card['grid']}, thresholds prob {card['thresholds']['prob']:.3f}, "
          f"nms {card['thresholds']['nms']:.3f}."), "",
+        *_channel_lines(card),
         f"Training data: {data['training_objects']} objects; validation: {data['validation_objects']} objects.", "",
         "Scores on the validation data:", "", "```", format_table(card["validation_scores"]), "```", "",
     ]
