@@ -195,18 +195,16 @@ def _add_evaluate(sub) -> None:
 def _evaluate(args) -> int:
     from pathlib import Path
 
-    from .segmentation.models import load_for_run
+    from .segmentation.models import load_for_run, trained_jointly
     from .training.evaluation import evaluate, format_table, write_scores
     from .training.pairs import read_pairs
-    from .training.train import read_card, record_test_scores
+    from .training.train import record_test_scores
 
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     model, _, precision = load_for_run(args.model_name, ndim=pairs.ndim, path=args.model_path, use_gpu=not args.cpu,
                                        precision=args.precision)
-    logdir = getattr(model, "logdir", None)
-    jointly = bool(logdir) and read_card(logdir).get("normalize_channels_jointly") is True  # as it was trained
     rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh,
-                               nms_thresh=args.nms_thresh, normalize_channels_jointly=jointly)
+                               nms_thresh=args.nms_thresh, normalize_channels_jointly=trained_jointly(model))
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
             "region": args.region, "n_objects": n_objects, "precision": precision}
     print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects, network in {precision}:")

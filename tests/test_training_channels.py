@@ -187,7 +187,7 @@ def _scene_pairs(folder, seeds):
     return [str(p) for p in images], [str(p) for p in masks]
 
 
-def test_a_two_channel_model_trains_and_records_its_channels(tmp_path, monkeypatch):
+def test_a_two_channel_model_trains_and_records_its_channels(tmp_path, monkeypatch, capsys):
     images, masks = _scene_pairs(tmp_path, range(3))
     fed = []
     from stardist.models import StarDist2D
@@ -224,6 +224,18 @@ def test_a_two_channel_model_trains_and_records_its_channels(tmp_path, monkeypat
     from csbdeep.utils import normalize
 
     np.testing.assert_allclose(sample, normalize(raw, 1, 99.8), rtol=1e-4, atol=1e-5)
+
+    # evaluate takes the model with the same channels and normalises them as the card says
+    from stardist_host.segmentation import segment
+
+    taken = []
+    run = segment.segment
+    monkeypatch.setattr(segment, "segment", lambda *a, **kw: taken.append(kw["normalisation"]) or run(*a, **kw))
+    capsys.readouterr()
+    assert main(["evaluate", "--model-path", str(models), "--model-name", "joint", "--images", images[0],
+                 "--masks", masks[0], "--channel", "0,1", "--cpu"]) == 0
+    assert "joint on 1 sample(s), 6 true objects" in capsys.readouterr().out
+    assert [how.jointly for how in taken] == [True]
 
 
 def test_one_channel_models_record_one_channel(tmp_path):
