@@ -36,6 +36,7 @@ GPU_MEMORY_LIMIT_MB = None  # e.g. 4096: most GPU memory TensorFlow takes; None:
 UNIQUE_LABELS = False  # True: labels unique across all time points, not per volume
 LABEL_DTYPE = "auto"  # "uint16" or "uint32" to choose the label channel's type
 # ----- headless (python stardist_3d.py INPUT.tif OUTPUT.tif) ------------------
+OUTPUT_PROBABILITY = False  # True: also a channel of the object probability, to choose PROB_THRESH by
 OVERWRITE = False  # True: replace an output file that exists already
 LABELS_ONLY = False  # True: write only the label channel, not the input channels
 EXPORT_OBJECTS = []  # e.g. ["csv"]: one row per object; "roi", "geojson": outlines per plane

@@ -120,5 +120,10 @@ def test_one_image_exactly_where_an_integer_type_holds_every_channel(dtypes):
         assert holds(written)
         assert not any(holds(t) for t in INTEGERS if np.dtype(t).itemsize < written.itemsize)  # and the smallest
     else:
-        for dtype, channels in layout.images:  # every channel in its own type
-            assert all(np.dtype(dtypes[c]) == dtype for c in channels)
+        for dtype, channels in layout.images:  # each image holds its channels exactly: floats in their own type,
+            for c in channels:                 # consecutive integers (input, labels) in one that holds them all
+                d = np.dtype(dtypes[c])
+                assert d == dtype if d.kind == "f" else (dtype.kind in "ui" and np.iinfo(dtype).min <= np.iinfo(d).min
+                                                         and np.iinfo(d).max <= np.iinfo(dtype).max)
+        for (first, _), (second, _) in zip(layout.images, layout.images[1:]):  # and as few images as that allows
+            assert first != second and np.result_type(first, second).kind not in "ui"

@@ -541,8 +541,9 @@ def ome_layout(dtypes: Sequence[DTypeLike]) -> OmeLayout:
     int8 and uint16 -> int32), so that readers that open the first image only
     (napari, ``tifffile.imread``, bioio's default scene, Fiji without asking)
     show every channel, labels included.  Otherwise (a float input with integer
-    labels, which stay integers for the programs that read them as labels) each
-    run of consecutive channels of one type is an image of its own type.
+    labels, which stay integers for the programs that read them as labels, or
+    an OUTPUT_PROBABILITY channel after them) each run of consecutive channels
+    that one type holds exactly, integers or one float type, is an image of its own.
 
     Parameters
     ----------
@@ -554,13 +555,12 @@ def ome_layout(dtypes: Sequence[DTypeLike]) -> OmeLayout:
     OmeLayout
     """
     dtypes = tuple(np.dtype(d) for d in dtypes)
-    common = np.result_type(*dtypes)
-    if common.kind in "ui":  # numpy promotes integers to an integer only where it holds both ranges
-        return OmeLayout(((common, tuple(range(len(dtypes)))),), dtypes)
     runs: list[tuple[np.dtype, list[int]]] = []
     for c, dtype in enumerate(dtypes):
-        if runs and runs[-1][0] == dtype:
-            runs[-1][1].append(c)
+        joint = np.result_type(runs[-1][0], dtype) if runs else None
+        # numpy promotes integers to an integer only where it holds both ranges
+        if joint is not None and (joint.kind in "ui" or runs[-1][0] == dtype):
+            runs[-1] = (joint, runs[-1][1] + [c])
         else:
             runs.append((dtype, [c]))
     return OmeLayout(tuple((d, tuple(c)) for d, c in runs), dtypes)

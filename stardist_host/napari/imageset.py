@@ -289,7 +289,10 @@ class NapariImageSet:
             layer.refresh()
 
     def add_channel(self, name: str, dtype: DTypeLike) -> int:
-        """Add a Labels layer named ``name`` (napari appends `` [1]`` where the name is taken) and return its channel."""
+        """Add a Labels layer named ``name`` (napari appends `` [1]`` where the name is taken) and return its channel.
+
+        A float channel (OUTPUT_PROBABILITY) is an Image layer, 0..1 in magma, blended over the input.
+        """
         image = self._image
         keep = [i for i, letter in enumerate(self.axes) if letter != "C"]
         shape = tuple(image.data.shape[i] for i in keep)
@@ -302,7 +305,12 @@ class NapariImageSet:
             values = tuple(getattr(image, attr, ()) or ())
             if len(values) == image.ndim:
                 options[attr] = tuple(values[i] for i in keep)
-        layer = self.viewer.add_labels(np.zeros(shape, dtype=np.dtype(dtype)), **options)
+        data = np.zeros(shape, dtype=np.dtype(dtype))
+        if data.dtype.kind == "f":  # OUTPUT_PROBABILITY: an image over the input, not labels
+            layer = self.viewer.add_image(data, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
+                                          **options)
+        else:
+            layer = self.viewer.add_labels(data, **options)
         self._added.append(layer)
         return self.channel_count - 1
 

@@ -478,6 +478,9 @@ def segment_distributed(
         A unit failed; the message names it.  Finished units are kept for ``resume``.
     """
     check_cluster(workers=workers, scheduler=scheduler)
+    if settings.output_probability:
+        raise SettingsError("OUTPUT_PROBABILITY", True, "is not available where the labels go through a label store "
+                            "(an OME-Zarr input, --resume, --workers, --scheduler): run on a TIFF without them")
     source = Source(str(input), "zarr" if is_omezarr(input) else "tiff", level, axes, series)
     if source.kind == "zarr":
         return _segment_omezarr(settings, source, output, current_time_point=current_time_point, workers=workers,

@@ -115,7 +115,9 @@ def segment_file(
                                               time_points=sorted({u.unit.time_point for u in result.units}),
                                               formats=settings.export_objects, labels_only=settings.labels_only,
                                               overwrite=settings.overwrite)
-    return dataclasses.replace(result, channel=channel, output_note=note)  # the summary names the file's channel
+    # the summary names the file's channels; the probability's follows the labels' in the image set and the file
+    probability = None if result.probability_channel is None else channel + 1
+    return dataclasses.replace(result, channel=channel, output_note=note, probability_channel=probability)
 
 
 def run_headless(

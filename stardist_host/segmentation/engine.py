@@ -25,7 +25,7 @@ from ..host import ImageSet
 from .models import trained_sizes
 from .normalisation import NO_SIGNAL_FRACTION, Normalisation, normalise, series_intensities, where
 from .pipeline import UnitPredictor, auto_n_tiles
-from .stardist_compat import instance_options
+from .stardist_compat import instance_options, predicted_probability
 from .plan import Plan, Unit
 
 __all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_normalisation",
@@ -421,10 +421,11 @@ def first_labels(units: Iterable[Unit], highest: dict[Unit, int], dtype: np.dtyp
 class _Reference:
     """stardist's ``predict_instances`` unit by unit on the calling thread: what the pipeline is tested against."""
 
-    def __init__(self, model, *, prob_thresh, nms_thresh, n_tiles, scale, cancel) -> None:
+    def __init__(self, model, *, prob_thresh, nms_thresh, n_tiles, scale, cancel, probability=False) -> None:
         self.model, self.cancel = model, cancel
         self.options = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, scale=scale)
         self.n_tiles = n_tiles
+        self.keep_probability, self._probabilities = probability, {}
 
     def predict(self, units: Iterable[Unit], read: Read) -> Iterator[tuple[Unit, NDArray | None]]:
         for unit in units:
@@ -435,9 +436,14 @@ class _Reference:
                 yield unit, None
                 continue
             ndim = int(self.model.config.n_dim)
-            tiles = self.n_tiles or auto_n_tiles(x.shape[:ndim])
-            yield unit, self.model.predict_instances(x, **instance_options(self.model, n_tiles=tiles,
-                                                                           **self.options))[0]
+            options = instance_options(self.model, n_tiles=self.n_tiles or auto_n_tiles(x.shape[:ndim]), **self.options)
+            if self.keep_probability:
+                self._probabilities[unit] = predicted_probability(self.model, x, n_tiles=options["n_tiles"][:ndim],
+                                                                  scale=self.options["scale"])
+            yield unit, self.model.predict_instances(x, **options)[0]
+
+    def probability(self, unit) -> NDArray | None:
+        return self._probabilities.pop(unit, None)
 
     def __enter__(self) -> "_Reference":
         return self
@@ -451,20 +457,19 @@ class _Reference:
 
 def predictor(model, *, prob_thresh: float | None = None, nms_thresh: float | None = None,
               n_tiles: tuple[int, ...] | None = None, scale: tuple[float, ...] | None = None,
-              cancel: Callable[[], bool] | None = None, pipeline: bool = True):
+              cancel: Callable[[], bool] | None = None, pipeline: bool = True, probability: bool = False):
     """What turns normalised units into labels: the batched pipeline, or (``pipeline=False``) stardist unit by unit.
 
-    Use it as a context manager: its threads end with the block.
+    Use it as a context manager: its threads end with the block.  ``probability``:
+    it also keeps each unit's object probability (``.probability(unit)``, for OUTPUT_PROBABILITY).
     """
-    if pipeline:
-        return UnitPredictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
-                             cancel=cancel)
-    return _Reference(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
-                      cancel=cancel)
+    options = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale, cancel=cancel,
+                   probability=probability)
+    return UnitPredictor(model, **options) if pipeline else _Reference(model, **options)
 
 
 def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: int, plane_shape: tuple[int, ...],
-                dtype: np.dtype, unique: bool = False) -> Iterator[UnitResult]:
+                dtype: np.dtype, unique: bool = False, write_probability: Write | None = None) -> Iterator[UnitResult]:
     """Read, predict, number and write each unit in turn; yield what each gave once it is written.
 
     Parameters
@@ -486,6 +491,9 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
         The label type; a unit whose labels do not fit raises before it is written.
     unique
         Number labels consecutively across ``units`` instead of from 1 in each.
+    write_probability
+        Puts the unit's object probability (float32, the unit's shape; 0 where it
+        has no signal) where it belongs; ``predict`` must keep it (``predictor(probability=True)``).
 
     Raises
     ------
@@ -503,6 +511,9 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
         labels, count, top = number(labels, unit, offset=offset, unique=unique, dtype=dtype)
         offset = top if unique else offset
         write(unit, labels)
+        if write_probability is not None:
+            prob = predict.probability(unit)
+            write_probability(unit, np.zeros(labels.shape, np.float32) if prob is None else prob)
         now = time.perf_counter()
         log.debug("%s: %d nuclei", where(unit), count)
         yield UnitResult(unit, count, now - start, highest)

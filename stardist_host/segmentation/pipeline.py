@@ -268,14 +268,19 @@ class UnitPredictor:
     cancel
         Called before each unit is read and before each batch goes to the
         network; True stops with :class:`~stardist_host.errors.Cancelled`.
+    probability
+        Keep each unit's object probability on its own grid for :meth:`probability` (OUTPUT_PROBABILITY).
     """
 
     def __init__(self, model, *, prob_thresh: float | None = None, nms_thresh: float | None = None,
                  n_tiles: tuple[int, ...] | None = None, scale: tuple[float, ...] | None = None,
                  batch_size: int | None = None, workers: int = 2, nms_workers: int | None = None,
                  nms_processes: bool | None = None, budget: int | None = None,
-                 memory: int | None = None, cancel: Callable[[], bool] | None = None) -> None:
+                 memory: int | None = None, cancel: Callable[[], bool] | None = None,
+                 probability: bool = False) -> None:
         self.model = model
+        self.keep_probability = probability
+        self._probabilities: dict = {}  # unit -> its probability, set before its labels are done
         self.prob_thresh, self.nms_thresh = prob_thresh, nms_thresh
         self.n_tiles = tuple(n_tiles) if n_tiles else None
         self.scale = scale
@@ -393,7 +398,7 @@ class UnitPredictor:
             estimate = self.unit_bytes(image)
             if self.needs_direct(image):
                 self._flush(batch)
-                pending.append((unit, self._net.submit(self.direct, image), estimate))
+                pending.append((unit, self._net.submit(self.direct, image, unit), estimate))
                 continue
             prepared = self.predictor.prepare(unit, image)
             if batch and prepared.x.shape != batch[0].x.shape:
@@ -435,12 +440,15 @@ class UnitPredictor:
             else:
                 log.warning("out of memory on one plane: predicting it in tiles")
                 try:
-                    batch[0].future.set_result(self.direct(batch[0].image))
+                    batch[0].future.set_result(self.direct(batch[0].image, batch[0].unit))
                 except Exception as again:
                     batch[0].future.set_exception(again)
             return
         for prepared, (prob, dist) in zip(batch, outputs):
             self._to_come -= 1
+            if self.keep_probability:
+                self._probabilities[prepared.unit] = compat.probability(self.model, prepared.resizer, prob,
+                                                                        prepared.image.shape[:self.ndim])
             if self._use_processes():
                 try:
                     work = self.predictor.submit_to(self.pool, prepared, prob, dist)
@@ -471,7 +479,11 @@ class UnitPredictor:
         return plan_blocks(shape, compat.block_grid(self.model, axes), block=(_BIG_BLOCK[self.ndim],) * self.ndim,
                            min_overlap=(_BIG_OVERLAP,) * self.ndim, context=compat.tile_overlap(self.model, axes))
 
-    def direct(self, image: NDArray) -> NDArray:
+    def probability(self, unit) -> NDArray | None:
+        """The object probability of a unit whose labels were handed back (float32, the unit's grid); once each."""
+        return self._probabilities.pop(unit, None)
+
+    def direct(self, image: NDArray, unit=None) -> NDArray:
         """stardist's own prediction, for units that are tiled, rescaled or big; retried with more tiles on OOM."""
         spatial = image.shape[:self.ndim]  # without the channels of a model with several
         plan = self.blocks(spatial) if math.prod(spatial) > BIG_PIXELS else None
@@ -479,7 +491,7 @@ class UnitPredictor:
         tiles = self.n_tiles or auto_n_tiles(shape, self.budget, ndim=self.ndim)
         while True:
             try:
-                return self._predict(image, plan, tiles)
+                return self._predict(image, plan, tiles, unit)
             except Exception as err:
                 if not is_out_of_memory(err) or all(t >= s for t, s in zip(tiles, shape)):
                     raise
@@ -487,9 +499,12 @@ class UnitPredictor:
                 tiles = tuple(t * 2 if i == axis else t for i, t in enumerate(tiles))
                 log.warning("out of memory: retrying with n_tiles=%s", tiles)
 
-    def _predict(self, image: NDArray, plan: BlockPlan | None, tiles: tuple[int, ...]) -> NDArray:
+    def _predict(self, image: NDArray, plan: BlockPlan | None, tiles: tuple[int, ...], unit=None) -> NDArray:
         options = compat.instance_options(self.model, prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh,
                                           n_tiles=tiles, scale=self.scale)
+        if plan is None and self.keep_probability:
+            self._probabilities[unit] = compat.predicted_probability(self.model, image, n_tiles=tiles,
+                                                                     scale=self.scale)
         if plan is None:
             return self.model.predict_instances(image, **options)[0]
         log.info("%s of %s pixels: predicted in blocks of %s (overlap %s, context %s)", "plane" if self.ndim == 2

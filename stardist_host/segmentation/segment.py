@@ -13,15 +13,17 @@ process or a child one is the runs layer's choice (:mod:`stardist_host.runs.loca
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import Cancelled, LabelOverflowError
+from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import Cancel, ImageSet, Progress
 from .engine import (Normalisation, UnitResult, label_dtype_for, label_units, predictor, resolve_normalisation,
                      run_scale, unit_planes, unit_reader, unit_shape)
+from .pipeline import BIG_PIXELS
 from .plan import Plan
 from .settings import Settings, schema
 
@@ -48,6 +50,7 @@ class SegmentResult:
     precision: str = ""  # the network's: "float32", "bfloat16" or "float16"; empty where not known
     time_point_count: int = 1  # of the image set, segmented or not
     computed: int | None = None  # units segmented by this run where a resumed run found others done; None: all
+    probability_channel: int | None = None  # OUTPUT_PROBABILITY's channel, where there is one
     output_note: str = ""  # how the output file deviates from one image with every channel, where it does
 
     @property
@@ -77,6 +80,8 @@ class SegmentResult:
             f"{f' on {self.device}' if self.device else ''}{f' in {self.precision}' if self.precision else ''}, "
             f"{secs / len(self.units):.3f} s per {what}"
         )
+        if self.probability_channel is not None:
+            text = f"{text}; object probability in channel {self.probability_channel}"
         if self.output_note:
             text = f"{text}; the file holds {self.output_note}"
         done = sorted({u.unit.time_point for u in self.units})
@@ -150,6 +155,7 @@ def segment(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     pipeline: bool = True,
+    output_probability: bool = False,
 ) -> SegmentResult:
     """Segment every plane (2D) or volume (3D) of ``plan`` into a new label channel.
 
@@ -197,6 +203,9 @@ def segment(
         True: batched network calls overlapped with reading and NMS
         (:mod:`stardist_host.segmentation.pipeline`); False: stardist's ``predict_instances``
         unit by unit (the reference the pipeline is tested against).
+    output_probability
+        Also add a float32 channel ``output_name + " probability"`` with the
+        network's object probability (0 where a unit has no signal).
 
     Returns
     -------
@@ -217,11 +226,23 @@ def segment(
     scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
                       object_diameter_um=object_diameter_um, unit_shape=unit_shape(plan, plane_shape), read=read,
                       units=units)
+    if output_probability and math.prod(unit_shape(plan, plane_shape)) > BIG_PIXELS:
+        raise SettingsError("OUTPUT_PROBABILITY", True, f"is not available for planes (volumes) of more than "
+                            f"{BIG_PIXELS} pixels, which are predicted in blocks")
     if cancel is not None and cancel():
         raise Cancelled("cancelled: segmentation stopped on request before it began")
     out = imageset.add_channel(output_name, dtype)
     result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision,
                            time_point_count=imageset.time_point_count)
+    added = [(out, output_name)]
+    if output_probability:
+        name = f"{output_name} probability"
+        try:
+            result.probability_channel = imageset.add_channel(name, np.float32)
+        except BaseException as err:
+            abandon(imageset, out, output_name, [], err)
+            raise
+        added.append((result.probability_channel, name))
     log.info(
         "segmenting channel %s, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
         "+".join(map(str, plan.channels)), len(units), "plane" if plan.ndim == 2 else "volume",
@@ -234,12 +255,17 @@ def segment(
             written.append((z, unit.time_point))
             imageset.set_channeldata(out, z, unit.time_point, plane)
 
+    def write_probability(unit, prob) -> None:
+        for z, plane in unit_planes(unit, prob, plan.ndim):
+            imageset.set_channeldata(result.probability_channel, z, unit.time_point, plane)
+
     what = "planes" if plan.ndim == 2 else "volumes"
     try:
         with predictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
-                       cancel=cancel, pipeline=pipeline) as predict:
+                       cancel=cancel, pipeline=pipeline, probability=output_probability) as predict:
             labelled = label_units(predict, units, read, write, ndim=plan.ndim, plane_shape=plane_shape,
-                                   dtype=dtype, unique=unique_labels)
+                                   dtype=dtype, unique=unique_labels,
+                                   write_probability=write_probability if output_probability else None)
             for done, unit_result in enumerate(labelled, start=1):
                 result.units.append(unit_result)
                 if progress is not None:
@@ -247,7 +273,8 @@ def segment(
                 if cancel is not None and done < len(units) and cancel():
                     raise Cancelled(f"cancelled: segmentation stopped on request after {done} of {len(units)} {what}")
     except BaseException as err:
-        abandon(imageset, out, output_name, written, err)
+        for channel, name in reversed(added):  # the last added first: the channels before keep their indices
+            abandon(imageset, channel, name, written, err)
         raise
     return result
 
@@ -309,4 +336,5 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
         precision=precision,
         progress=progress,
         cancel=cancel,
+        output_probability=settings.output_probability,
     )

@@ -189,6 +189,9 @@ class Settings:
     label_dtype: str = setting(
         "choice", "auto", "type of the label channel; labels never wrap around", choices=LABEL_DTYPES,
         affects_labels=True)
+    output_probability: bool = setting(
+        "bool", False, "True: also a float32 channel of the network's object probability at each pixel, to choose "
+        "PROB_THRESH by (not for label stores: OME-Zarr, resumed and Dask runs)", affects_labels=False)
     # the three below choose what is written beside the labels
     overwrite: bool = setting(
         "bool", False, "headless: replace an output file that exists already", affects_labels=False)

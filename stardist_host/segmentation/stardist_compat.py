@@ -117,6 +117,47 @@ def pad_for_network(model, image: NDArray) -> tuple[NDArray, object]:
     return setup[_SETUP_X], setup[_SETUP_RESIZER]
 
 
+def probability(model, resizer, prob: NDArray, shape: tuple[int, ...]) -> NDArray:
+    """The network's object probability for one padded input, unpadded as stardist does and on the image's grid.
+
+    ``prob`` is the (…, 1) output on the network's grid (every ``grid``-th
+    pixel of the padded input, or of the scaled image); linear interpolation
+    brings it to ``shape``, the unit's (Y, X) or (Z, Y, X), as float32.
+    """
+    prob = np.take(resizer.after(prob, model.config.axes), 0, axis=-1) if resizer is not None else prob
+    return on_grid(prob, shape)
+
+
+def predicted_probability(model, image: NDArray, *, n_tiles: tuple[int, ...], scale) -> NDArray:
+    """The object probability of a unit that ``predict_instances`` segments itself (tiled, scaled), on its grid.
+
+    A network pass of its own, as ``predict_instances`` makes it: the image
+    resampled by ``scale`` (linear, as stardist does), ``predict`` in tiles.
+    The labels stay those of the sparse ``predict_instances``: its dense path,
+    which would hand the probability back, drops objects at the border of a
+    scaled image that the sparse one keeps.
+    """
+    from scipy.ndimage import zoom
+
+    ndim = int(model.config.n_dim)
+    options = instance_options(model, prob_thresh=None, nms_thresh=None, n_tiles=n_tiles, scale=scale)
+    x = image if scale is None else zoom(image, options["scale"], order=1)
+    prob, _ = model.predict(x, n_tiles=options["n_tiles"], show_tile_progress=False)
+    return on_grid(prob, image.shape[:ndim])
+
+
+def on_grid(prob: NDArray, shape: tuple[int, ...]) -> NDArray:
+    """``prob`` resampled (linear, pixel areas aligned) to ``shape``, as float32."""
+    from scipy.ndimage import zoom
+
+    prob = np.asarray(prob, np.float32)
+    if prob.shape == tuple(shape):
+        return prob
+    factors = [n / p for n, p in zip(shape, prob.shape)]
+    out = zoom(prob, factors, order=1, grid_mode=True, mode="nearest")
+    return out[tuple(slice(0, n) for n in shape)].astype(np.float32, copy=False)
+
+
 def instance_options(model, *, prob_thresh, nms_thresh, n_tiles, scale) -> dict:
     """``predict_instances``' options for a unit: ``n_tiles`` and ``scale`` are per spatial axis; a model with
     several input channels takes its units with the channels last, where stardist wants a 1 for that axis too."""
