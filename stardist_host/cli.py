@@ -189,7 +189,17 @@ def _add_evaluate(sub) -> None:
     precision = schema(2).by_name["PRECISION"]
     p.add_argument("--precision", choices=precision.choices, default=precision.default,
                    help=precision.cli_help() + "; compare the scores of float32 and mixed on your own annotated data")
+    _size_schema(2).add_arguments(p)  # --dim is known once parsed: the values are checked against it then
     p.set_defaults(func=_evaluate)
+
+
+def _size_schema(ndim: int):
+    """The physical-size settings (SCALE, MODEL_PIXEL_SIZE_UM, OBJECT_DIAMETER_UM) of a run, for ``evaluate``."""
+    from .schema import Schema
+    from .segmentation.settings import schema
+
+    return Schema("evaluate", [schema(ndim).by_name[name] for name in
+                               ("SCALE", "MODEL_PIXEL_SIZE_UM", "OBJECT_DIAMETER_UM")])
 
 
 def _evaluate(args) -> int:
@@ -200,11 +210,16 @@ def _evaluate(args) -> int:
     from .training.pairs import read_pairs
     from .training.train import record_test_scores
 
+    from .schema import raise_all
+
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
+    sizes = _size_schema(pairs.ndim)
+    values = sizes.values_from_args(args)
+    raise_all([e for e in (f.error(values[f.attr]) for f in sizes) if e is not None])
     model, _, precision = load_for_run(args.model_name, ndim=pairs.ndim, path=args.model_path, use_gpu=not args.cpu,
                                        precision=args.precision)
     rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh,
-                               nms_thresh=args.nms_thresh, normalize_channels_jointly=trained_jointly(model))
+                               nms_thresh=args.nms_thresh, normalize_channels_jointly=trained_jointly(model), **values)
     what = {"model": args.model_name, "images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
             "region": args.region, "n_objects": n_objects, "precision": precision}
     print(f"{args.model_name} on {len(pairs.images)} sample(s), {n_objects} true objects, network in {precision}:")
@@ -367,10 +382,10 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
 
 def _schema(args: argparse.Namespace):
     """The settings schema of the command, if it has one."""
-    if args.command == "segment":
+    if args.command in ("segment", "evaluate"):  # evaluate: the model and size options
         from .segmentation.settings import schema
 
-        return schema(args.dim)
+        return schema(args.dim or 2)
     job = getattr(args, "job", None)
     if job:
         from .analyses.jobs import JOBS

@@ -105,6 +105,26 @@ def test_twice_the_pixel_density_segments_as_well_when_the_files_state_the_pixel
     assert unknown < at_1x - 0.5, (at_1x, unknown)  # over-split at scale 1 (seen: 0.0)
 
 
+def test_the_evaluate_command_takes_the_scale_options(tmp_path, scenes, caplog):
+    from stardist_host import cli
+
+    tifffile.imwrite(tmp_path / "mask.tif", scenes.truth2)
+    scores = {}
+    for option in ([], ["--scale", "0.5"]):
+        out = tmp_path / f"scores{len(option)}{option[:1]}.json"
+        assert cli.main(["evaluate", "--images", str(scenes.two_unknown), "--masks", str(tmp_path / "mask.tif"),
+                         "--model-name", "2D_demo", "--cpu", "--out", str(out), *option]) == 0
+        row = next(r for r in json.loads(out.read_text())["scores"] if r["iou"] == 0.5)
+        scores[" ".join(option)] = row["f1"]
+    assert scores["--scale 0.5"] > 0.9 > 0.5 > scores[""], scores  # the 2x scene at scale 1 is over-split
+    caplog.clear()  # a value the option cannot take is one line, status 2, before the model loads
+    assert cli.main(["evaluate", "--images", str(scenes.two_unknown), "--masks", str(tmp_path / "mask.tif"),
+                     "--model-name", "2D_demo", "--scale", "0.5,0.5,0.5"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        '--scale 0.5,0.5,0.5: must be "auto", "estimate", a number above 0 and at most 16 for every axis, or 2 such '
+        "numbers (Y, X), e.g. [0.5, 0.5]"]
+
+
 def test_the_separate_process_gets_the_same_scale(models_dir, scenes):
     settings = Settings(ndim=2, model_path=str(models_dir), model_name="demo_px", use_gpu=False,
                         separate_process=True)
