@@ -234,7 +234,7 @@ def test_big_plane_goes_through_predict_instances_big(model_2d, monkeypatch):
     x = normalize(stardist_sample_2d(), 1, 99.8, axis=None)
     whole, _ = model_2d.predict_instances(x, show_tile_progress=False)
     monkeypatch.setattr(pipeline, "BIG_PIXELS", 256 * 256)
-    monkeypatch.setattr(pipeline, "_BIG_BLOCK", {2: 320, 3: 64})
+    monkeypatch.setattr(pipeline, "BIG_BLOCK", {2: 320, 3: 64})
     calls = []
     original = type(model_2d).predict_instances_big
 

@@ -342,6 +342,18 @@ def test_a_scale_too_small_for_the_unit_stops_the_run_before_anything_is_written
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_scale_beyond_the_memory_budget_stops_the_run_before_anything_is_written(scenes, monkeypatch):
+    monkeypatch.setenv("STARDIST_HOST_MEMORY", str(64 * 2**20))
+    ims = TiffImageSet(scenes.one)
+    with pytest.raises(SettingsError, match=r"SCALE=8: scales a unit of shape \(192, 192\) to \(1536, 1536\), about "
+                                            r"0.099 GiB for the network's input and output, more than the 0.062 GiB a "
+                                            r"run may use here"):
+        run(Settings(ndim=2, use_gpu=False, separate_process=False, scale=8), ims)
+    assert ims.channel_count == 1  # no label channel was added
+    monkeypatch.setenv("STARDIST_HOST_MEMORY", str(2**30))  # the same scale within a larger budget
+    assert run(Settings(ndim=2, use_gpu=False, separate_process=False, scale=8, n_tiles=(2, 2)), ims).total > 0
+
+
 def test_estimate_on_the_3d_sample_at_the_models_own_density_keeps_scale_1(model_3d, caplog):
     """Nuclei merged at too small a factor measure too small to fit: the estimate stays at the model's density."""
     from stardist.data import test_image_nuclei_3d

@@ -24,7 +24,8 @@ from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import ImageSet
 from .models import trained_sizes
 from .normalisation import NO_SIGNAL_FRACTION, Normalisation, normalise, series_intensities, where
-from .pipeline import UnitPredictor, auto_n_tiles
+from .device import host_memory_budget
+from .pipeline import BIG_BLOCK, BIG_PIXELS, UnitPredictor, auto_n_tiles
 from .stardist_compat import instance_options, predicted_probability
 from .plan import Plan, Unit
 
@@ -132,7 +133,7 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
         factors = tuple(float(f) for f in scale) if isinstance(scale, (list, tuple)) else (float(scale),) * ndim
         log.info("SCALE=%s: each %s is resampled by %s before the network", scale,
                  "plane" if ndim == 2 else "volume", _factors(factors))
-        return _checked(None if all(f == 1 for f in factors) else factors, unit_shape, "SCALE", scale)
+        return _checked(None if all(f == 1 for f in factors) else factors, unit_shape, "SCALE", scale, model)
     recorded = trained_sizes(model)
     trained = recorded.pixel_size_um
     if model_pixel_size_um is not None:
@@ -147,7 +148,7 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
         image = tuple(voxel_size[1:]) if ndim == 2 else tuple(voxel_size)
     if object_diameter_um is not None:
         factors = _diameter_scale(model, recorded.object_diameter_px, image, trained, object_diameter_um)
-        return _checked(factors, unit_shape, "OBJECT_DIAMETER_UM", object_diameter_um)
+        return _checked(factors, unit_shape, "OBJECT_DIAMETER_UM", object_diameter_um, model)
     factors = _pixel_scale(model, image, trained)
     if factors is None:
         return None
@@ -157,7 +158,7 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
         return None
     log.info("SCALE=\"auto\": image voxel size %s µm, model's %s µm: each %s is resampled by %s", voxel_size,
              "unknown" if trained is None else _factors(trained), "plane" if ndim == 2 else "volume", _factors(factors))
-    return _checked(factors, unit_shape, "SCALE", scale)
+    return _checked(factors, unit_shape, "SCALE", scale, model)
 
 
 def _factors(values) -> str:
@@ -314,18 +315,36 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
     if all(abs(math.log(f)) < math.log(DEAD_BAND) for f in chosen):
         log.info('SCALE="estimate": within %d%% of 1: not resampled', round((DEAD_BAND - 1) * 100))
         return None
-    return _checked(chosen, unit_shape, "SCALE", "estimate")
+    return _checked(chosen, unit_shape, "SCALE", "estimate", model)
 
 
-def _checked(factors, unit_shape, setting: str, value) -> tuple[float, ...] | None:
-    """``factors``, or a SettingsError where a unit of ``unit_shape`` would shrink below MIN_SCALED_SIZE."""
+def _checked(factors, unit_shape, setting: str, value, model=None) -> tuple[float, ...] | None:
+    """``factors``, or a SettingsError where a unit of ``unit_shape`` would shrink below MIN_SCALED_SIZE, or
+    where the scaled unit (or block, for units predicted in blocks) would not fit the memory budget."""
     if factors is None or unit_shape is None:
         return factors
     small = [(n, f) for n, f in zip(unit_shape, factors) if n > 1 and n * f < MIN_SCALED_SIZE]
     if small:
         raise SettingsError(setting, value, f"scales a unit of shape {tuple(unit_shape)} by {_factors(factors)}, "
                             f"which leaves an axis under {MIN_SCALED_SIZE} pixels; give a larger scale")
+    if model is not None:
+        ndim = len(factors)
+        piece = tuple(unit_shape) if math.prod(unit_shape) <= BIG_PIXELS else (BIG_BLOCK[ndim],) * ndim
+        scaled = tuple(max(1, round(n * f)) for n, f in zip(piece, factors))
+        need, budget = math.prod(scaled) * scaled_bytes_per_pixel(model), host_memory_budget()
+        if need > budget:
+            raise SettingsError(setting, value, f"scales {'a unit' if piece == tuple(unit_shape) else 'a block'} of "
+                                f"shape {piece} to {scaled}, about {need / 2**30:.2g} GiB for the network's input "
+                                f"and output, more than the {budget / 2**30:.2g} GiB a run may use here (a quarter of "
+                                "the free memory, or STARDIST_HOST_MEMORY); give a smaller scale")
     return factors
+
+
+def scaled_bytes_per_pixel(model) -> float:
+    """Bytes per pixel of a resampled unit in stardist's prediction: the image, its labels and the network's
+    probability and distances on its grid."""
+    grid = math.prod(getattr(model.config, "grid", (1,)))
+    return 12 + 4 * (1 + getattr(model.config, "n_rays", 32)) / grid
 
 
 # --------------------------------------------------------------------------- reading

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 BIG_PIXELS = 8192 * 8192
 # Block edge asked of predict_instances_big (before the planner fits it to the shape):
 # 4096^2 pixels or 256^3 voxels, a quarter of BIG_PIXELS, each then tiled to fit the budget.
-_BIG_BLOCK = {2: 4096, 3: 256}
+BIG_BLOCK = {2: 4096, 3: 256}
 # Overlap of neighbouring blocks: objects up to this size (pixels) are never cut.
 _BIG_OVERLAP = 96
 # Largest automatic batch: beyond 8 to 16 planes a CPU gains nothing, and memory stays small.
@@ -476,7 +476,7 @@ class UnitPredictor:
     def blocks(self, shape: tuple[int, ...]) -> BlockPlan | None:
         """How ``predict_instances_big`` splits a unit of ``shape`` (:func:`plan_blocks`)."""
         axes = "YX" if self.ndim == 2 else "ZYX"
-        return plan_blocks(shape, compat.block_grid(self.model, axes), block=(_BIG_BLOCK[self.ndim],) * self.ndim,
+        return plan_blocks(shape, compat.block_grid(self.model, axes), block=(BIG_BLOCK[self.ndim],) * self.ndim,
                            min_overlap=(_BIG_OVERLAP,) * self.ndim, context=compat.tile_overlap(self.model, axes))
 
     def probability(self, unit) -> NDArray | None:
