@@ -307,3 +307,14 @@ def test_members_that_leave_the_package_are_not_unpacked(tmp_path):
     folder = import_package(package, path=models, name="m")
     assert (folder / "bioimageio" / "docs" / "ok.md").read_bytes() == b"kept"
     assert sorted(p.name for p in tmp_path.rglob("outside.txt")) == []
+
+
+def test_the_packages_pixel_size_is_the_models_for_scale_auto(package_2d, tmp_path):
+    """Loaded from the .zip or installed from it, the model records the package's pixel size: SCALE="auto" uses it."""
+    from stardist_host.segmentation.engine import run_scale
+    from stardist_host.segmentation.models import trained_sizes
+
+    import_package(package_2d, path=tmp_path, name="demo")
+    for model in (load_model(str(package_2d), ndim=2), load_model("demo", ndim=2, path=tmp_path)):
+        assert trained_sizes(model).pixel_size_um == (0.5, 0.5)
+        assert run_scale(model, (None, 0.25, 0.25), unit_shape=(256, 256)) == (0.5, 0.5)  # twice the density

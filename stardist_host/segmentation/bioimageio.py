@@ -360,6 +360,10 @@ def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, n
             if package.thresholds is not None:
                 (folder / "thresholds.json").write_text(json.dumps(package.thresholds))
             files.copy(package.weights, folder / INSTALLED_WEIGHTS)
+            if package.pixel_size_um is not None:  # what a run's SCALE="auto" reads, as train records it
+                card = {"name": package.name, "source": "bioimage.io package",
+                        "pixel_size_um": [float(v) for v in package.pixel_size_um]}
+                (folder / "model_card.json").write_text(json.dumps(card, indent=2))
             for member in files.names:
                 if files.member(member) is not None:
                     files.copy(member, folder / PACKAGE_FOLDER / member)

@@ -229,9 +229,11 @@ def _load_package(cls, package: Path, name: str, ndim: int, path_setting: str, c
         log.info("loading %dD model %s from the bioimage.io package %s", ndim, folder.name, package)
         try:
             with prints_to_log(log):
-                return cls(None, name=folder.name, basedir=str(folder.parent))
+                model = cls(None, name=folder.name, basedir=str(folder.parent))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ModelError(f"the model in the package {package} could not be loaded: {err}") from err
+        model.stardist_host_card = _model_card(folder)  # the folder goes with the block: keep what it records
+        return model
 
 
 def run_percentiles(name: str, percentiles: tuple[float, float], *, ndim: int,
@@ -349,8 +351,8 @@ class TrainedSizes:
 
 def trained_sizes(model) -> TrainedSizes:
     """The recorded pixel size and object diameter of a loaded model's training data (``model_card.json``)."""
+    card = _card_of(model)
     logdir = getattr(model, "logdir", None)
-    card = _model_card(Path(logdir)) if logdir is not None else {}
     size, diameter = card.get("pixel_size_um"), card.get("object_diameter_px")
     ndim = int(model.config.n_dim)
     ok = (isinstance(size, list) and len(size) == ndim
@@ -372,9 +374,17 @@ def trained_jointly(model) -> bool:
     Its ``model_card.json``'s ``normalize_channels_jointly`` (``train`` records
     it), for stardist's registered H&E model True, else False (each on its own).
     """
-    logdir = getattr(model, "logdir", None)
-    recorded = (_model_card(Path(logdir)) if logdir is not None else {}).get("normalize_channels_jointly")
+    recorded = _card_of(model).get("normalize_channels_jointly")
     return recorded if isinstance(recorded, bool) else _JOINTLY.get(getattr(model, "name", ""), False)
+
+
+def _card_of(model) -> dict[str, Any]:
+    """A loaded model's model_card.json: kept on it where it came from a package, else read from its folder."""
+    kept = getattr(model, "stardist_host_card", None)
+    if isinstance(kept, dict):
+        return kept
+    logdir = getattr(model, "logdir", None)
+    return _model_card(Path(logdir)) if logdir is not None else {}
 
 
 def _model_card(folder: Path) -> dict[str, Any]:
