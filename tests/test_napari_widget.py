@@ -148,7 +148,7 @@ def test_2d_sample_equals_the_command_line(viewer, qtbot, tmp_path, notes, caplo
     viewer.dims.set_current_step(0, 1)  # the current time point
     widget = widget_for(viewer, 2, membrane)
     widget.layer.value = dapi
-    assert widget.settings_widgets["INPUT_CHANNEL"].value == 0 and not widget.settings_widgets["INPUT_CHANNEL"].enabled
+    assert widget.settings_widgets["INPUT_CHANNEL"].value == "0" and not widget.settings_widgets["INPUT_CHANNEL"].enabled
     run, seen = run_to_end(qtbot, widget)
     assert not isinstance(run.result, BaseException), run.result
     assert seen[-1] == (1, 1) and widget.progress_bar.value == widget.progress_bar.max == 1  # progress reached the end

@@ -87,11 +87,12 @@ def field_widget(field: Field):
     """
     common = {"name": field.name, "label": field.name, "tooltip": _tooltip(field)}
     start = field.script_value
-    if field.type == "bool":
+    if field.type == "bool" and not field.optional:
         widget = CheckBox(value=start, text=field.name, **common)
         return widget, lambda: widget.value
-    if field.type == "choice":
-        choices = ([("None", None)] if field.optional else []) + [(str(c), c) for c in field.choices]
+    if field.type in ("choice", "bool"):  # an optional bool: None, True or False
+        options = field.choices if field.type == "choice" else (True, False)
+        choices = ([("None", None)] if field.optional else []) + [(str(c), c) for c in options]
         widget = ComboBox(choices=choices, value=start, **common)
         return widget, lambda: widget.value
     if field.type in ("int", "float") and not field.optional:
@@ -290,7 +291,7 @@ class SegmentationWidget(_RunWidget):
         except Exception:  # Run says what is wrong
             return
         if layer in layers:
-            channel.value = layers.index(layer)
+            channel.value = _text(layers.index(layer))  # a text field: a list of channels is for several
 
     def settings(self) -> Settings:
         """The settings the widgets show, validated; every bad one in one error."""
