@@ -10,7 +10,7 @@ from stardist_host.segmentation.models import ModelError, load_model
 
 
 def test_bundled_and_registered_names():
-    assert models.bundled_models(2) == ["2D_demo"] and models.bundled_models(3) == ["3D_demo"]
+    assert models.bundled_models(2) == ["2D_demo", "2D_two_channel_demo"] and models.bundled_models(3) == ["3D_demo"]
     assert "2D_versatile_fluo" in models.registered_models(2)
 
 
@@ -59,7 +59,7 @@ def test_a_model_whose_input_channels_are_not_the_runs_is_refused_before_it_load
 
 
 def test_unknown_name_lists_bundled_and_registered():
-    with pytest.raises(ModelError, match=r"no such bundled or registered 2D model; bundled: 2D_demo; registered: .*2D_versatile_fluo"):
+    with pytest.raises(ModelError, match=r"no such bundled or registered 2D model; bundled: 2D_demo, 2D_two_channel_demo; registered: .*2D_versatile_fluo"):
         load_model("nope", ndim=2)
 
 
