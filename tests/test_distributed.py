@@ -274,13 +274,15 @@ def test_existing_labels_and_bad_outputs_are_refused_before_the_model_loads(tmp_
         segment_file(settings, store, tmp_path / "sep.zarr", workers=0)
 
 
-def test_a_local_cluster_worker_gets_its_share_of_the_cores_and_glibcs_own_malloc():
+def test_a_local_cluster_worker_gets_its_share_of_the_cores_and_glibcs_own_malloc(monkeypatch):
     """Dask's nanny sets OMP_NUM_THREADS=1 in its workers (the model and NMS ran at half speed on 2 cores) and
     MALLOC_TRIM_THRESHOLD_ (a 3D volume took 1.3x as long), and both in the process that starts them."""
     pytest.importorskip("distributed")
     from stardist_host.segmentation.nms_workers import available_cores
 
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    for name in names:  # as in a new process (the module's cluster, a plain LocalCluster, set them in this one)
+        monkeypatch.delenv(name, raising=False)
     here = {name: os.environ.get(name) for name in names}
     with distributed.dask_client(workers=1) as client:
         seen = client.run(lambda: {name: os.environ.get(name) for name in names})
