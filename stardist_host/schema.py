@@ -201,7 +201,7 @@ def _number_or_numbers_allowed(f: Any) -> str:
 
 def _int_or_ints(f: Any, v: Any) -> bool:
     """A whole number in range, or a non-empty list of them: INPUT_CHANNEL of a model with several input channels."""
-    return _whole(f, v) or (isinstance(v, (list, tuple)) and bool(v) and all(_whole(f, x) for x in v))
+    return _whole(f, v) or (_sequence(_whole)(f, v) and len(v) > 0)
 
 
 def _parse_int_or_ints(f: Any, text: str) -> Any:

@@ -41,8 +41,8 @@ from ..errors import OutputError, SettingsError, StardistHostError, UnitFailedEr
 from ..host import Progress
 from ..io.opening import is_omezarr
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
-from ..segmentation.engine import (Normalisation, first_labels, label_dtype_for, label_units, predictor,
-                                   resolve_normalisation, run_scale, unit_planes, unit_reader, unit_shape, where)
+from ..segmentation.engine import (Normalisation, first_labels, label_dtype_for, label_units, predictor, resolve_run,
+                                   unit_planes, unit_reader, where)
 from ..segmentation.nms_workers import available_cores
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, normalisation_for
@@ -549,12 +549,9 @@ def _load(settings: Settings):
 
 def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
     """The task of this run: the normalisation and the scale resolved once, here (a bad scale stops the run now)."""
-    normalisation = resolve_normalisation(normalisation_for(settings, model), imageset, plan.channel, settings.ndim,
-                                          list(plan.units))
-    read = unit_reader(imageset, plan.channel, settings.ndim, normalisation)  # SCALE="estimate" samples
-    scale = run_scale(model, imageset.voxel_size, scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
-                      object_diameter_um=settings.object_diameter_um,
-                      unit_shape=unit_shape(plan, imageset.plane_shape), read=read, units=list(plan.units))
+    normalisation, _, scale = resolve_run(model, imageset, plan, normalisation_for(settings, model),
+                                          scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
+                                          object_diameter_um=settings.object_diameter_um)
     return Task(settings, source, target, plan.channel, str(dtype), scale, normalisation)
 
 

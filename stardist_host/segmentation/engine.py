@@ -22,15 +22,15 @@ from numpy.typing import NDArray
 
 from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import ImageSet
+from .device import host_memory_budget
 from .models import trained_sizes
 from .normalisation import NO_SIGNAL_FRACTION, Normalisation, normalise, series_intensities, where
-from .device import host_memory_budget
 from .pipeline import BIG_BLOCK, BIG_PIXELS, UnitPredictor, auto_n_tiles
-from .stardist_compat import instance_options, predicted_probability
 from .plan import Plan, Unit
+from .stardist_compat import instance_options, predicted_probability
 
-__all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_normalisation",
-           "Normalisation", "normalise", "number", "check_fits", "first_labels", "unit_planes", "label_dtype_for",
+__all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_run",
+           "resolve_normalisation", "Normalisation", "normalise", "number", "check_fits", "first_labels", "unit_planes", "label_dtype_for",
            "run_scale", "estimate_scale", "median_diameter_px", "where", "MIN_NUCLEUS", "NO_SIGNAL_FRACTION"]
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,11 @@ def _factors(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
+def _z_ratio(spacing) -> float:
+    """Anisotropy: the Z spacing over the mean of the Y and X spacings of a (z, y, x) voxel size or model anisotropy."""
+    return spacing[0] / ((spacing[1] + spacing[2]) / 2)
+
+
 def _pixel_scale(model, image, trained) -> tuple[float, ...] | None:
     """SCALE="auto" from pixel sizes: image over model per axis, where known; None (logged) where nothing is."""
     ndim = int(model.config.n_dim)
@@ -178,12 +183,9 @@ def _pixel_scale(model, image, trained) -> tuple[float, ...] | None:
     anisotropy = getattr(model.config, "anisotropy", None) if ndim == 3 else None
     if anisotropy is not None and image is not None and image[0] is not None:
         # the model's pixel size is unknown, its anisotropy known: bring the image's Z to it, as before
-        z, y, x = image
-        factor = (z / ((y + x) / 2)) / (anisotropy[0] / ((anisotropy[1] + anisotropy[2]) / 2))
         log.info("SCALE=\"auto\": the model's pixel size is unknown; image anisotropy %.2f (voxel size %s), the "
-                 "model's %.2f: only Z can be matched", z / ((y + x) / 2), image, anisotropy[0] /
-                 ((anisotropy[1] + anisotropy[2]) / 2))
-        return (factor, 1.0, 1.0)
+                 "model's %.2f: only Z can be matched", _z_ratio(image), image, _z_ratio(anisotropy))
+        return (_z_ratio(image) / _z_ratio(anisotropy), 1.0, 1.0)
     unknown = [what for what, known in (("the image's", lateral_known), ("the model's", trained is not None))
                if not known]
     log.info("SCALE=\"auto\": %s pixel size unknown: segmented at scale 1 (set %s)", " and ".join(unknown),
@@ -203,12 +205,10 @@ def _diameter_scale(model, diameter_px, image, trained, diameter_um) -> tuple[fl
     lateral = diameter_px * (image[-1] + image[-2]) / 2 / diameter_um
     factors: tuple[float, ...] = (lateral, lateral)
     if ndim == 3:
-        model_aniso = (trained[0] / ((trained[1] + trained[2]) / 2) if trained is not None else
-                       getattr(model.config, "anisotropy", None) and
-                       model.config.anisotropy[0] / ((model.config.anisotropy[1] + model.config.anisotropy[2]) / 2))
+        anisotropy = trained if trained is not None else getattr(model.config, "anisotropy", None)
         z = lateral
-        if image[0] is not None and model_aniso:
-            z = lateral * (image[0] / ((image[1] + image[2]) / 2)) / model_aniso
+        if image[0] is not None and anisotropy:
+            z = lateral * _z_ratio(image) / _z_ratio(anisotropy)
         factors = (z, *factors)
     log.info("OBJECT_DIAMETER_UM=%g: the model's median training diameter is %.1f pixels, the image's pixel %.4g µm: "
              "each unit is resampled by %s", diameter_um, diameter_px, (image[-1] + image[-2]) / 2, _factors(factors))
@@ -274,10 +274,10 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
     z_fix, z_ratio = 1.0, 1.0
     if ndim == 3:
         anisotropy = getattr(model.config, "anisotropy", None)
-        model_ratio = (anisotropy[0] / ((anisotropy[1] + anisotropy[2]) / 2)) if anisotropy is not None else 1.0
+        model_ratio = _z_ratio(anisotropy) if anisotropy is not None else 1.0
         z_ratio = model_ratio
         if image is not None and image[0] is not None:
-            z_ratio = image[0] / ((image[1] + image[2]) / 2)
+            z_ratio = _z_ratio(image)
             z_fix = z_ratio / model_ratio
     step = max(1, math.ceil(len(units) / ESTIMATE_SAMPLE))
     sample = list(units[len(units) % step // 2::step])[:ESTIMATE_SAMPLE]
@@ -286,6 +286,7 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
         log.warning('SCALE="estimate": the sampled units have no signal: segmented at scale 1')
         return None
     measured: list[tuple[float, float | None]] = []
+    fit = None  # the first (smallest) factor whose nuclei reach the network at its training diameter
     for factor in ESTIMATE_FACTORS:
         factors = (factor * z_fix, factor, factor) if ndim == 3 else (factor, factor)
         shape = unit_shape or images[0][1].shape
@@ -297,16 +298,15 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
         diameter = median_diameter_px(labels, ndim=ndim, z_ratio=z_ratio)
         measured.append((factor, diameter))
         if diameter is not None and abs(math.log(diameter * factor / target)) <= math.log(ESTIMATE_TOLERANCE):
+            fit = factor, diameter
             break
     text = ", ".join(f"{f:.3g}: {'none' if d is None else f'{d:.1f}'}" for f, d in measured)
-    fitting = [(f, d) for f, d in measured
-               if d is not None and abs(math.log(d * f / target)) <= math.log(ESTIMATE_TOLERANCE)]
-    if not fitting:
+    if fit is None:
         log.warning('SCALE="estimate": median nucleus diameter in pixels at each factor tried (%s) never reached the '
                     "model's %.1f pixels within %gx: segmented at scale 1; give SCALE", text, target,
                     ESTIMATE_TOLERANCE)
         return None
-    factor, diameter = fitting[0]
+    factor, diameter = fit
     lateral = target / diameter
     chosen = (lateral * z_fix, lateral, lateral) if ndim == 3 else (lateral, lateral)
     log.info('SCALE="estimate": median nucleus diameter in pixels at each factor tried: %s; the model was trained '
@@ -373,6 +373,23 @@ def unit_reader(imageset: ImageSet, channel: int | tuple[int, ...], ndim: int, h
                          channels=isinstance(channel, tuple))
 
     return read
+
+
+def resolve_run(model, imageset: ImageSet, plan: Plan, how: Normalisation, *, scale: Any = "auto",
+                model_pixel_size_um: Any = None, object_diameter_um: float | None = None,
+                ) -> tuple[Normalisation, Read, tuple[float, ...] | None]:
+    """What a run settles once, before anything is written: its normalisation (:func:`resolve_normalisation`),
+    the reader of its units, and its scale (:func:`run_scale`; SCALE="estimate" reads a sample of units).
+
+    Every path calls it once: :func:`~stardist_host.segmentation.segment.segment` and, for runs through a
+    label store, the client that hands the result to its tasks.
+    """
+    how = resolve_normalisation(how, imageset, plan.channel, plan.ndim, plan.units)
+    read = unit_reader(imageset, plan.channel, plan.ndim, how)
+    factors = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
+                        object_diameter_um=object_diameter_um, unit_shape=unit_shape(plan, tuple(imageset.plane_shape)),
+                        read=read, units=plan.units)
+    return how, read, factors
 
 
 def resolve_normalisation(how: Normalisation, imageset: ImageSet, channel: int | tuple[int, ...], ndim: int,

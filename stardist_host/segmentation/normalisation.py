@@ -185,15 +185,12 @@ def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None, c
         log.info("%s: no signal (min %s, max %s), no nuclei", place, values.min(), values.max())
         return None
     if how.intensities is not None:
-        low, high = how.intensities
+        out = normalize_mi_ma(image, *how.intensities)
     elif how.percentiles is not None:
-        low, high = unit_percentiles(np.moveaxis(values, -1, 0) if channels and bad is None else values,
-                                     how.percentiles)
+        out = normalize_mi_ma(image, *unit_percentiles(np.moveaxis(values, -1, 0) if channels and bad is None
+                                                       else values, how.percentiles))
     else:
         out = image.astype(np.float32)
-        low = high = None
-    if low is not None:
-        out = normalize_mi_ma(image, low, high)
     if bad is not None:
         out[bad] = 0
     return out

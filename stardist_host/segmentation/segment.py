@@ -21,14 +21,14 @@ import numpy as np
 
 from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import Cancel, ImageSet, Progress
-from .engine import (Normalisation, UnitResult, label_dtype_for, label_units, predictor, resolve_normalisation,
-                     run_scale, unit_planes, unit_reader, unit_shape)
+from .engine import (Normalisation, UnitResult, label_dtype_for, label_units, predictor, resolve_run, unit_planes,
+                     unit_shape)
 from .pipeline import BIG_PIXELS
 from .plan import Plan
 from .settings import Settings, schema
 
-__all__ = ["segment", "segment_with_settings", "load_for_settings", "normalisation_for", "abandon", "SegmentResult", "UnitResult", "LabelOverflowError",
-           "Cancelled", "percent_progress"]
+__all__ = ["segment", "segment_with_settings", "load_for_settings", "normalisation_for", "abandon", "SegmentResult",
+           "UnitResult", "LabelOverflowError", "Cancelled", "percent_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,9 @@ def segment(
     units = plan.units
     plane_shape = tuple(imageset.plane_shape)
     dtype = label_dtype_for(label_dtype, plan, plane_shape, unique_labels)
-    normalisation = resolve_normalisation(normalisation, imageset, plan.channel, plan.ndim, units)
-    read = unit_reader(imageset, plan.channel, plan.ndim, normalisation)
-    scale = run_scale(model, imageset.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
-                      object_diameter_um=object_diameter_um, unit_shape=unit_shape(plan, plane_shape), read=read,
-                      units=units)
+    normalisation, read, scale = resolve_run(model, imageset, plan, normalisation, scale=scale,
+                                             model_pixel_size_um=model_pixel_size_um,
+                                             object_diameter_um=object_diameter_um)
     if output_probability and math.prod(unit_shape(plan, plane_shape)) > BIG_PIXELS:
         raise SettingsError("OUTPUT_PROBABILITY", True, f"is not available for planes (volumes) of more than "
                             f"{BIG_PIXELS} pixels, which are predicted in blocks")

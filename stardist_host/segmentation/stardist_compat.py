@@ -124,8 +124,7 @@ def probability(model, resizer, prob: NDArray, shape: tuple[int, ...]) -> NDArra
     pixel of the padded input, or of the scaled image); linear interpolation
     brings it to ``shape``, the unit's (Y, X) or (Z, Y, X), as float32.
     """
-    prob = np.take(resizer.after(prob, model.config.axes), 0, axis=-1) if resizer is not None else prob
-    return on_grid(prob, shape)
+    return on_grid(np.take(resizer.after(prob, model.config.axes), 0, axis=-1), shape)
 
 
 def predicted_probability(model, image: NDArray, *, n_tiles: tuple[int, ...], scale) -> NDArray:
