@@ -83,46 +83,8 @@ _EXIT_WAIT = 10.0
 class _RemoteTraceback(Exception):
     """The child's traceback, shown as the cause of the error it sent (as concurrent.futures does)."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
     def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """An image set's properties at the start of a run: all the child needs besides the planes."""
-
-    channel_count: int
-    plane_count: int
-    time_point_count: int
-    plane_shape: tuple[int, int]
-    channel_names: list[str]
-    voxel_size: Any
-    current_time_point: int
-    can_remove: bool
-
-    @classmethod
-    def of(cls, imageset: ImageSet) -> "_Snapshot":
-        voxel = imageset.voxel_size
-        return cls(int(imageset.channel_count), int(imageset.plane_count), int(imageset.time_point_count),
-                   tuple(int(n) for n in imageset.plane_shape), [str(n) for n in imageset.channel_names],
-                   None if voxel is None else tuple(None if v is None else float(v) for v in voxel),
-                   int(imageset.current_time_point), hasattr(imageset, "remove_channel"))
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What the child is to do: the settings, the plan and the host's view of the image set."""
-
-    settings: Settings
-    plan: Plan
-    output_name: str
-    imageset: _Snapshot
-    log_level: int
-    models_dir: str
+        return f'\n"""\n{self.args[0]}"""'
 
 
 # ----- the child's side ----------------------------------------------------------------------------------------
@@ -152,17 +114,21 @@ class _Link:
 
 
 class _RemoteImageSet:
-    """The host's image set as the child sees it: properties from the snapshot, plane calls over the pipe."""
+    """The host's image set as the child sees it: its properties at the start of the run, plane calls over the pipe.
 
-    def __init__(self, link: _Link, snapshot: _Snapshot) -> None:
-        self._link = link
-        self.plane_count = snapshot.plane_count
-        self.time_point_count = snapshot.time_point_count
-        self.plane_shape = snapshot.plane_shape
-        self.channel_names = list(snapshot.channel_names)
-        self.voxel_size = snapshot.voxel_size
-        self.current_time_point = snapshot.current_time_point
-        if snapshot.can_remove:  # only where the host's has it: segment() falls back to zeroing otherwise
+    Made in the host and pickled into the child, which gives it its end of the pipe (``_link``).
+    """
+
+    def __init__(self, imageset: ImageSet) -> None:
+        voxel = imageset.voxel_size
+        self._link: _Link | None = None
+        self.plane_count = int(imageset.plane_count)
+        self.time_point_count = int(imageset.time_point_count)
+        self.plane_shape = tuple(int(n) for n in imageset.plane_shape)
+        self.channel_names = [str(n) for n in imageset.channel_names]
+        self.voxel_size = None if voxel is None else tuple(None if v is None else float(v) for v in voxel)
+        self.current_time_point = int(imageset.current_time_point)
+        if hasattr(imageset, "remove_channel"):  # only where the host's has it: segment() falls back to zeroing
             self.remove_channel = self._remove_channel
 
     @property
@@ -185,6 +151,18 @@ class _RemoteImageSet:
         self.channel_names.pop()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What the child is to do: the settings, the plan and the host's view of the image set."""
+
+    settings: Settings
+    plan: Plan
+    output_name: str
+    imageset: _RemoteImageSet
+    log_level: int
+    models_dir: str
+
+
 def _portable(err: BaseException) -> tuple[BaseException, tuple]:
     """``err`` if it survives pickling (with its args, which a note may have extended), else a RuntimeError."""
     try:
@@ -205,8 +183,8 @@ def _child_main(conn, job: _Job, work: Callable | None = None) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("stardist_host").setLevel(job.log_level)
     try:
-        imageset = _RemoteImageSet(link, job.imageset)
-        result = (work or _segment)(job, imageset, lambda done, total: link.send(("progress", done, total)))
+        job.imageset._link = link
+        result = (work or _segment)(job, job.imageset, lambda done, total: link.send(("progress", done, total)))
     except BaseException as err:
         link.send(("error", *_portable(err), traceback.format_exc()))
     else:
@@ -228,7 +206,6 @@ class _Run:
     """The host's record of a child's run: the channel it added, the planes written, progress."""
 
     imageset: ImageSet
-    output_name: str
     ndim: int
     out: int | None = None
     written: list = field(default_factory=list)
@@ -238,12 +215,6 @@ class _Run:
     def where(self) -> str:
         what = "planes" if self.ndim == 2 else "volumes"
         return f" after {self.done} of {self.total} {what}" if self.total else ""
-
-    def abandon(self, err: BaseException) -> None:
-        """Remove (or zero) the channel the child added, as :func:`segment` does, naming it in ``err``."""
-        if self.out is not None:
-            abandon(self.imageset, self.out, self.output_name, self.written, err)
-            self.out = None
 
 
 def run_in_child(settings: Settings, imageset: ImageSet, plan: Plan, *, output_name: str,
@@ -284,7 +255,7 @@ def run_in_child(settings: Settings, imageset: ImageSet, plan: Plan, *, output_n
     """
     from ..segmentation.models import bundled_models_dir
 
-    job = _Job(settings, plan, output_name, _Snapshot.of(imageset),
+    job = _Job(settings, plan, output_name, _RemoteImageSet(imageset),
                logging.getLogger("stardist_host").getEffectiveLevel(), str(bundled_models_dir()))
     context = multiprocessing.get_context("spawn")
     conn, child_conn = context.Pipe()
@@ -293,12 +264,13 @@ def run_in_child(settings: Settings, imageset: ImageSet, plan: Plan, *, output_n
         process.start()
     child_conn.close()  # so that the child's end closes when the child ends, and recv() sees it
     log.info("segmentation process %d started (SEPARATE_PROCESS): the model runs there", process.pid)
-    run = _Run(imageset, output_name, plan.ndim, total=len(plan.units))
+    run = _Run(imageset, plan.ndim, total=len(plan.units))
     try:
         message = _serve(conn, process, run, progress=progress, cancel=cancel)
     except BaseException as err:
         _stop(process, wait=0)
-        run.abandon(err)
+        if run.out is not None:  # remove (or zero) the channel the child added, as segment() does, naming it in err
+            abandon(imageset, run.out, output_name, run.written, err)
         raise
     finally:
         _stop(process, wait=_EXIT_WAIT)  # after its result the child ends by itself, freeing the GPU's memory
@@ -388,8 +360,7 @@ def _ended(process, run: _Run) -> SegmentationProcessError:
 
 def _stop(process, *, wait: float) -> None:
     """End the child: wait up to ``wait`` seconds for it to end by itself, then terminate it, then kill it."""
-    if wait and process.is_alive():
-        process.join(wait)
+    process.join(wait)
     if process.is_alive():
         process.terminate()
         process.join(_EXIT_WAIT)
@@ -414,15 +385,12 @@ def _spawning(context):
     main = sys.modules.get("__main__")
     executable = spawn.get_executable()  # bytes on some versions
     python = _python(os.fsdecode(executable))
-    change = python != os.fsdecode(executable)
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
-        if change:
-            context.set_executable(python)
+        context.set_executable(python)
         yield
     finally:
-        if change:
-            context.set_executable(executable)
+        context.set_executable(executable)
         if main is not None:
             sys.modules["__main__"] = main
 

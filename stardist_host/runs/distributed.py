@@ -39,7 +39,9 @@ from numpy.typing import NDArray
 
 from ..errors import OutputError, SettingsError, StardistHostError, UnitFailedError, require
 from ..host import Progress
-from ..io.opening import is_omezarr
+from ..io.files import OutputLock
+from ..io.omezarr import OmeZarrImageSet
+from ..io.opening import is_omezarr, open_imageset
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
 from ..segmentation.engine import (Normalisation, first_labels, label_dtype_for, label_units, predictor, resolve_run,
                                    unit_planes, unit_reader, where)
@@ -47,10 +49,10 @@ from ..segmentation.nms_workers import available_cores
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, normalisation_for
 from ..segmentation.settings import Settings
-from .journal import JOURNAL, Journal, check_no_journal, fingerprint, key
+from .journal import JOURNAL, Journal, fingerprint, key
 
-__all__ = ["segment_distributed", "segment_units", "renumber_unit", "dask_client", "check_cluster",
-           "check_no_journal", "UnitFailedError", "EXIT_AFTER_ENV", "JOURNAL"]
+__all__ = ["segment_distributed", "segment_units", "renumber_unit", "dask_client", "check_cluster", "UnitFailedError",
+           "EXIT_AFTER_ENV", "JOURNAL"]
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,7 @@ class Source:
 
     def open(self):
         if self.kind == "zarr":
-            from ..io.omezarr import OmeZarrImageSet
-
             return OmeZarrImageSet(self.path, level=self.level)
-        from ..io.opening import open_imageset
-
         return open_imageset(self.path, axes=self.axes, series=self.series)
 
 
@@ -125,9 +123,8 @@ def _cached(kind: str, key: Any, make: Callable[[], Any]) -> Any:
     if held is not None and held[0] == key:
         return held[1]
     _release(kind)
-    value = make()
-    _CACHE[kind] = (key, value)
-    return value
+    _CACHE[kind] = (key, make())
+    return _CACHE[kind][1]
 
 
 def _release(kind: str) -> None:
@@ -156,8 +153,8 @@ def _predictor(task: Task):
 class _ScratchPlanes:
     """The (T, Z, Y, X) label array of a TIFF run's scratch store."""
 
-    def __init__(self, store: str) -> None:
-        self.array = _zarr().open_array(store, mode="r+")
+    def __init__(self, target: Target) -> None:
+        self.array = _zarr().open_array(target.store, mode="r+")
 
     def read(self, t: int, z: int) -> NDArray:
         return np.asarray(self.array[t, z])
@@ -165,16 +162,11 @@ class _ScratchPlanes:
     def write(self, t: int, z: int, plane: NDArray) -> None:
         self.array[t, z] = plane
 
-    def close(self) -> None:
-        pass
-
 
 class _NgffPlanes:
     """The planes of an NGFF label image, through the OME-Zarr image set (which knows the axes)."""
 
     def __init__(self, target: Target) -> None:
-        from ..io.omezarr import OmeZarrImageSet
-
         self.imageset = OmeZarrImageSet(target.source.path, level=target.source.level, labels_store=target.store)
         self.channel = self.imageset.open_label_channel(target.name)
 
@@ -189,7 +181,7 @@ class _NgffPlanes:
 
 
 def _planes(target: Target):
-    return _cached("target", target, lambda: _NgffPlanes(target) if target.kind == "ngff" else _ScratchPlanes(target.store))
+    return _cached("target", target, lambda: (_NgffPlanes if target.kind == "ngff" else _ScratchPlanes)(target))
 
 
 def _zarr():
@@ -200,7 +192,7 @@ def _zarr():
 
 
 def _named(unit: Unit, err: BaseException) -> BaseException:
-    """``err`` with the unit it happened in named first: ours as it is, anything else as UnitFailedError."""
+    """``err`` with the unit it happened in named first: ours as it is, anything else as UnitFailedError (its cause)."""
     if isinstance(err, StardistHostError) and err.args and isinstance(err.args[0], str):
         if not err.args[0].startswith("time point "):
             err.args = (f"{where(unit)}: {err.args[0]}", *err.args[1:])
@@ -232,10 +224,7 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
         try:
             return read_normalised(unit)
         except Exception as err:  # the pipeline reads ahead: name this unit, not the one being written
-            named = _named(unit, err)
-            if named is err:
-                raise
-            raise named from err
+            raise _named(unit, err)
 
     def write(unit: Unit, labels: NDArray) -> None:
         for z, plane in unit_planes(unit, labels, s.ndim):
@@ -248,10 +237,7 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
             yield result.unit, _finish(task, result)
             todo.pop(0)
     except Exception as err:
-        named = _named(todo[0], err)
-        if named is err:
-            raise
-        raise named from err
+        raise _named(todo[0], err)
 
 
 def segment_units(task: Task, units: list[Unit]) -> list[tuple[Unit, dict]]:
@@ -406,8 +392,8 @@ def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None
     records = journal.done(units)
     todo = [u for u in units if u not in records]
     total, done = len(units), len(records)
-    if progress is not None:
-        progress(done, total)
+    progress = progress or (lambda done, total: None)
+    progress(done, total)
     if client is None:  # all in one call: the pipeline batches across them
         finished = _in_this_process(_segment_units(task, todo))
     else:
@@ -417,8 +403,7 @@ def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None
     for unit, record in finished:
         records[unit] = record
         done += 1
-        if progress is not None:
-            progress(done, total)
+        progress(done, total)
     if task.settings.unique_labels:
         _renumber(client, task, units, records)
     return [UnitResult(u, records[u]["count"], records[u]["seconds"], records[u]["highest"]) for u in units], len(todo)
@@ -500,32 +485,29 @@ def segment_distributed(
                          scheduler=scheduler, resume=resume, progress=progress)
 
 
-def _prepare(settings: Settings, source: Source, imageset, target_of: Callable[[str], Target]):
-    """The plan, the label image's name and type, its target and fingerprint."""
+def _prepare(settings: Settings, source: Source, imageset, kind: str, store: Path, *, resume: bool):
+    """The plan, the label image's name and type, its target (``kind`` in ``store``), fingerprint and whether the
+    run continues an interrupted one (:meth:`Journal.check <stardist_host.runs.journal.Journal.check>`)."""
     plan = make_plan(settings, imageset)
     name = plan.output_name(settings.output_ch_name, imageset.channel_names)
     dtype = label_dtype_for(settings.label_dtype, plan, tuple(imageset.plane_shape), settings.unique_labels)
     stamp = fingerprint(settings, input=source.path, level=source.level, axes=source.axes, series=source.series,
                          plan=plan, name=name, dtype=dtype)
-    return plan, name, dtype, target_of(name), stamp
+    target = Target(kind, str(store), name, source)
+    resuming = target.journal.check(str(target.folder), stamp, resume=resume, overwrite=settings.overwrite,
+                                    units=plan.units)
+    return plan, name, dtype, target, stamp, resuming
 
 
 def _segment_omezarr(settings: Settings, source: Source, output, *, current_time_point: int, workers, scheduler,
                      resume: bool, progress) -> SegmentResult:
-    from ..io.files import OutputLock
-    from ..io.omezarr import OmeZarrImageSet
-
     if settings.export_objects:
         raise SettingsError("EXPORT_OBJECTS", list(settings.export_objects),
                             "is for TIFF output; with OME-Zarr the labels are in the store (leave it empty)")
     store, in_input = labels_store(source.path, output)
     with OmeZarrImageSet(source.path, level=source.level, labels_store=store, current_time_point=current_time_point,
                          overwrite=settings.overwrite) as imageset:
-        plan, name, dtype, target, stamp = _prepare(settings, source, imageset,
-                                                     lambda name: Target("ngff", str(store), name, source))
-        journal = target.journal
-        resuming = journal.check(str(target.folder), stamp, resume=resume, overwrite=settings.overwrite,
-                                 units=plan.units)
+        plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, "ngff", store, resume=resume)
         if not resuming and imageset.label_image_exists(name) and not settings.overwrite:
             raise OutputError(f"{str(target.folder)!r} exists already; choose another OUTPUT_CH_NAME, or replace it "
                               "with --overwrite (scripts: OVERWRITE = True)")
@@ -534,17 +516,15 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
             task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
-                journal.start(stamp)
+                target.journal.start(stamp)
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
-            journal.remove()
+            target.journal.remove()
         time_point_count = imageset.time_point_count
     log.info("labels in %s (%s)", target.folder, "the input store" if in_input else "a separate store")
     return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)
 
 
-def _load(settings: Settings):
-    """The model, the device and the precision, in the client (a local run keeps using them)."""
-    return load_for_settings(settings)
+_load = load_for_settings  # the model, the device and the precision, in the client (a local run keeps using them)
 
 
 def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
@@ -567,31 +547,27 @@ def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):
                     _release(kind)
 
 
-def _result(channel, name, model, device, precision, results, computed, ndim, time_point_count) -> SegmentResult:
+def _result(channel, name, model, device, precision, results, computed, ndim, time_point_count,
+            **extra) -> SegmentResult:
     return SegmentResult(channel, name, model.name, device, units=results, ndim=ndim, precision=precision,
-                         time_point_count=time_point_count, computed=computed)
+                         time_point_count=time_point_count, computed=computed, **extra)
 
 
 def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time_point: int, workers, scheduler,
                   resume: bool, progress) -> SegmentResult:
-    from ..io.opening import open_imageset
-
     store = scratch_labels_store(out)
     with claim_tiff_output(source.path, out, overwrite=settings.overwrite, formats=settings.export_objects) as stem:
         with open_imageset(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
             imageset.current_time_point = current_time_point
-            plan, name, dtype, target, stamp = _prepare(settings, source, imageset,
-                                                         lambda name: Target("scratch", str(store), name, source))
-            journal = target.journal
-            resuming = journal.check(str(store), stamp, resume=resume, overwrite=settings.overwrite,
-                                     units=plan.units)
+            plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, "scratch", store,
+                                                                  resume=resume)
             model, device, precision = _load(settings)
             task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
-                journal.start(stamp)
+                target.journal.start(stamp)
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
             channel = _copy_labels(imageset, store, name, dtype, plan)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,
@@ -599,9 +575,8 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
                                               labels_only=settings.labels_only, overwrite=settings.overwrite)
             time_point_count = imageset.time_point_count
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
-    result = _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)
-    result.output_note = note
-    return result
+    return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count,
+                   output_note=note)
 
 
 def _copy_labels(imageset, store: Path, name: str, dtype: np.dtype, plan: Plan) -> int:

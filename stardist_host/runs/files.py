@@ -9,9 +9,9 @@ file appears only once complete (:mod:`stardist_host.io.outputs`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from ..console import stdout_to_log, tqdm_progress
 from ..errors import OutputError, check_index
@@ -25,8 +25,6 @@ from .journal import check_no_journal
 from .local import run
 
 __all__ = ["segment_file", "run_headless"]
-
-log = logging.getLogger(__name__)
 
 
 def segment_file(
@@ -120,13 +118,10 @@ def segment_file(
     return dataclasses.replace(result, channel=channel, output_note=note, probability_channel=probability)
 
 
-def run_headless(
-    settings: Settings, input: str | os.PathLike, output: str | os.PathLike | None, *, axes: str | None = None,
-    series: int | None = None, current_time_point: int = 0, quiet: bool = False, level: int = 0,
-    workers: int | None = None, scheduler: str | None = None, resume: bool = False,
-) -> SegmentResult:
-    """:func:`segment_file` with a progress bar on stderr (none when ``quiet``) and library prints in the log."""
+def run_headless(settings: Settings, input: str | os.PathLike, output: str | os.PathLike | None, *,
+                 quiet: bool = False, **options: Any) -> SegmentResult:
+    """:func:`segment_file` (``options``: its keywords but ``progress``) with a progress bar on stderr (none when
+    ``quiet``) and library prints in the log."""
     progress, bar = tqdm_progress("segmenting", disable=quiet)
     with bar, stdout_to_log():
-        return segment_file(settings, input, output, axes=axes, series=series, current_time_point=current_time_point,
-                            progress=progress, level=level, workers=workers, scheduler=scheduler, resume=resume)
+        return segment_file(settings, input, output, progress=progress, **options)

@@ -71,12 +71,8 @@ class Journal:
 
     def done(self, units: list[Unit], suffix: str = ".json") -> dict[Unit, dict]:
         """The records of the units that have one."""
-        records = {}
-        for unit in units:
-            record = _read_json(self.folder / f"{key(unit)}{suffix}")
-            if record is not None:
-                records[unit] = record
-        return records
+        records = {unit: _read_json(self.folder / f"{key(unit)}{suffix}") for unit in units}
+        return {unit: record for unit, record in records.items() if record is not None}
 
     def check(self, what: str, fingerprint: dict, *, resume: bool, overwrite: bool, units: list[Unit]) -> bool:
         """Decide between starting afresh (False) and continuing (True); refuse what may not be replaced.
@@ -117,7 +113,7 @@ class Journal:
 
 
 def check_no_journal(store: Path, output: str | os.PathLike, *, overwrite: bool) -> None:
-    """For a run without the journal: refuse (or with ``overwrite`` remove) an interrupted journalled run's ``store``."""
+    """A run without the journal refuses (with ``overwrite`` removes) an interrupted journalled run's ``store``."""
     if not store.is_dir():
         return
     if not overwrite:

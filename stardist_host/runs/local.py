@@ -7,8 +7,6 @@ one) the model is loaded and run in a child process that ends with the run
 
 from __future__ import annotations
 
-import logging
-
 from ..errors import NoImageSetError
 from ..host import Cancel, ImageSet, Progress, active_imageset, check_imageset
 from ..segmentation.plan import make_plan
@@ -16,8 +14,6 @@ from ..segmentation.segment import SegmentResult, segment_with_settings
 from ..segmentation.settings import Settings
 
 __all__ = ["run", "separate_process"]
-
-log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, imageset: ImageSet | None = None, *, progress: Progress | None = None,
