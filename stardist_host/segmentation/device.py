@@ -7,8 +7,8 @@ import os
 
 from ..errors import SettingsError
 
-__all__ = ["configure_device", "network_on_gpu", "visible_gpus", "memory_budget", "host_memory_budget", "host_memory_available",
-           "gpu_memory_total", "DEFAULT_GPU_BYTES"]
+__all__ = ["configure_device", "network_on_gpu", "visible_gpus", "memory_budget", "host_memory_budget",
+           "host_memory_available", "gpu_memory_total", "DEFAULT_GPU_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,13 @@ def configure_device(use_gpu: bool = True, *, memory_limit_mb: int | None = None
     try:
         if not use_gpu:
             tf.config.set_visible_devices([], "GPU")
+        elif memory_limit_mb is None:  # memory growth or a fixed limit: TensorFlow allows one or the other
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
         else:
             for gpu in gpus:
-                _limit_gpu_memory(tf, gpu, memory_limit_mb)
+                fixed = tf.config.LogicalDeviceConfiguration(memory_limit=int(memory_limit_mb))
+                tf.config.set_logical_device_configuration(gpu, [fixed])
     except RuntimeError as err:  # TensorFlow already initialised in this process
         if use_gpu and memory_limit_mb is not None:
             log.warning("GPU_MEMORY_LIMIT_MB=%d not applied: TensorFlow already uses the GPU in this process; it "
@@ -69,25 +73,13 @@ def configure_device(use_gpu: bool = True, *, memory_limit_mb: int | None = None
             log.warning("device settings unchanged, TensorFlow is already running in this process (%s)", err)
     visible = tf.config.get_visible_devices("GPU")
     if visible:
-        names = []
-        for gpu in visible:
-            details = tf.config.experimental.get_device_details(gpu)
-            names.append(details.get("device_name", gpu.name))
+        names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in visible]
         limit = f", at most {memory_limit_mb} MB" if memory_limit_mb is not None else ""
         device = f"GPU ({', '.join(names)}{limit})"
     else:
         device = "CPU" + (" (USE_GPU=False)" if gpus and not use_gpu else "")
     log.info("TensorFlow %s runs on %s", tf.__version__, device)
     return device
-
-
-def _limit_gpu_memory(tf, gpu, memory_limit_mb: int | None) -> None:
-    """Memory growth, or one logical device of ``memory_limit_mb`` on ``gpu`` (TensorFlow allows one or the other)."""
-    if memory_limit_mb is None:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    else:
-        tf.config.set_logical_device_configuration(
-            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(memory_limit_mb))])
 
 
 #: GPU memory assumed where TensorFlow does not say how much the card has: small
@@ -115,10 +107,8 @@ def host_memory_available() -> int:
     import psutil
 
     available = int(psutil.virtual_memory().available)
-    limit = _cgroup_limit()
-    if limit is not None:  # a container or a cluster job may allow far less than the machine has
-        available = min(available, limit)
-    return available
+    limit = _cgroup_limit()  # a container or a cluster job may allow far less than the machine has
+    return available if limit is None else min(available, limit)
 
 
 def host_memory_budget() -> int:
@@ -138,22 +128,20 @@ def gpu_memory_total() -> int | None:
     from the local device list (its ``memory_limit``); where that is not
     available, ``STARDIST_HOST_GPU_BYTES`` or :data:`DEFAULT_GPU_BYTES`.
     """
-    import tensorflow as tf
-
-    if not tf.config.get_visible_devices("GPU"):
+    if not network_on_gpu():
         return None
     env = _env_bytes("STARDIST_HOST_GPU_BYTES")
     if env is not None:
         return env
+    why = ""
     try:
         from tensorflow.python.client import device_lib
 
         limits = [d.memory_limit for d in device_lib.list_local_devices() if d.device_type == "GPU"]
     except (ImportError, AttributeError, RuntimeError) as err:
-        log.info("GPU memory unknown (%s): assuming %d MiB", err, DEFAULT_GPU_BYTES // 2**20)
-        return DEFAULT_GPU_BYTES
+        limits, why = [], f" ({err})"
     if not limits or not limits[0]:
-        log.info("GPU memory unknown: assuming %d MiB", DEFAULT_GPU_BYTES // 2**20)
+        log.info("GPU memory unknown%s: assuming %d MiB", why, DEFAULT_GPU_BYTES // 2**20)
         return DEFAULT_GPU_BYTES
     return int(limits[0])
 

@@ -24,14 +24,15 @@ from ..errors import Cancelled, LabelOverflowError, SettingsError
 from ..host import ImageSet
 from .device import host_memory_budget
 from .models import trained_sizes
-from .normalisation import NO_SIGNAL_FRACTION, Normalisation, normalise, series_intensities, where
-from .pipeline import BIG_BLOCK, BIG_PIXELS, UnitPredictor, auto_n_tiles
+from .normalisation import Normalisation, normalise, series_intensities, where
+from .pipeline import BIG_BLOCK, BIG_PIXELS, UnitPredictor, auto_n_tiles, bytes_per_pixel
 from .plan import Plan, Unit
 from .stardist_compat import instance_options, predicted_probability
 
 __all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_run",
-           "resolve_normalisation", "Normalisation", "normalise", "number", "check_fits", "first_labels", "unit_planes", "label_dtype_for",
-           "run_scale", "estimate_scale", "median_diameter_px", "where", "MIN_NUCLEUS", "NO_SIGNAL_FRACTION"]
+           "resolve_normalisation", "Normalisation", "normalise", "number", "check_fits", "first_labels",
+           "unit_planes", "label_dtype_for", "run_scale", "estimate_scale", "median_diameter_px", "where",
+           "MIN_NUCLEUS"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,10 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
         pixel size; a scale that makes a unit too small.
     """
     ndim = int(model.config.n_dim)
+    image = None if voxel_size is None else tuple(voxel_size[-ndim:])
     if scale == "estimate":
         if read is None or not units:
             raise ValueError('SCALE="estimate" needs the units and how to read them')
-        image = None if voxel_size is None else (tuple(voxel_size[1:]) if ndim == 2 else tuple(voxel_size))
         return estimate_scale(model, read, units, image=image, unit_shape=unit_shape)
     if scale != "auto":
         factors = tuple(float(f) for f in scale) if isinstance(scale, (list, tuple)) else (float(scale),) * ndim
@@ -143,9 +144,6 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
             log.warning("MODEL_PIXEL_SIZE_UM=%s differs from the pixel size the model records (%s µm): %s is used",
                         model_pixel_size_um, _factors(trained), _factors(given))
         trained = given
-    image: tuple[float | None, ...] | None = None
-    if voxel_size is not None:
-        image = tuple(voxel_size[1:]) if ndim == 2 else tuple(voxel_size)
     if object_diameter_um is not None:
         factors = _diameter_scale(model, recorded.object_diameter_px, image, trained, object_diameter_um)
         return _checked(factors, unit_shape, "OBJECT_DIAMETER_UM", object_diameter_um, model)
@@ -206,9 +204,7 @@ def _diameter_scale(model, diameter_px, image, trained, diameter_um) -> tuple[fl
     factors: tuple[float, ...] = (lateral, lateral)
     if ndim == 3:
         anisotropy = trained if trained is not None else getattr(model.config, "anisotropy", None)
-        z = lateral
-        if image[0] is not None and anisotropy:
-            z = lateral * _z_ratio(image) / _z_ratio(anisotropy)
+        z = lateral * _z_ratio(image) / _z_ratio(anisotropy) if image[0] is not None and anisotropy else lateral
         factors = (z, *factors)
     log.info("OBJECT_DIAMETER_UM=%g: the model's median training diameter is %.1f pixels, the image's pixel %.4g µm: "
              "each unit is resampled by %s", diameter_um, diameter_px, (image[-1] + image[-2]) / 2, _factors(factors))
@@ -234,11 +230,8 @@ def median_diameter_px(masks: Iterable[NDArray], *, ndim: int, z_ratio: float = 
     spacing), so that it is the physical diameter in lateral pixels.  An object
     is counted once per mask (per sample), with all its pixels.
     """
-    sizes = []
-    for mask in masks:
-        counts = np.bincount(np.asarray(mask).ravel().astype(np.int64))[1:]
-        sizes.append(counts[counts > 0])
-    found = np.concatenate(sizes) if sizes else np.zeros(0)
+    counts = [np.bincount(np.asarray(mask).ravel().astype(np.int64))[1:] for mask in masks]
+    found = np.concatenate([c[c > 0] for c in counts] or [np.zeros(0)])
     if not found.size:
         return None
     diameters = 2 * np.sqrt(found / np.pi) if ndim == 2 else np.cbrt(6 * found * z_ratio / np.pi)
@@ -271,11 +264,10 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
         raise SettingsError("SCALE", "estimate", "the model records no object diameter (object_diameter_px in its "
                                                  "model_card.json, which train writes); give a number instead")
     target = trained.object_diameter_px
-    z_fix, z_ratio = 1.0, 1.0
+    z_fix = z_ratio = 1.0
     if ndim == 3:
         anisotropy = getattr(model.config, "anisotropy", None)
-        model_ratio = _z_ratio(anisotropy) if anisotropy is not None else 1.0
-        z_ratio = model_ratio
+        z_ratio = model_ratio = _z_ratio(anisotropy) if anisotropy is not None else 1.0
         if image is not None and image[0] is not None:
             z_ratio = _z_ratio(image)
             z_fix = z_ratio / model_ratio
@@ -318,7 +310,7 @@ def estimate_scale(model, read: Read, units: list[Unit], *, image=None,
     return _checked(chosen, unit_shape, "SCALE", "estimate", model)
 
 
-def _checked(factors, unit_shape, setting: str, value, model=None) -> tuple[float, ...] | None:
+def _checked(factors, unit_shape, setting: str, value, model) -> tuple[float, ...] | None:
     """``factors``, or a SettingsError where a unit of ``unit_shape`` would shrink below MIN_SCALED_SIZE, or
     where the scaled unit (or block, for units predicted in blocks) would not fit the memory budget."""
     if factors is None or unit_shape is None:
@@ -327,24 +319,16 @@ def _checked(factors, unit_shape, setting: str, value, model=None) -> tuple[floa
     if small:
         raise SettingsError(setting, value, f"scales a unit of shape {tuple(unit_shape)} by {_factors(factors)}, "
                             f"which leaves an axis under {MIN_SCALED_SIZE} pixels; give a larger scale")
-    if model is not None:
-        ndim = len(factors)
-        piece = tuple(unit_shape) if math.prod(unit_shape) <= BIG_PIXELS else (BIG_BLOCK[ndim],) * ndim
-        scaled = tuple(max(1, round(n * f)) for n, f in zip(piece, factors))
-        need, budget = math.prod(scaled) * scaled_bytes_per_pixel(model), host_memory_budget()
-        if need > budget:
-            raise SettingsError(setting, value, f"scales {'a unit' if piece == tuple(unit_shape) else 'a block'} of "
-                                f"shape {piece} to {scaled}, about {need / 2**30:.2g} GiB for the network's input "
-                                f"and output, more than the {budget / 2**30:.2g} GiB a run may use here (a quarter of "
-                                "the free memory, or STARDIST_HOST_MEMORY); give a smaller scale")
+    ndim = len(factors)
+    piece = tuple(unit_shape) if math.prod(unit_shape) <= BIG_PIXELS else (BIG_BLOCK[ndim],) * ndim
+    scaled = tuple(max(1, round(n * f)) for n, f in zip(piece, factors))
+    need, budget = math.prod(scaled) * bytes_per_pixel(model), host_memory_budget()
+    if need > budget:
+        raise SettingsError(setting, value, f"scales {'a unit' if piece == tuple(unit_shape) else 'a block'} of "
+                            f"shape {piece} to {scaled}, about {need / 2**30:.2g} GiB for the network's input "
+                            f"and output, more than the {budget / 2**30:.2g} GiB a run may use here (a quarter of "
+                            "the free memory, or STARDIST_HOST_MEMORY); give a smaller scale")
     return factors
-
-
-def scaled_bytes_per_pixel(model) -> float:
-    """Bytes per pixel of a resampled unit in stardist's prediction: the image, its labels and the network's
-    probability and distances on its grid."""
-    grid = math.prod(getattr(model.config, "grid", (1,)))
-    return 12 + 4 * (1 + getattr(model.config, "n_rays", 32)) / grid
 
 
 # --------------------------------------------------------------------------- reading
@@ -487,9 +471,6 @@ class _Reference:
     def __exit__(self, *exc) -> None:
         pass
 
-    def close(self) -> None:
-        pass
-
 
 def predictor(model, *, prob_thresh: float | None = None, nms_thresh: float | None = None,
               n_tiles: tuple[int, ...] | None = None, scale: tuple[float, ...] | None = None,
@@ -543,9 +524,8 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
         if labels is None:  # no signal: nothing to predict, nothing labelled
             zeros = zeros if zeros is not None else np.zeros((len(unit.planes), *plane_shape), np.uint8)
             labels = zeros[0] if ndim == 2 else zeros
-        highest = int(labels.max()) if labels.size else 0
         labels, count, top = number(labels, unit, offset=offset, unique=unique, dtype=dtype)
-        offset = top if unique else offset
+        highest, offset = (top - offset, top) if unique else (top, offset)
         write(unit, labels)
         if write_probability is not None:
             prob = predict.probability(unit)
@@ -554,7 +534,6 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
         log.debug("%s: %d nuclei", where(unit), count)
         yield UnitResult(unit, count, now - start, highest)
         start = now
-
 
 
 def unit_planes(unit: Unit, labels: NDArray, ndim: int) -> Iterator[tuple[int, NDArray]]:

@@ -22,19 +22,22 @@ waits for running work (at most one unit per worker) and unlinks what is left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import SettingsError
+from .device import host_memory_budget
 
 __all__ = ["NmsPool", "auto_workers", "resolve_workers", "available_cores", "ENV_WORKERS", "WORKER_BYTES"]
 
@@ -70,16 +73,9 @@ def auto_workers(*, cores: int | None = None, memory: int | None = None) -> int:
         :func:`~stardist_host.segmentation.device.host_memory_budget`.  Each
         worker costs :data:`WORKER_BYTES`, and half the budget is left for the units in flight.
     """
-    from .device import host_memory_budget
-
     cores = available_cores() if cores is None else cores
     memory = host_memory_budget() if memory is None else memory
     return max(1, min(cores, _MAX_AUTO, memory // 2 // WORKER_BYTES))
-
-
-def workers_from_environment() -> bool:
-    """Whether :data:`ENV_WORKERS` sets the worker count."""
-    return bool(os.environ.get(ENV_WORKERS, "").strip())
 
 
 def resolve_workers(workers: int | None, *, memory: int | None = None) -> int:
@@ -109,10 +105,8 @@ def resolve_workers(workers: int | None, *, memory: int | None = None) -> int:
 def can_spawn() -> bool:
     """Whether worker processes can start: ``sys.executable`` is a Python, not an embedding host application,
     and this process is not a daemon (as a SEPARATE_PROCESS child is: daemons may not have children)."""
-    import multiprocessing
-
     name = os.path.basename(sys.executable or "").lower()
-    return name.startswith(("python", "pypy")) and not multiprocessing.current_process().daemon
+    return name.startswith(("python", "pypy")) and not current_process().daemon
 
 
 def _check_shared_room(size: int) -> None:
@@ -125,8 +119,6 @@ def _check_shared_room(size: int) -> None:
     """
     if not os.path.isdir("/dev/shm"):
         return
-    import shutil
-
     free = shutil.disk_usage("/dev/shm").free
     if size > free:
         raise MemoryError(f"a {size / 1e6:.0f} MB block does not fit the {free / 1e6:.0f} MB free in /dev/shm")
@@ -290,10 +282,8 @@ class NmsPool:
         if shm is None:
             return
         shm.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             shm.unlink()
-        except FileNotFoundError:
-            pass
 
     @property
     def blocks_held(self) -> int:
@@ -305,11 +295,6 @@ class NmsPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
         for name in list(self._blocks):
             self._release(name)
-
-
-def pool_bytes(workers: int) -> int:
-    """Memory the workers themselves take, before any unit."""
-    return workers * WORKER_BYTES
 
 
 def worth_processes(nms_seconds: float, remaining: float, workers: int) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,13 @@ _MAX_BATCH = 16
 _BYTES_PER_PIXEL = {2: 1200, 3: 2400}
 
 Read = Callable[[object], "NDArray | None"]
+
+
+def bytes_per_pixel(model) -> float:
+    """Bytes per pixel (voxel) a unit holds in prediction: the float32 input, its padded copy and the int32
+    labels, plus the network's probability and distances on its grid."""
+    grid = math.prod(getattr(model.config, "grid", (1,)))
+    return 12 + 4 * (1 + getattr(model.config, "n_rays", 32)) / grid
 
 
 def batch_limit(pixels: int, ndim: int, budget: int) -> int:
@@ -146,7 +154,7 @@ def plan_blocks(
     block, min_overlap, context
         Wanted block size, overlap between blocks and context per axis.
     """
-    sizes, overlaps, contexts = [], [], []
+    axes = []
     for s, g, b, o, c in zip(shape, grid, block, min_overlap, context):
         o, c = _up(o, g), _up(c, g)
         b = max(_up(b, g), 3 * o + 2 * c + g)
@@ -159,10 +167,8 @@ def plan_blocks(
             o, c = b - g, 0
         else:
             return None
-        sizes.append(b)
-        overlaps.append(o)
-        contexts.append(c)
-    return BlockPlan(tuple(sizes), tuple(overlaps), tuple(contexts))
+        axes.append((b, o, c))
+    return BlockPlan(*zip(*axes))
 
 
 @dataclass
@@ -196,15 +202,14 @@ class BatchedPredictor:
 
     def instances(self, prepared: _Prepared, prob: NDArray, dist: NDArray) -> NDArray:
         """Labels from one input's network output: stardist's sparse thresholding, NMS and rendering."""
-        points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
-        return compat.instances(self.model, prepared.image.shape[:self.ndim], points, probs, dists,
+        candidates = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
+        return compat.instances(self.model, prepared.image.shape[:self.ndim], *candidates,
                                 prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh)
 
     def submit_to(self, pool: procs.NmsPool, prepared: _Prepared, prob: NDArray, dist: NDArray) -> Future:
         """:meth:`instances` in a worker process of ``pool`` (the same stardist calls, without the model)."""
-        points, probs, dists = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist,
-                                                 self.prob_thresh)
-        return pool.submit(points, probs, dists, shape=prepared.image.shape[:self.ndim], nms_thresh=self.nms_thresh)
+        candidates = compat.candidates(self.model, prepared.x, prepared.resizer, prob, dist, self.prob_thresh)
+        return pool.submit(*candidates, shape=prepared.image.shape[:self.ndim], nms_thresh=self.nms_thresh)
 
 
 def _done(value) -> Future:
@@ -288,11 +293,11 @@ class UnitPredictor:
         self.budget = memory_budget() if budget is None else budget
         self.memory = host_memory_budget() if memory is None else memory
         self.nms_workers = procs.resolve_workers(nms_workers, memory=self.memory)
-        if nms_processes is None and not (nms_workers is not None or procs.workers_from_environment()
+        if nms_processes is None and not (nms_workers is not None or os.environ.get(procs.ENV_WORKERS, "").strip()
                                           or network_on_gpu()):
             nms_processes = False  # the network's threads fill the cores: processes would only compete with it
         if memory is None and self.nms_workers > 1 and nms_processes is not False:
-            self.memory = max(self.memory - procs.pool_bytes(self.nms_workers), 0)  # the workers' own memory
+            self.memory = max(self.memory - self.nms_workers * procs.WORKER_BYTES, 0)  # the workers' own memory
         self.nms_processes = nms_processes if procs.can_spawn() else False
         self.cancel = cancel
         self.predictor = BatchedPredictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
@@ -306,10 +311,7 @@ class UnitPredictor:
         self._thread_nms: list[float] = []  # seconds of NMS per unit on the threads, for the switch to processes
         if self.nms_workers > 1 and self.nms_processes:
             self._start_pool()
-        grid = np.asarray(model.config.grid)
-        n_rays = getattr(model.config, "n_rays", 32)
-        # float32 input, padded input and int32 labels per pixel, plus prob and distances on the grid
-        self._bytes_per_pixel = 12 + 4 * (1 + n_rays) / float(np.prod(grid))
+        self._bytes_per_pixel = bytes_per_pixel(model)
 
     def __enter__(self) -> "UnitPredictor":
         return self

@@ -77,16 +77,13 @@ def make_plan(settings: Settings, imageset: ImageSet) -> Plan:
         if value >= n_planes:
             raise SettingsError(name, value, f"the image set has planes 0..{n_planes - 1} (or -1)")
     if first > last:
-        raise SettingsError(
-            "FIRST_PLANE", settings.first_plane, f"must not be above LAST_PLANE={settings.last_plane} (plane {last})"
-        )
+        raise SettingsError("FIRST_PLANE", settings.first_plane,
+                            f"must not be above LAST_PLANE={settings.last_plane} (plane {last})")
     if settings.current_time_point:
         t = imageset.current_time_point
         if not 0 <= t < imageset.time_point_count:
-            raise SettingsError(
-                "CURRENT_TIME_POINT", True,
-                f"the image set's current time point {t} is not one of 0..{imageset.time_point_count - 1}",
-            )
+            raise SettingsError("CURRENT_TIME_POINT", True, f"the image set's current time point {t} is not one "
+                                f"of 0..{imageset.time_point_count - 1}")
         time_points: tuple[int, ...] = (t,)
     else:
         time_points = tuple(range(imageset.time_point_count))

@@ -25,6 +25,8 @@ import os
 import platform
 from dataclasses import dataclass
 
+from .device import network_on_gpu
+
 __all__ = ["PRECISIONS", "Support", "cpu_support", "gpu_support", "native_support", "resolve", "configure_precision"]
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,6 @@ def native_support(on_gpu: bool | None = None) -> tuple[Support, str]:
 
     ``on_gpu`` None asks TensorFlow (:func:`~stardist_host.segmentation.device.network_on_gpu`).
     """
-    from .device import network_on_gpu
-
     if on_gpu is None:
         on_gpu = network_on_gpu()
     return (gpu_support(), "GPU") if on_gpu else (cpu_support(), "CPU")
@@ -190,10 +190,8 @@ def configure_precision(choice: str = "auto", *, on_gpu: bool | None = None) -> 
     """
     import tensorflow as tf
 
-    if choice == "float32":
-        support, device = Support(None, "float32 asked for"), "CPU"  # resolve() reads neither for float32
-    else:
-        support, device = native_support(on_gpu)
+    # resolve() reads neither the support nor the device for float32: TensorFlow is not asked
+    support, device = (Support(None, "float32 asked for"), "CPU") if choice == "float32" else native_support(on_gpu)
     dtype = resolve(choice, support, device=device)
     try:
         _set_rewrites(tf, dtype)

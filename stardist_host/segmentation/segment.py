@@ -233,19 +233,6 @@ def segment(
     result = SegmentResult(out, output_name, model.name, device, ndim=plan.ndim, precision=precision,
                            time_point_count=imageset.time_point_count)
     added = [(out, output_name)]
-    if output_probability:
-        name = f"{output_name} probability"
-        try:
-            result.probability_channel = imageset.add_channel(name, np.float32)
-        except BaseException as err:
-            abandon(imageset, out, output_name, [], err)
-            raise
-        added.append((result.probability_channel, name))
-    log.info(
-        "segmenting channel %s, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
-        "+".join(map(str, plan.channels)), len(units), "plane" if plan.ndim == 2 else "volume",
-        _ranges(plan.time_points), plan.first_plane, plan.last_plane, out, output_name, dtype,
-    )
     written: list[tuple[int, int]] = []
 
     def write(unit, labels) -> None:
@@ -259,6 +246,13 @@ def segment(
 
     what = "planes" if plan.ndim == 2 else "volumes"
     try:
+        if output_probability:
+            name = f"{output_name} probability"
+            result.probability_channel = imageset.add_channel(name, np.float32)
+            added.append((result.probability_channel, name))
+        log.info("segmenting channel %s, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
+                 "+".join(map(str, plan.channels)), len(units), what[:-1], _ranges(plan.time_points),
+                 plan.first_plane, plan.last_plane, out, output_name, dtype)
         with predictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
                        cancel=cancel, pipeline=pipeline, probability=output_probability) as predict:
             labelled = label_units(predict, units, read, write, ndim=plan.ndim, plane_shape=plane_shape,
@@ -316,23 +310,9 @@ def segment_with_settings(settings: Settings, imageset: ImageSet, plan: Plan, *,
     SEPARATE_PROCESS run (there ``imageset`` stands in for the host's).
     """
     model, device, precision = load_for_settings(settings)
-    return segment(
-        imageset,
-        model,
-        plan,
-        output_name=output_name,
-        prob_thresh=settings.prob_thresh,
-        nms_thresh=settings.nms_thresh,
-        normalisation=normalisation_for(settings, model),
-        n_tiles=settings.n_tiles,
-        unique_labels=settings.unique_labels,
-        label_dtype=settings.label_dtype,
-        scale=settings.scale,
-        model_pixel_size_um=settings.model_pixel_size_um,
-        object_diameter_um=settings.object_diameter_um,
-        device=device,
-        precision=precision,
-        progress=progress,
-        cancel=cancel,
-        output_probability=settings.output_probability,
-    )
+    return segment(imageset, model, plan, output_name=output_name, prob_thresh=settings.prob_thresh,
+                   nms_thresh=settings.nms_thresh, normalisation=normalisation_for(settings, model),
+                   n_tiles=settings.n_tiles, unique_labels=settings.unique_labels, label_dtype=settings.label_dtype,
+                   scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
+                   object_diameter_um=settings.object_diameter_um, device=device, precision=precision,
+                   progress=progress, cancel=cancel, output_probability=settings.output_probability)
