@@ -10,13 +10,5 @@ from .segmentation.settings import Settings, SettingsError
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ImageSet",
-    "MemoryImageSet",
-    "Settings",
-    "SettingsError",
-    "TiffImageSet",
-    "active_imageset",
-    "set_active_imageset",
-    "__version__",
-]
+__all__ = ["ImageSet", "MemoryImageSet", "Settings", "SettingsError", "TiffImageSet", "active_imageset",
+           "set_active_imageset", "__version__"]

@@ -14,16 +14,19 @@ from .errors import Option, PairError, SettingsError
 
 __all__ = ["main"]
 
-log = logging.getLogger(__name__)
 
-_argv: list[str] | None = None  # the arguments of this invocation, for the model card
+def _list_of(convert, expected: str, *, by: str = ","):
+    """An argparse type: a text of comma-separated numbers (``by`` separates them too) as a tuple."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(convert(v) for v in text.replace(by, ",").split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+    return parse
 
 
-def _tiles(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers such as 2,2 or 1,2,2") from None
+_tiles = _list_of(int, "a list of whole numbers such as 2,2 or 1,2,2", by="x")
+_floats = _list_of(float, "a list of numbers such as 2,0.5,0.5")
 
 
 #: Segmentation options whose default depends on --dim: argparse keeps None and Settings fills in the definition's.
@@ -75,19 +78,9 @@ def _segment(args) -> int:
     return 0
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers such as 2,0.5,0.5") from None
-
-
 def _channels(text: str) -> int | tuple[int, ...]:
     """--channel: one channel (an int), or a comma list of them for a model with several input channels (a tuple)."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a channel number or a list such as 0,1") from None
+    values = _list_of(int, "a channel number or a list such as 0,1")(text)
     return values if "," in text else values[0]
 
 
@@ -156,7 +149,7 @@ def _train(args) -> int:
         flip_z=not args.no_flip_z, intensity=not args.no_intensity, noise=args.noise, voxel_size=args.voxel_size,
         normalize_channels_jointly=args.normalize_channels_jointly, overwrite=args.overwrite, resume=args.resume,
         use_gpu=not args.cpu,
-        command="stardist-host " + shlex.join(sys.argv[1:] if _argv is None else _argv),
+        command="stardist-host " + shlex.join(args.argv),
         data={"images": list(map(str, args.images)), "masks": list(map(str, args.masks)),
               "val_images": args.val_images, "val_masks": args.val_masks,
               "channel": list(args.channel) if isinstance(args.channel, tuple) else args.channel},
@@ -205,17 +198,16 @@ def _size_schema(ndim: int):
 def _evaluate(args) -> int:
     from pathlib import Path
 
+    from .schema import raise_all
     from .segmentation.models import load_for_run, trained_jointly
     from .training.evaluation import evaluate, format_table, write_scores
     from .training.pairs import read_pairs
     from .training.train import record_test_scores
 
-    from .schema import raise_all
-
     pairs = read_pairs(args.images, args.masks, ndim=args.dim, channel=args.channel, axes=args.axes)
     sizes = _size_schema(pairs.ndim)
     values = sizes.values_from_args(args)
-    raise_all([e for e in (f.error(values[f.attr]) for f in sizes) if e is not None])
+    raise_all(sizes.errors(values))
     model, _, precision = load_for_run(args.model_name, ndim=pairs.ndim, path=args.model_path, use_gpu=not args.cpu,
                                        precision=args.precision)
     rows, n_objects = evaluate(model, pairs, region=args.region, prob_thresh=args.prob_thresh,
@@ -310,9 +302,8 @@ def _models_import(args) -> int:
 def _models_export(args) -> int:
     from .segmentation.models import export_model
 
-    options = {"authors": args.author or (), "license": args.license}
     out = export_model(args.model, args.output, path=args.model_path, test_input=args.test_image,
-                       overwrite=args.overwrite, **options)
+                       overwrite=args.overwrite, authors=args.author or (), license=args.license)
     print(f"{out}: bioimage.io package of {args.model}")
     return 0
 
@@ -373,11 +364,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         flags = [f for f in action.option_strings if f.startswith("--")]
         sets = action.const if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) else None
         by_dest[action.dest] = Option(flags[0] if flags else action.dest.replace("_", " "), sets)
-    options = dict(by_dest)
-    for field in _schema(args):
-        if field.attr in by_dest:
-            options[field.name] = by_dest[field.attr]
-    return options
+    return {**by_dest, **{f.name: by_dest[f.attr] for f in _schema(args) if f.attr in by_dest}}
 
 
 def _schema(args: argparse.Namespace):
@@ -396,10 +383,8 @@ def _schema(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``stardist-host`` argument parser, with every command and its options."""
-    parser = argparse.ArgumentParser(prog="stardist-host", description="StarDist nucleus segmentation for host image sets and TIFF files.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every plane")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only warnings, errors and the final summary; no progress bar")
+    parser = argparse.ArgumentParser(prog="stardist-host",
+                                     description="StarDist nucleus segmentation for host image sets and TIFF files.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
     _add_train(sub)
@@ -415,10 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cpu", action="store_true", help="check on the CPU even where there is a GPU")
     d.set_defaults(func=_doctor)
     _add_models(sub)
-    for command in sub.choices.values():  # -q / -v after the command too; SUPPRESS keeps one given before it
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every plane")
-        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                             help="only warnings, errors and the final summary; no progress bar")
+    for command in (parser, *sub.choices.values()):  # -q / -v after the command too; SUPPRESS keeps one given before it
+        default = {} if command is parser else {"default": argparse.SUPPRESS}
+        command.add_argument("-v", "--verbose", action="store_true", help="log every plane", **default)
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="only warnings, errors and the final summary; no progress bar", **default)
     return parser
 
 
@@ -428,12 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 on success, 2 after a user error (one log line), 130 after a
     cancel or Ctrl-C (the line "cancelled").
     """
-    global _argv
-    _argv = list(argv) if argv is not None else None
     if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout in a legacy code page cannot refuse a file name
         sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # the arguments of this invocation, for the model card
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:
         with user_errors(cli=_options(parser, args)):

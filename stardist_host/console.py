@@ -181,14 +181,13 @@ def _stderr_filtered(drop: re.Pattern) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def user_errors(*, cli: bool | Mapping[str, Option] = False) -> Iterator[None]:
+def user_errors(*, cli: Mapping[str, Option] | None = None) -> Iterator[None]:
     """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
 
     No traceback is shown for either: the message says what to change, in
-    the words of a script (its settings), or with ``cli`` in those of the
-    command line: the error's ``command_line`` where it has one, and where
-    ``cli`` maps settings to their options, every setting it names written as
-    its option (:meth:`~stardist_host.errors.StardistHostError.in_words_of`).
+    the words of a script (its settings), or with ``cli`` (settings to their
+    options) in those of the command line
+    (:meth:`~stardist_host.errors.StardistHostError.in_words_of`).
     """
     try:
         yield
@@ -196,10 +195,7 @@ def user_errors(*, cli: bool | Mapping[str, Option] = False) -> Iterator[None]:
         log.error("cancelled")
         raise SystemExit(EXIT_CANCELLED) from None
     except StardistHostError as err:
-        if cli:
-            log.error("%s", err.in_words_of(cli if isinstance(cli, Mapping) else None))
-        else:
-            log.error("%s", err)
+        log.error("%s", err if cli is None else err.in_words_of(cli))
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
@@ -290,13 +286,10 @@ class _LazyBar:
         self._bar.total = total
         self._bar.update(done - self._bar.n)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._stack.close()
-
     def __enter__(self) -> "_LazyBar":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self._bar is not None:
+            self._bar.close()
+        self._stack.close()

@@ -132,6 +132,5 @@ def run_checks(*, use_gpu: bool = True) -> bool:
     return ok
 
 
-def main(*, use_gpu: bool = True) -> bool:
-    """The doctor as a host's script editor runs it: ``from stardist_host.doctor import main; main()``."""
-    return run_checks(use_gpu=use_gpu)
+#: The doctor as a host's script editor runs it: ``from stardist_host.doctor import main; main()``.
+main = run_checks

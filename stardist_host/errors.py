@@ -11,32 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Sequence
 
-__all__ = [
-    "StardistHostError",
-    "SettingsError",
-    "IndexRangeError",
-    "PlanError",
-    "InputFileError",
-    "TiffError",
-    "ReadOnlyInputError",
-    "OutputError",
-    "OutputBusyError",
-    "MissingExtraError",
-    "ModelError",
-    "LabelOverflowError",
-    "NoImageSetError",
-    "AnalysisError",
-    "PairError",
-    "TrainError",
-    "Cancelled",
-    "UnitFailedError",
-    "SegmentationProcessError",
-    "check_index",
-    "require",
-    "Option",
-    "EXIT_USER_ERROR",
-    "EXIT_CANCELLED",
-]
+__all__ = ["StardistHostError", "SettingsError", "IndexRangeError", "PlanError", "InputFileError", "TiffError",
+           "ReadOnlyInputError", "OutputError", "OutputBusyError", "MissingExtraError", "ModelError",
+           "LabelOverflowError", "NoImageSetError", "AnalysisError", "PairError", "TrainError", "Cancelled",
+           "UnitFailedError", "SegmentationProcessError", "check_index", "require", "Option", "EXIT_USER_ERROR",
+           "EXIT_CANCELLED"]
 
 #: Exit status of a headless run stopped by a user error (argparse uses 2 too).
 EXIT_USER_ERROR = 2
@@ -73,8 +52,13 @@ class StardistHostError(Exception):
         if not options:
             return str(self)
 
-        def option(name: str, value: Any) -> str:
-            flag, sets = options[name]
+        def assignment(match: re.Match) -> str:
+            flag, sets = options[match["name"]]
+            text = match["value"]
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):  # a pattern such as (z, y, x): the option takes it comma-separated
+                value = re.sub(r"\s+", "", text[1:-1]).split(",") if text[:1] in "([" and text[-1:] in ")]" else text
             if sets is not None:
                 return flag if value == sets else f"without {flag}"
             if value is None:
@@ -82,14 +66,6 @@ class StardistHostError(Exception):
             if isinstance(value, (list, tuple)):
                 return f"{flag} {','.join(map(str, value)) or chr(34) * 2}"
             return f"{flag} {shlex.quote(str(value))}"
-
-        def assignment(match: re.Match) -> str:
-            text = match["value"]
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):  # a pattern such as (z, y, x): the option takes it comma-separated
-                value = re.sub(r"\s+", "", text[1:-1]).split(",") if text[:1] in "([" and text[-1:] in ")]" else text
-            return option(match["name"], value)
 
         names = "|".join(re.escape(n) for n in sorted(options, key=len, reverse=True))
         message = re.sub(rf"\b(?P<name>{names})=(?P<value>{_LITERAL})", assignment, str(self))

@@ -40,8 +40,6 @@ def parameters(ndim: int = 2) -> list[dict[str, Any]]:
         "min_exclusive", "max_exclusive"}`` range, or None), ``unit``,
         ``description`` and ``rule`` (what an error message says is allowed).
     """
-    if ndim not in (2, 3):
-        raise SettingsError("ndim", ndim, "must be 2 (per-plane) or 3 (per-volume)")
     return schema(ndim).parameters()
 
 
@@ -67,8 +65,8 @@ def main(*, ndim: int = 2, progress: Progress | None = None, cancel: Callable[[]
         Naming every unknown or bad setting at once.
     """
     definition = schema(ndim)
-    unknown = [SettingsError(k, v, definition.unknown_text(k)) for k, v in params.items() if k not in definition.by_name]
-    if unknown:  # a script's block passes over other names; an operator's parameters are all meant as settings
-        raise_all(unknown)
+    # a script's block passes over other names; an operator's parameters are all meant as settings
+    raise_all([SettingsError(k, v, definition.unknown_text(k))
+               for k, v in params.items() if k not in definition.by_name])
     settings = Settings.from_script(params, ndim=ndim)
     return run(settings, active_imageset(), progress=progress, cancel=cancel)

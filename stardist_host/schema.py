@@ -10,12 +10,6 @@ blocks, the README and the CLI with it.  What each type means (valid values,
 the "allowed" text, command-line parsing) is one entry of :data:`TYPES`; a
 dataclass can declare its settings with :func:`setting` and have
 :meth:`Schema.from_dataclass` read them.
-
-Reading a script's block (:meth:`Schema.from_namespace`): upper-case names
-that do not start with ``_`` are candidates; modules, classes and callables
-among them are ignored (a host may inject such names), and every other unknown
-name is refused with the closest setting name suggested, so a typo
-(``INPUT_CHANEL``) stops the run instead of being ignored.
 """
 
 from __future__ import annotations
@@ -23,9 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
 import math
 import os
+import re
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -66,14 +60,6 @@ def raise_all(errors: Sequence[SettingsError]) -> None:
         raise errors[0]
     if errors:
         raise SettingsErrors(errors)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _text(value: Any) -> str:
@@ -125,11 +111,11 @@ def _in_range(f: Any, v: Any) -> bool:
 
 
 def _whole(f: Any, v: Any) -> bool:
-    return _is_int(v) and _in_range(f, v)
+    return isinstance(v, int) and not isinstance(v, bool) and _in_range(f, v)
 
 
 def _real(f: Any, v: Any) -> bool:
-    return _is_number(v) and _in_range(f, v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and _in_range(f, v)
 
 
 def _named(f: Any, v: Any) -> bool:
@@ -180,18 +166,13 @@ def _number_or_numbers(f: Any, v: Any) -> bool:
     """One of the choices, a number, or (``length``) numbers, each in range: SCALE, MODEL_PIXEL_SIZE_UM."""
     if isinstance(v, str):
         return v in f.choices
-    if isinstance(v, (list, tuple)):
-        return (not f.length or len(v) == f.length) and all(_real(f, x) for x in v)
-    return _real(f, v)
+    return _sequence(_real)(f, v) or _real(f, v)
 
 
 def _parse_number_or_numbers(f: Any, text: str) -> Any:
     if text.strip() in f.choices:
         return text.strip()
-    values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
-    if not values:
-        raise ValueError(text)
-    return values[0] if len(values) == 1 else values
+    return _one_or_more(tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip()))
 
 
 def _number_or_numbers_allowed(f: Any) -> str:
@@ -205,9 +186,12 @@ def _int_or_ints(f: Any, v: Any) -> bool:
 
 
 def _parse_int_or_ints(f: Any, text: str) -> Any:
-    values = tuple(int(v) for v in text.split(",") if v.strip())
+    return _one_or_more(tuple(int(v) for v in text.split(",") if v.strip()))
+
+
+def _one_or_more(values: tuple) -> Any:
     if not values:
-        raise ValueError(text)
+        raise ValueError(values)
     return values[0] if len(values) == 1 else values
 
 
@@ -301,10 +285,8 @@ class Field:
         if not self.attr:
             object.__setattr__(self, "attr", self.name.lower())
         if self.flag is None:
-            flag = "--" + self.attr.replace("_", "-")
-            if self.type == "bool" and self.default is True:
-                flag = "--no-" + flag[2:]
-            object.__setattr__(self, "flag", flag)
+            no = "no-" if self.type == "bool" and self.default is True else ""
+            object.__setattr__(self, "flag", f"--{no}{self.attr.replace('_', '-')}")
         if not self.allowed:
             none = f", or None ({self.none})" if self.none else ""
             object.__setattr__(self, "allowed", f"must be {self.kind.allowed(self)}{none}")
@@ -353,17 +335,11 @@ class Field:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {self.kind.word} such as {self.kind.example}{none}") from None
 
-    @property
-    def type_word(self) -> str:
-        return self.kind.word
-
     def default_text(self) -> str:
         return "required" if self.required else _text(self.default)
 
     def cli_help(self) -> str:
         """The option's help: what it does, its unit, choices and default as the option takes them."""
-        import re
-
         unit = f" [{self.unit}]" if self.unit else ""
         none = f"; none: {self.none}" if self.none else ""
         if self.type == "bool":
@@ -434,10 +410,8 @@ def setting(type: str, default: Any = REQUIRED, help: str = "", *, affects_label
         class replaces with the variant's).
     """
     declared = dict(keywords, type=type, default=default, help=help, affects_labels=affects_labels, vary=vary)
-    metadata = {SETTING: declared}
-    if default is REQUIRED:
-        return dataclasses.field(metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=dataclasses.MISSING if default is REQUIRED else default,
+                             metadata={SETTING: declared})
 
 
 class Schema:
@@ -471,20 +445,18 @@ class Schema:
 
     def errors(self, values: Mapping[str, Any]) -> list[SettingsError]:
         """One error per bad value in ``values`` (keyed by attribute name; missing ones take the default)."""
-        found = []
-        for f in self.fields:
-            value = values.get(f.attr, None if f.required else f.default)
-            err = f.error(value)
-            if err is not None:
-                found.append(err)
-        return found
+        found = [f.error(values.get(f.attr, None if f.required else f.default)) for f in self.fields]
+        return [err for err in found if err is not None]
 
     def from_namespace(
         self, namespace: Mapping[str, Any], *, wrong: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, Any], list[SettingsError]]:
         """The settings in a script's ``globals()``, by attribute name, and the errors of unknown names.
 
-        ``wrong`` maps names that belong to a sibling script to the message that says what to set instead.
+        Upper-case names that do not start with ``_`` are candidates; modules, classes and callables among them
+        are ignored (a host may inject such names), and every other unknown name is refused with the closest
+        setting name suggested, so a typo (``INPUT_CHANEL``) stops the run instead of being ignored.  ``wrong``
+        maps names that belong to a sibling script to the message that says what to set instead.
         """
         values: dict[str, Any] = {}
         found: list[SettingsError] = []
@@ -495,9 +467,7 @@ class Schema:
                 values[self.by_name[key].attr] = value
             elif wrong and key in wrong:
                 found.append(SettingsError(key, value, wrong[key]))
-            elif not _looks_like_setting(value):
-                continue
-            else:
+            elif not isinstance(value, types.ModuleType) and not callable(value):  # classes are callable too
                 found.append(SettingsError(key, value, self.unknown_text(key)))
         return values, found
 
@@ -557,7 +527,3 @@ def markdown_table(rows: Iterable[Sequence[str]]) -> str:
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
-
-def _looks_like_setting(value: Any) -> bool:
-    """False for what a host or an import may put into a script's namespace: modules, classes, callables."""
-    return not (isinstance(value, types.ModuleType) or inspect.isclass(value) or callable(value))

@@ -1,15 +1,11 @@
 """The USER SETTINGS of the segmentation scripts: one definition, checked once before anything runs.
 
-:class:`Settings` declares each setting once (the name a user writes in the
-script's settings block, ``INPUT_CHANNEL``, ``MODEL2D_PATH`` ..., its type,
-default, range, unit, help and whether it changes the labels), validates
-against that declaration and reports every bad value at once, each naming the
-setting, the value given and what is allowed.  :func:`schema` reads the
-declarations; the CLI options, the operator parameter list, the scripts'
-blocks, the README table and a resumed run's check
-(:meth:`Settings.label_values`) come from it.  Checks that need the image set (channel
-and plane ranges) live in :mod:`stardist_host.segmentation.plan`; checks that
-need the model in :mod:`stardist_host.segmentation.models`.
+:class:`Settings` declares each setting once and reports every bad value at
+once; the CLI options, the operator parameter list, the scripts' blocks, the
+README table and a resumed run's check (:meth:`Settings.label_values`) come
+from :func:`schema`.  Checks that need the image set (channel and plane ranges)
+live in :mod:`stardist_host.segmentation.plan`; checks that need the model in
+:mod:`stardist_host.segmentation.models`.
 """
 
 from __future__ import annotations
@@ -24,8 +20,8 @@ from ..errors import SettingsError
 from ..schema import Schema, markdown_table, raise_all, setting
 from .precision import PRECISIONS
 
-__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "NORMALIZE_CHOICES", "SCALE_CHOICES", "MAX_SCALE",
-           "schema", "readme_table"]
+__all__ = ["Settings", "SettingsError", "LABEL_DTYPES", "SEPARATE_PROCESS_CHOICES", "NORMALIZE_CHOICES",
+           "SCALE_CHOICES", "MAX_SCALE", "schema", "readme_table"]
 
 LABEL_DTYPES = ("auto", "uint16", "uint32")
 SEPARATE_PROCESS_CHOICES = ("auto", True, False)
@@ -34,15 +30,16 @@ NORMALIZE_CHOICES = ("unit", "time series", "fixed", "none")
 
 
 def _folder_exists(value: Any) -> str | None:
-    if Path(value).is_dir():
-        return None
-    return ("this folder does not exist; give the folder that holds your model folders "
-            "(stardist's basedir), or None for the bundled and registered models")
+    if not Path(value).is_dir():
+        return ("this folder does not exist; give the folder that holds your model folders "
+                "(stardist's basedir), or None for the bundled and registered models")
 
 
 @lru_cache(maxsize=None)
 def schema(ndim: int) -> Schema:
     """The settings of the ``ndim``-D segmentation script, in the order of its USER SETTINGS block."""
+    if ndim not in (2, 3):
+        raise SettingsError("ndim", ndim, "must be 2 (per-plane) or 3 (per-volume)")
     return Schema.from_dataclass(f"segment{ndim}d", Settings, ndim)
 
 
@@ -52,20 +49,10 @@ SCALE_CHOICES = ("auto", "estimate")
 MAX_SCALE = 16.0
 
 
-def _axes(ndim: int) -> str:
-    return "Y, X" if ndim == 2 else "Z, Y, X"
-
-
-def _scale_allowed(ndim: int) -> str:
-    example = "[0.5, 0.5]" if ndim == 2 else "[1.0, 0.5, 0.5]"
-    return (f'must be "auto", "estimate", a number above 0 and at most {MAX_SCALE:g} for every axis, or {ndim} such numbers '
-            f"({_axes(ndim)}), e.g. {example}")
-
-
-def _size_allowed(ndim: int) -> str:
-    example = "[0.5, 0.5]" if ndim == 2 else "[2.0, 0.5, 0.5]"
-    return (f"must be None (the model's recorded size), a number above 0 in µm for every axis, or {ndim} such "
-            f"numbers ({_axes(ndim)}), e.g. {example}")
+def _per_axis_allowed(ndim: int, one: str, z: float) -> str:
+    """SCALE's and MODEL_PIXEL_SIZE_UM's allowed text: ``one`` number for every axis, or one per axis."""
+    axes, example = ("Y, X", "[0.5, 0.5]") if ndim == 2 else ("Z, Y, X", f"[{z}, 0.5, 0.5]")
+    return f"must be {one} for every axis, or {ndim} such numbers ({axes}), e.g. {example}"
 
 
 _PLANE = "must be a plane index (0 for the first plane) or -1"
@@ -154,15 +141,16 @@ class Settings:
         "number_or_numbers", "auto", 'resampling before the network: "auto" scales each axis by the image\'s pixel '
         "(voxel) size over the model's where both are known (else 1, said in the log); \"estimate\": measures the "
         "nuclei in a sample of planes (volumes) and scales them to the model's training size; a number: every axis "
-        "by it; "
-        "one number per axis: each axis by its own",
+        "by it; one number per axis: each axis by its own",
         choices=SCALE_CHOICES, low=0, open_low=True, high=MAX_SCALE, affects_labels=True,
-        vary=lambda ndim: {"length": ndim, "allowed": _scale_allowed(ndim)})
+        vary=lambda ndim: {"length": ndim, "allowed": _per_axis_allowed(
+            ndim, f'"auto", "estimate", a number above 0 and at most {MAX_SCALE:g}', 1.0)})
     model_pixel_size_um: Any = setting(
         "number_or_numbers", None, "pixel (voxel) size of the model's training data, for SCALE=\"auto\"", unit="µm",
         none="the size the model folder records (model_card.json), where it records one", low=0, open_low=True,
         affects_labels=True,
-        vary=lambda ndim: {"length": ndim, "allowed": _size_allowed(ndim)})
+        vary=lambda ndim: {"length": ndim, "allowed": _per_axis_allowed(
+            ndim, "None (the model's recorded size), a number above 0 in µm", 2.0)})
     object_diameter_um: float | None = setting(
         "float", None, 'typical nucleus diameter in this image, for SCALE="auto": the image is scaled so that it '
         "matches the median diameter the model was trained on (needs the image's pixel size)", unit="µm",
@@ -215,9 +203,7 @@ class Settings:
         return schema(self.ndim).by_attr[field].name
 
     def __post_init__(self) -> None:
-        if self.ndim not in (2, 3):
-            raise SettingsError("ndim", self.ndim, "must be 2 (per-plane) or 3 (per-volume)")
-        definition = schema(self.ndim)
+        definition = schema(self.ndim)  # refuses an ndim other than 2 and 3
         if self.model_name is None:
             object.__setattr__(self, "model_name", definition.by_attr["model_name"].default)
         errors = definition.errors({f.attr: getattr(self, f.attr) for f in definition})
@@ -233,12 +219,10 @@ class Settings:
             errors.append(SettingsError("INPUT_CHANNEL", list(channels), "lists a channel more than once; give "
                                         "each of the model's input channels once, in the model's order"))
         raise_all(errors)
-        if self.n_tiles is not None:
-            object.__setattr__(self, "n_tiles", tuple(self.n_tiles))
         if isinstance(self.input_channel, (list, tuple)):  # one channel is the channel, not a list of one
             channels = tuple(self.input_channel)
             object.__setattr__(self, "input_channel", channels[0] if len(channels) == 1 else channels)
-        for attr in ("scale", "model_pixel_size_um"):
+        for attr in ("n_tiles", "scale", "model_pixel_size_um"):
             if isinstance(getattr(self, attr), list):
                 object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "export_objects", tuple(dict.fromkeys(self.export_objects)))
@@ -291,8 +275,7 @@ class Settings:
         try:
             settings = cls(ndim=ndim, **values)
         except SettingsError as err:
-            raise_all(errors + list(getattr(err, "errors", [err])))
-            raise
+            raise_all(errors + list(getattr(err, "errors", [err])))  # raises: the list holds err at least
         raise_all(errors)
         return settings
 
