@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputFileError, check_index, require
 from .imagesets import ScratchChannelsImageSet
-from .omezarr import UNITS_UM
+from .tiff import UNITS_UM
 
 __all__ = ["PLUGINS", "BioioImageSet"]
 
@@ -98,9 +98,7 @@ def _voxel_size(img, where: str) -> tuple | None:
             log.warning("%s: %s size %r %s is not a length known here; taken as unknown", where, dim, value, unit)
             value = None
         sizes.append(None if value is None else float(value) * factor)
-    if sizes[1] is None or sizes[2] is None:
-        return None
-    return tuple(sizes)
+    return None if sizes[1] is None or sizes[2] is None else tuple(sizes)
 
 
 def _close_reader(image) -> None:
@@ -164,12 +162,11 @@ class BioioImageSet(ScratchChannelsImageSet):
             raise
         img.set_scene(self.scene)
         dims = img.dims
-        samples = int(dims.S) if "S" in dims.order else 1
-        self._samples = samples
-        self._data = img.get_image_dask_data("TCZYXS" if samples > 1 else "TCZYX")  # lazy: nothing read yet
+        self._samples = int(dims.S) if "S" in dims.order else 1
+        self._data = img.get_image_dask_data("TCZYXS" if self._samples > 1 else "TCZYX")  # lazy: nothing read yet
         self.time_point_count, self.plane_count = int(dims.T), int(dims.Z)
         self.plane_shape = (int(dims.Y), int(dims.X))
-        self._n_input = int(dims.C) * samples
+        self._n_input = int(dims.C) * self._samples
         self._names = self._input_names(img, int(dims.C))
         self.voxel_size = _voxel_size(img, where)
         self.current_time_point = check_index(
@@ -191,10 +188,6 @@ class BioioImageSet(ScratchChannelsImageSet):
         """Names of every scene in the file."""
         return [str(s) for s in self._image.scenes]
 
-    @property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(self._data.dtype)
-
     def _input_dtype(self, channel: int) -> np.dtype:
         return np.dtype(self._data.dtype)
 
@@ -209,9 +202,3 @@ class BioioImageSet(ScratchChannelsImageSet):
         """Delete the scratch files and close the file."""
         self._close_scratch()
         _close_reader(self._image)
-
-    def __enter__(self) -> BioioImageSet:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

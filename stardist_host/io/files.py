@@ -65,11 +65,6 @@ def _pid_alive(pid: int) -> bool:
     return pid == os.getpid() or psutil.pid_exists(pid)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 _KNOWN_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".btf", ".czi", ".lif", ".nd2",
                    ".png", ".jpg", ".csv")
 
@@ -115,7 +110,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp
-        _fsync(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -145,7 +141,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_output(
     output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), overwrite: bool = False,
-    suffixes: tuple[str, ...] | None = None, what: str = "output",
+    suffixes: tuple[str, ...] | None = None,
 ) -> Path:
     """Refuse an output that cannot or may not be written, before any work is done.
 
@@ -159,8 +155,6 @@ def check_output(
         Whether an existing file at ``output`` may be replaced.
     suffixes
         Allowed endings (lower case), e.g. ``(".tif", ".tiff")``.
-    what
-        What the path is, for the message (``"output"``, ``"--out"``).
 
     Raises
     ------
@@ -170,22 +164,22 @@ def check_output(
     out = Path(output)
     if out.is_dir():
         example = out / f"result{suffixes[0] if suffixes else ''}"
-        raise OutputError(f"{what} {str(out)!r} is a folder; give a file name inside it, e.g. {str(example)!r}")
+        raise OutputError(f"output {str(out)!r} is a folder; give a file name inside it, e.g. {str(example)!r}")
     if suffixes and not out.name.lower().endswith(suffixes):
-        raise OutputError(f"{what} {str(out)!r} must end in {' or '.join(suffixes)} (e.g. result{suffixes[0]})")
+        raise OutputError(f"output {str(out)!r} must end in {' or '.join(suffixes)} (e.g. result{suffixes[0]})")
     folder = out.parent
     if not folder.is_dir():
-        raise OutputError(f"{what} {str(out)!r}: the folder {str(folder)!r} does not exist")
+        raise OutputError(f"output {str(out)!r}: the folder {str(folder)!r} does not exist")
     for given in inputs:
         if out.exists() and Path(given).exists() and out.resolve() == Path(given).resolve():
-            raise OutputError(f"{what} {str(out)!r} is an input file; input files are never overwritten")
+            raise OutputError(f"output {str(out)!r} is an input file; input files are never overwritten")
     if out.exists() and not overwrite:
         raise OutputError(
-            f"{what} {str(out)!r} exists already; choose another name, or replace it with --overwrite "
+            f"output {str(out)!r} exists already; choose another name, or replace it with --overwrite "
             "(scripts: OVERWRITE = True)"
         )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {str(out)!r}: the folder {str(folder)!r} cannot be written (read-only?)")
+        raise OutputError(f"output {str(out)!r}: the folder {str(folder)!r} cannot be written (read-only?)")
     return out
 
 
@@ -255,14 +249,13 @@ def _read_owner(path: Path) -> tuple[int | None, str]:
 @contextlib.contextmanager
 def claim_outputs(
     paths: Sequence[str | os.PathLike], *, inputs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
-    suffixes: tuple[str, ...] | None = None,
 ) -> Iterator[list[Path]]:
     """Check every output (:func:`check_output`), lock each and remove what killed runs left beside them.
 
     All of it happens before any work, so a run that cannot write one of its
     outputs stops at once; the locks are held until the block ends.
     """
-    checked = [check_output(p, inputs=tuple(inputs), overwrite=overwrite, suffixes=suffixes) for p in paths]
+    checked = [check_output(p, inputs=tuple(inputs), overwrite=overwrite) for p in paths]
     with contextlib.ExitStack() as stack:
         for path in checked:
             stack.enter_context(OutputLock(path))

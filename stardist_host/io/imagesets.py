@@ -56,13 +56,23 @@ def fit_to_dtype(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
     return data.astype(dtype)
 
 
-class _Checks:
-    """Index and shape checks that both image sets share."""
+class ChannelChecks:
+    """Index and shape checks, and the removal of added channels, that the image sets share.
+
+    A subclass has ``_n_input`` input channels (never modified), named by the
+    first names of ``_names``, and implements :meth:`_input_is` and :meth:`_drop`.
+    """
 
     channel_count: int
     plane_count: int
     time_point_count: int
     plane_shape: tuple[int, int]
+    _n_input: int
+    _names: list[str]
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._names)
 
     def _check(self, channel: int, plane: int, time_point: int) -> None:
         self._check_channel(channel)
@@ -76,8 +86,34 @@ class _Checks:
         if tuple(np.shape(data)) != tuple(self.plane_shape):
             raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
 
+    def _input_is(self) -> str:
+        """What an input channel is, for the message that refuses to change it."""
+        raise NotImplementedError
 
-class MemoryImageSet(_Checks):
+    def _refuse_input(self, channel: int, doing: str) -> None:
+        if channel < self._n_input:
+            raise ReadOnlyInputError(f"channel {channel} ({self._names[channel]!r}) {self._input_is()}; {doing}")
+
+    def _drop(self, index: int) -> None:
+        """Forget the added channel ``index``."""
+        raise NotImplementedError
+
+    def remove_channel(self, index: int) -> None:
+        """Remove a channel made with ``add_channel`` and what holds it; the channels after it move down by one.
+
+        Raises
+        ------
+        IndexError
+            ``index`` is not a channel of the image set.
+        ReadOnlyInputError
+            ``index`` is an input channel (one the image set was made with), which is never modified.
+        """
+        self._check_channel(index)
+        self._refuse_input(index, "only channels made with add_channel can be removed")
+        self._drop(index)
+
+
+class MemoryImageSet(ChannelChecks):
     """An image set held in memory, made from a numpy array with axes TCZYX.
 
     Parameters
@@ -126,10 +162,6 @@ class MemoryImageSet(_Checks):
     def channel_count(self) -> int:
         return len(self._channels)
 
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self._names)
-
     def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
         self._check(channel, plane, time_point)
         return self._channels[channel][time_point, plane]
@@ -146,22 +178,10 @@ class MemoryImageSet(_Checks):
         self._names.append(name)
         return len(self._channels) - 1
 
-    def remove_channel(self, index: int) -> None:
-        """Remove a channel made with :meth:`add_channel`; the channels after it move down by one.
+    def _input_is(self) -> str:
+        return f"is one of the image set's own channels (0..{self._n_input - 1})"
 
-        Raises
-        ------
-        IndexError
-            ``index`` is not a channel of the image set.
-        ReadOnlyInputError
-            ``index`` is one of the channels the image set was made with.
-        """
-        self._check_channel(index)
-        if index < self._n_input:
-            raise ReadOnlyInputError(
-                f"channel {index} ({self._names[index]!r}) is one of the image set's own channels "
-                f"(0..{self._n_input - 1}); only channels made with add_channel can be removed"
-            )
+    def _drop(self, index: int) -> None:
         del self._channels[index]
         del self._names[index]
 
@@ -204,21 +224,20 @@ class DiskChannel:
         self._file.close()
 
 
-class ScratchChannelsImageSet(_Checks):
+class ScratchChannelsImageSet(ChannelChecks):
     """Base of image sets over a read-only input: its channels come from the input, added ones live on disk.
 
     A subclass sets ``path``, ``time_point_count``, ``plane_count``,
     ``plane_shape``, ``voxel_size``, ``current_time_point``, the input's
     channel count ``_n_input`` and names ``_names``, calls
-    :meth:`_init_scratch`, and implements :meth:`_read_input`.  Channels made
-    with :meth:`add_channel` are kept in scratch files in a hidden folder
+    :meth:`_init_scratch`, and implements :meth:`_read_input`,
+    :meth:`_input_dtype` and ``close``.  Channels made with :meth:`add_channel`
+    are kept in scratch files in a hidden folder
     (:func:`stardist_host.io.files.scratch_dir`), so memory does not grow with
     the data; :meth:`_close_scratch` deletes them.
     """
 
     path: Path
-    _n_input: int
-    _names: list[str]
 
     def _init_scratch(self, scratch_dir: str | os.PathLike | None) -> None:
         self._added: list[DiskChannel] = []
@@ -233,22 +252,14 @@ class ScratchChannelsImageSet(_Checks):
     def channel_count(self) -> int:
         return self._n_input + len(self._added)
 
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self._names)
-
     def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
         self._check(channel, plane, time_point)
         if channel < self._n_input:
             return self._read_input(channel, plane, time_point)
         return self._added[channel - self._n_input].read(time_point, plane)
 
-    def _refuse_input(self, channel: int, doing: str) -> None:
-        if channel < self._n_input:
-            raise ReadOnlyInputError(
-                f"channel {channel} ({self._names[channel]!r}) comes from the input file {self.path.name}, which is "
-                f"never modified; {doing}"
-            )
+    def _input_is(self) -> str:
+        return f"comes from the input file {self.path.name}, which is never modified"
 
     def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
         self._check(channel, plane, time_point)
@@ -268,18 +279,7 @@ class ScratchChannelsImageSet(_Checks):
         self._names.append(str(name))
         return index
 
-    def remove_channel(self, index: int) -> None:
-        """Remove a channel made with :meth:`add_channel` and its scratch file; later channels move down by one.
-
-        Raises
-        ------
-        IndexError
-            ``index`` is not a channel of the image set.
-        ReadOnlyInputError
-            ``index`` is a channel of the input file, which is never modified.
-        """
-        self._check_channel(index)
-        self._refuse_input(index, "only channels made with add_channel can be removed")
+    def _drop(self, index: int) -> None:
         channel = self._added.pop(index - self._n_input)
         channel.close()
         channel.path.unlink(missing_ok=True)
@@ -287,6 +287,11 @@ class ScratchChannelsImageSet(_Checks):
 
     def _input_dtype(self, channel: int) -> np.dtype:
         raise NotImplementedError
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The type of the first input channel (see :meth:`channel_dtype` for each)."""
+        return self._input_dtype(0)
 
     def channel_dtype(self, channel: int) -> np.dtype:
         """The type of ``channel``'s values: the input's for input channels, ``add_channel``'s for added ones."""
@@ -367,6 +372,12 @@ class ScratchChannelsImageSet(_Checks):
             self._scratch.cleanup()
             self._scratch = None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class TiffImageSet(ScratchChannelsImageSet):
     """An image set read lazily from a TIFF file, with new channels kept on disk.
@@ -404,35 +415,25 @@ class TiffImageSet(ScratchChannelsImageSet):
         current_time_point: int = 0,
         scratch_dir: str | os.PathLike | None = None,
     ) -> None:
-        self._reader = TiffReader(path, axes=axes, series=series)
-        try:
-            self._setup(self._reader.layout, current_time_point)
-        except BaseException:
-            self._reader.close()
-            raise
-        self._init_scratch(scratch_dir)
-
-    def _setup(self, layout, current_time_point: int) -> None:
-        self.path = self._reader.path
+        self._reader = reader = TiffReader(path, axes=axes, series=series)
+        self.path, layout = reader.path, reader.layout
         sizes = layout.sizes
-        self.time_point_count = sizes["T"]
-        self.plane_count = sizes["Z"]
+        self.time_point_count, self.plane_count = sizes["T"], sizes["Z"]
         self.plane_shape = (sizes["Y"], sizes["X"])
         self.voxel_size = layout.voxel_size
-        check_index("current_time_point", current_time_point, self.time_point_count, what=self.path.name,
-                    noun="time points")
+        try:
+            check_index("current_time_point", current_time_point, self.time_point_count, what=self.path.name,
+                        noun="time points")
+        except BaseException:
+            reader.close()
+            raise
         self.current_time_point = current_time_point
         self._n_input = sizes["C"]
         self._names = list(layout.channel_names)
-        self._input_dtypes = list(layout.dtypes)
-
-    @property
-    def input_dtype(self) -> np.dtype:
-        """The type of the first input channel (see :meth:`channel_dtype` for each)."""
-        return self._reader.layout.dtype
+        self._init_scratch(scratch_dir)
 
     def _input_dtype(self, channel: int) -> np.dtype:
-        return self._input_dtypes[channel]
+        return self._reader.layout.dtypes[channel]
 
     def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
         return self._reader.plane(time_point, channel, plane)
@@ -441,9 +442,3 @@ class TiffImageSet(ScratchChannelsImageSet):
         """Close the input file and delete the scratch files."""
         self._close_scratch()
         self._reader.close()
-
-    def __enter__(self) -> "TiffImageSet":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -3,8 +3,8 @@
 * :func:`write_imagej_rois`: a ZIP of ImageJ ROIs, one polygon per object per
   plane, for Fiji's ROI Manager;
 * :func:`write_geojson`: a GeoJSON FeatureCollection of QuPath detections;
-* :func:`object_table` / :func:`write_object_table`: one row per 3D object
-  (centroid, bounding box, volume), as UTF-8 CSV.
+* :func:`object_table`: one row per 3D object (centroid, bounding box,
+  volume), written by :func:`export_objects` as UTF-8 CSV.
 
 :func:`export_objects` reads an image set's label channel one plane at a time
 (``get_channeldata``) and writes any of them in one pass, so memory does not
@@ -48,7 +48,6 @@ __all__ = [
     "write_imagej_rois",
     "write_geojson",
     "object_table",
-    "write_object_table",
     "export_objects",
 ]
 
@@ -296,23 +295,8 @@ def object_table(
     return stats.table(time_point, voxel_size)
 
 
-def write_object_table(path: str | os.PathLike, tables: Iterable[dict[str, NDArray]]) -> Path:
-    """Write object tables (one per time point, same columns) as one UTF-8 CSV file.
-
-    Parameters
-    ----------
-    path
-        The ``.csv`` file to write (replaced atomically).
-    tables
-        Tables from :func:`object_table`.
-    """
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        _write_table(tmp, tables)
-    return path
-
-
 def _write_table(path: Path, tables: Iterable[dict[str, NDArray]]) -> None:
+    """Object tables (one per time point) as one UTF-8 CSV file."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TABLE_COLUMNS)
@@ -412,11 +396,8 @@ def export_objects(
         log.info("voxel size %s: the table's µm columns without a known size are left empty", voxel_size)
     with contextlib.ExitStack() as stack:
         temps = {f: stack.enter_context(atomic_write(p)) for f, p in paths.items()}
-        writers = []
-        if "roi" in temps:
-            writers.append(_RoiZip(temps["roi"]))
-        if "geojson" in temps:
-            writers.append(_GeoJson(temps["geojson"], classification))
+        makers = {"roi": _RoiZip, "geojson": lambda tmp: _GeoJson(tmp, classification)}
+        writers = [makers[f](tmp) for f, tmp in temps.items() if f in makers]
         # closed (and so complete) before atomic_write's exit fsyncs and replaces
         for writer in writers:
             stack.callback(writer.close)

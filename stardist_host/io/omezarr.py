@@ -33,6 +33,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..errors import InputFileError, OutputError, ReadOnlyInputError, check_index, require
 from .imagesets import fit_to_dtype
+from .tiff import UNITS_UM
 
 __all__ = ["NGFF_VERSIONS", "UNITS_UM", "OmeZarrImageSet"]
 
@@ -40,12 +41,6 @@ log = logging.getLogger(__name__)
 
 #: NGFF versions this reader understands.
 NGFF_VERSIONS = ("0.4", "0.5")
-
-#: Length units of NGFF axes (UDUNITS-2 names, and common spellings), in micrometres.
-UNITS_UM = {
-    "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0, "um": 1.0,
-    "µm": 1.0, "μm": 1.0, "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6,
-}
 
 
 def _zarr():
@@ -159,33 +154,25 @@ def _voxel_size(meta: _Meta, level: Level, roles: dict[str, int], where: str) ->
         return None
     if extra is not None:
         scale = [a * b for a, b in zip(scale, extra)]
-    sizes = {}
-    for role in "ZYX":
-        if role not in roles:
-            sizes[role] = None
-            continue
+    sizes: dict[str, float | None] = dict.fromkeys("ZYX")
+    for role in (r for r in "ZYX" if r in roles):
         axis = meta.axes[roles[role]]
         unit = axis.get("unit")
-        factor = UNITS_UM.get(str(unit).lower()) if unit is not None else None
+        factor = UNITS_UM.get(str(unit).lower())
         value = scale[roles[role]]
         if unit is None:
             log.warning("%s: axis %r has no unit, so its scale %r is in unknown units; its voxel size is taken as "
                         "unknown (NGFF axes name a unit such as 'micrometer')", where, axis.get("name"), value)
-            sizes[role] = None
-            continue
-        if factor is None or not (math.isfinite(value) and value > 0):
+        elif factor is None or not (math.isfinite(value) and value > 0):
             log.warning("%s: axis %r has scale %r with unit %r, which is not a length unit known here (%s); its "
                         "voxel size is taken as unknown", where, axis.get("name"), value, unit, ", ".join(UNITS_UM))
-            sizes[role] = None
-            continue
-        sizes[role] = value * factor
-    if sizes["Y"] is None or sizes["X"] is None:
-        return None
-    return sizes["Z"], sizes["Y"], sizes["X"]
+        else:
+            sizes[role] = value * factor
+    return None if sizes["Y"] is None or sizes["X"] is None else (sizes["Z"], sizes["Y"], sizes["X"])
 
 
 def _channel_names(omero: dict, count: int) -> list[str]:
-    channels = omero.get("channels") if isinstance(omero, dict) else None
+    channels = omero.get("channels")
     names = [f"Channel {i}" for i in range(count)]
     if isinstance(channels, list) and len(channels) == count:
         names = [str(ch.get("label") or names[i]) if isinstance(ch, dict) else names[i]
@@ -266,17 +253,15 @@ def _label_attrs(meta: _Meta, level: Level, name: str, source: str) -> dict:
     return {"ome": {"version": meta.version, "multiscales": [multiscale], "image-label": image_label}}
 
 
-def _labels_list(group, version: str) -> list[str]:
+def _list_label(group, version: str, name: str, *, listed: bool) -> None:
+    """Add ``name`` (last) to, or drop it from, the ``labels`` list of the labels group."""
     attrs = dict(group.attrs)
     holder = attrs.get("ome", {}) if version != "0.4" else attrs
-    return [str(n) for n in holder.get("labels", [])]
-
-
-def _set_labels_list(group, version: str, names: list[str]) -> None:
+    names = [str(n) for n in holder.get("labels", []) if str(n) != name] + ([name] if listed else [])
     if version == "0.4":
         group.attrs["labels"] = names
     else:
-        group.attrs["ome"] = {**dict(group.attrs).get("ome", {}), "version": version, "labels": names}
+        group.attrs["ome"] = {**attrs.get("ome", {}), "version": version, "labels": names}
 
 
 class OmeZarrImageSet:
@@ -326,6 +311,8 @@ class OmeZarrImageSet:
                 raise InputFileError(f"level={level!r}: {where} has resolution levels {listed}")
             self._level = meta.levels[int(level)]
             self._roles = roles = _axis_roles(meta.axes, self._level.shape, where)
+            position = {pos: role for role, pos in roles.items()}
+            self._role_at = [position.get(i) for i in range(len(meta.axes))]  # T, C, Z, Y, X or None, per axis
             self._array = group[self._level.path]
             shape = self._level.shape
             self.time_point_count = shape[roles["T"]] if "T" in roles else 1
@@ -371,10 +358,6 @@ class OmeZarrImageSet:
         return "".join(str(a.get("name")) for a in self._meta.axes)
 
     @property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(self._array.dtype)
-
-    @property
     def channel_count(self) -> int:
         return self._n_input + len(self._added)
 
@@ -399,11 +382,7 @@ class OmeZarrImageSet:
     def _index(self, channel: int, plane: int, time_point: int) -> tuple:
         """The array index of one (Y, X) plane: a whole number on every axis but y and x."""
         at = {"T": time_point, "C": channel, "Z": plane}
-        position = {pos: role for role, pos in self._roles.items()}
-        return tuple(
-            slice(None) if position.get(i) in ("Y", "X") else int(at.get(position.get(i), 0))
-            for i in range(len(self._meta.axes))
-        )
+        return tuple(slice(None) if role in ("Y", "X") else int(at.get(role, 0)) for role in self._role_at)
 
     def _plane(self, array, index: tuple) -> NDArray:
         data = np.asarray(array[index])
@@ -436,6 +415,10 @@ class OmeZarrImageSet:
         array[self._index(0, plane, time_point)] = data
 
     # ------------------------------------------------------------------ label channels
+
+    def _label_shape(self) -> tuple[int, ...]:
+        """The level's shape with a channel axis of size 1: a label image's."""
+        return tuple(1 if role == "C" else n for role, n in zip(self._role_at, self._level.shape))
 
     def _labels_group(self):
         if self._labels_root is None:
@@ -476,19 +459,15 @@ class OmeZarrImageSet:
                                   "name, or replace it with overwrite=True (scripts: OVERWRITE = True)")
             log.info("replacing the label image %s", self._labels_path / "labels" / name)
             del labels[name]
-        shape = list(self._level.shape)
-        if "C" in self._roles:
-            shape[self._roles["C"]] = 1
-        yx = (self._roles["Y"], self._roles["X"])
-        chunks = tuple(n if i in yx else 1 for i, n in enumerate(shape))
+        shape = self._label_shape()
+        chunks = tuple(n if role in ("Y", "X") else 1 for role, n in zip(self._role_at, shape))
         image = labels.require_group(name)
-        array = _create_plane_array(image, "0", shape=tuple(shape), chunks=chunks, dtype=dtype,
+        array = _create_plane_array(image, "0", shape=shape, chunks=chunks, dtype=dtype,
                                     dim_names=[str(a.get("name")) for a in self._meta.axes],
                                     zarr_format=_zarr_format_of(self._meta))
         image.attrs.update(_label_attrs(self._meta, self._level, name, self._source()))
         # listed last, so a reader never finds a listed label image without its metadata
-        listed = [n for n in _labels_list(labels, self._meta.version) if n != name]
-        _set_labels_list(labels, self._meta.version, listed + [name])
+        _list_label(labels, self._meta.version, name, listed=True)
         self._added.append((name, array))
         return self.channel_count - 1
 
@@ -514,12 +493,10 @@ class OmeZarrImageSet:
         if name not in labels or "0" not in labels[name]:
             raise OutputError(f"{where!r} is not a label image (no array '0'); nothing to continue")
         array = labels[name]["0"]
-        shape = list(self._level.shape)
-        if "C" in self._roles:
-            shape[self._roles["C"]] = 1
-        if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype).kind not in "iu":
+        shape = self._label_shape()
+        if tuple(array.shape) != shape or np.dtype(array.dtype).kind not in "iu":
             raise OutputError(f"{where!r} holds an array of shape {tuple(array.shape)} and type {array.dtype}, but a "
-                              f"label image of {self.path.name} has shape {tuple(shape)} and an integer type")
+                              f"label image of {self.path.name} has shape {shape} and an integer type")
         if name in (n for n, _ in self._added):
             raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
         self._added.append((name, array))
@@ -549,7 +526,7 @@ class OmeZarrImageSet:
             return
         labels = self._labels_group()
         del labels[name]
-        _set_labels_list(labels, self._meta.version, [n for n in _labels_list(labels, self._meta.version) if n != name])
+        _list_label(labels, self._meta.version, name, listed=False)
 
     def close(self) -> None:
         """Forget the stores (Zarr keeps no files open between reads)."""

@@ -73,7 +73,7 @@ def labels_store(input: str | os.PathLike, output: str | os.PathLike | None) -> 
     Raises
     ------
     OutputError
-        ``output`` is not a ``*.zarr`` folder, is a file, is in a missing folder, or is a folder that is not a Zarr store.
+        ``output`` is not a ``*.zarr`` folder (nor a folder holding a Zarr group), is a file, or is in a missing folder.
     """
     store = Path(input)
     if output is None or (Path(output).exists() and Path(output).resolve() == store.resolve()):
@@ -86,8 +86,6 @@ def labels_store(input: str | os.PathLike, output: str | os.PathLike | None) -> 
         raise OutputError(f"output {str(out)!r} is a file; give a folder ending in .zarr for the labels store")
     if not out.parent.is_dir():
         raise OutputError(f"output {str(out)!r}: the folder {str(out.parent)!r} does not exist")
-    if out.is_dir() and any(out.iterdir()) and not is_omezarr(out):
-        raise OutputError(f"output {str(out)!r} is a folder that is not a Zarr store; give a new name ending in .zarr")
     return out, False
 
 

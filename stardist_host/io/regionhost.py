@@ -208,18 +208,10 @@ class RegionImageSet:
         channel, plane, time_point = self._check(channel, plane, time_point)
         data = np.asarray(self._host.read_imagedata(self._region(plane), channel, time_point))
         h, w = self.plane_shape
-        if self.order == "zyx":
-            if data.shape == (1, h, w):
-                return data[0]
-            if data.shape == (h, w):
-                return data
-            expected = "(1, h, w) or (h, w)"
-        else:
-            if data.shape == (w, h, 1):
-                return data[:, :, 0].T
-            if data.shape == (w, h):
-                return data.T
-            expected = "(w, h, 1) or (w, h)"
+        yx = data if self.order == "zyx" else data.T  # xyz: (w, h, 1) -> (1, h, w), (w, h) -> (h, w)
+        if yx.shape in ((1, h, w), (h, w)):
+            return yx.reshape(h, w)
+        expected = "(1, h, w) or (h, w)" if self.order == "zyx" else "(w, h, 1) or (w, h)"
         raise ValueError(
             f"read_imagedata returned shape {data.shape} for plane {plane} (h={h}, w={w}); with order={self.order!r} "
             f"it must be {expected}: is order right?"

@@ -19,6 +19,7 @@ so that no value changes.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import threading
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from numpy.typing import DTypeLike, NDArray
 from ..errors import TiffError
 from .files import atomic_write
 
-__all__ = ["BIGTIFF_LIMIT", "OmeImage", "OmeLayout", "TiffError", "TiffLayout", "TiffReader", "ome_layout", "write_ome_images",
-           "write_ome_tiff"]
+__all__ = ["BIGTIFF_LIMIT", "UNITS_UM", "OmeImage", "OmeLayout", "TiffError", "TiffLayout", "TiffReader", "ome_layout",
+           "write_ome_images", "write_ome_tiff"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ BIGTIFF_LIMIT = 2**32 - 2**25  # 4 GiB less room for the directories and metadat
 _HOST_AXES = "TCZYX"
 # tifffile's axes codes that we accept, and what they become
 _AXIS_ALIASES = {"S": "C", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
+# the example in the error for a file whose axes are unknown, by number of dimensions
+_EXAMPLE_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
 
 
 @dataclass(frozen=True)
@@ -51,23 +54,14 @@ class TiffLayout:
 
     axes: str  # of the series as stored, e.g. "TZCYX", with S/I/Q resolved; "TCZYX" for series combined
     shape: tuple[int, ...]
-    dtype: np.dtype  # of the first channel
     channel_names: tuple[str, ...]
     voxel_size: tuple[float | None, float, float] | None  # (z, y, x) in micrometres, z None where unknown
-    dtypes: tuple[np.dtype, ...] = ()  # one per channel
-    series: tuple[int, ...] = (0,)  # the file's series read, in channel order
+    dtypes: tuple[np.dtype, ...]  # one per channel
 
     @property
     def sizes(self) -> dict[str, int]:
         """Length of each of T, C, Z, Y, X (1 where the file has no such axis)."""
-        sizes = dict.fromkeys(_HOST_AXES, 1)
-        sizes.update(zip(self.axes, self.shape))
-        return sizes
-
-
-def _example_axes(ndim: int) -> str:
-    """An axes string of ``ndim`` letters, as the error's example: ZYX, TZYX, TZCYX."""
-    return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(ndim, "TZCYX")
+        return {**dict.fromkeys(_HOST_AXES, 1), **dict(zip(self.axes, self.shape))}
 
 
 def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str | None) -> str:
@@ -92,16 +86,17 @@ def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str 
         raise TiffError(
             f"{path.name} does not say what its dimension(s) {', '.join(unknown)} of shape {shape} mean "
             f"(axes read from the file: {file_axes!r}); give the axes yourself, one letter per dimension, "
-            f"e.g. axes='{_example_axes(len(shape))}'"
+            f"e.g. axes='{_EXAMPLE_AXES.get(len(shape), 'TZCYX')}'"
         )
     return resolved
 
 
-#: Micrometres per unit, for the length units that OME-XML and ImageJ write (ASCII, micro sign U+00B5,
-#: Greek mu U+03BC, Angstrom as letter U+00C5 and as sign U+212B).
-_UM_PER_UNIT = {
+#: Micrometres per unit, for the length units that OME-XML, ImageJ, NGFF axes (UDUNITS-2 names) and bioio write
+#: (ASCII, micro sign U+00B5, Greek mu U+03BC, Angstrom as letter U+00C5 and as sign U+212B).
+UNITS_UM = {
     "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "nm": 1e-3, "\u00c5": 1e-4, "\u212b": 1e-4, "pm": 1e-6, "mm": 1e3, "cm": 1e4, "m": 1e6,
+    "nm": 1e-3, "\u00c5": 1e-4, "\u212b": 1e-4, "pm": 1e-6, "mm": 1e3, "cm": 1e4, "m": 1e6, "angstrom": 1e-4,
+    "picometer": 1e-6, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6,
 }
 # ImageJ's names for "not calibrated": no size, and no warning either
 _NO_UNIT = {"", "pixel", "pixels", "none"}
@@ -110,7 +105,7 @@ _NO_UNIT = {"", "pixel", "pixels", "none"}
 def _micrometres(value, unit: str, *, where: str) -> float | None:
     """``value`` in ``unit`` as micrometres; None (with a warning) for a unit that is not a known length."""
     unit = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
-    factor = _UM_PER_UNIT.get(unit, _UM_PER_UNIT.get(unit.lower()))
+    factor = UNITS_UM.get(unit, UNITS_UM.get(unit.lower()))
     if factor is None:
         if unit.lower() not in _NO_UNIT:
             log.warning("%s: unit %r is not a length unit known here (\u00b5m, um, nm, \u00c5, mm, cm, m); "
@@ -149,29 +144,18 @@ def _ome_metadata(tif: tifffile.TiffFile, index: int, n_series: int) -> tuple[li
     return names, _voxel(z, y, x)
 
 
-def _imagej_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple | None]:
+def _imagej_voxel(tif: tifffile.TiffFile) -> tuple | None:
     """(z, y, x) in µm from ImageJ's unit, the pixel resolution and ``spacing`` (z None where absent)."""
     meta = tif.imagej_metadata or {}
     page = tif.pages[0]
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
     if xres is None or yres is None or "unit" not in meta:
-        return [], None
+        return None
     where = f"{Path(tif.filename).name} (ImageJ calibration)"
     x = _micrometres(xres.value[1] / xres.value[0], meta["unit"], where=where)
     y = _micrometres(yres.value[1] / yres.value[0], meta["unit"], where=where)
     z = _micrometres(meta["spacing"], meta["unit"], where=where) if "spacing" in meta else None
-    return [], _voxel(z, y, x)
-
-
-class _CaughtErrors(logging.Handler):
-    """Collects the errors and warnings tifffile logs (not raises) while it parses a damaged file."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    return _voxel(z, y, x)
 
 
 class _Part:
@@ -181,25 +165,23 @@ class _Part:
         series = tif.series[index]
         self.index, self.series, self.path = index, series, path
         self.shape = tuple(series.shape)
-        self.file_axes = series.axes
         self.axes = _resolve_axes(path, series.axes, self.shape, axes)
         if not ("Y" in self.axes and "X" in self.axes and self.axes.index("Y") < self.axes.index("X")):
             raise TiffError(f"{path.name}: axes {self.axes!r} must contain Y then X")
         self.dtype = np.dtype(series.dtype)  # tifffile's dtype is native, whatever the file's byte order
         if self.dtype.kind not in "uif":
             raise TiffError(f"{path.name} holds {series.dtype} data; only integer or float grey values are supported")
-        self.sizes = dict.fromkeys(_HOST_AXES, 1)
-        self.sizes.update(zip(self.axes, self.shape))
+        self.sizes = {**dict.fromkeys(_HOST_AXES, 1), **dict(zip(self.axes, self.shape))}
         # colour samples (RGB, RGBA) are the last axis inside each page; they become channels
         self.samples = axes is None and series.axes.endswith("S")
-        self.page_axes = [a for a in self.axes[: len(self.axes) - (1 if self.samples else 0)] if a not in "YX"]
-        yx_last = self.axes[: len(self.axes) - (1 if self.samples else 0)].endswith("YX")
+        in_pages = self.axes[:-1] if self.samples else self.axes
+        self.page_axes = [a for a in in_pages if a not in "YX"]
+        self.page_shape = [self.sizes[a] for a in self.page_axes]
         # uncompressed contiguous data are read at their offset, in the file's byte order
-        self.offset = int(series.dataoffset) if series.dataoffset is not None and yx_last else None
+        self.offset = int(series.dataoffset) if series.dataoffset is not None and in_pages.endswith("YX") else None
         self.file_dtype = np.dtype(tif.byteorder + self.dtype.char)
-        plane = (self.sizes["Y"], self.sizes["X"]) + ((self.shape[-1],) if self.samples else ())
-        self.plane_shape = plane
-        self.whole = self.offset is None and tuple(series.keyframe.shape) != plane
+        self.plane_shape = (self.sizes["Y"], self.sizes["X"]) + ((self.shape[-1],) if self.samples else ())
+        self.whole = self.offset is None and tuple(series.keyframe.shape) != self.plane_shape
         self.in_memory: NDArray | None = None
         self.names: list[str] = []
         self.voxel: tuple | None = None
@@ -208,24 +190,21 @@ class _Part:
     def geometry(self) -> tuple[int, int, int, int]:
         return self.sizes["T"], self.sizes["Z"], self.sizes["Y"], self.sizes["X"]
 
-    def describe(self) -> str:
-        return f"{self.index}: {self.file_axes} {'x'.join(map(str, self.shape))} {self.dtype}"
-
     def page_of(self, t: int, c: int, z: int) -> int:
         index = {"T": t, "C": c, "Z": z}
         if not self.page_axes:
             return 0
-        return int(np.ravel_multi_index([index[a] for a in self.page_axes], [self.sizes[a] for a in self.page_axes]))
+        return int(np.ravel_multi_index([index[a] for a in self.page_axes], self.page_shape))
 
     def where(self, page: int) -> str:
         """Page ``page`` as t=, c=, z= (the axes that index pages)."""
         if not self.page_axes:
             return "the first plane"
-        at = np.unravel_index(page, [self.sizes[a] for a in self.page_axes])
+        at = np.unravel_index(page, self.page_shape)
         return ", ".join(f"{a.lower()}={int(i)}" for a, i in zip(self.page_axes, at))
 
     def n_pages(self) -> int:
-        return int(np.prod([self.sizes[a] for a in self.page_axes])) if self.page_axes else 1
+        return int(np.prod(self.page_shape))
 
     def check_within(self, size: int, tif: tifffile.TiffFile) -> None:
         """Raise TiffError if some of the series' data lie beyond the file's ``size`` bytes."""
@@ -360,7 +339,7 @@ class TiffReader:
             if self._tif.is_ome:
                 part.names, part.voxel = _ome_metadata(self._tif, index, len(self._tif.series))
             elif self._tif.is_imagej:
-                part.names, part.voxel = _imagej_metadata(self._tif)
+                part.voxel = _imagej_voxel(self._tif)
                 part.names = self._imagej_channel_names(part.axes, part.shape)
         except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, SyntaxError) as err:  # damaged: go on
             log.warning("%s: could not read its physical sizes or channel names (%s)", self.path.name, err)
@@ -383,8 +362,7 @@ class TiffReader:
         else:
             t, z, y, x = first.geometry
             axes, shape = _HOST_AXES, (t, len(names), z, y, x)
-        return TiffLayout(axes, shape, first.dtype, tuple(names), first.voxel, dtypes,
-                          tuple(part.index for part in self._parts))
+        return TiffLayout(axes, shape, tuple(names), first.voxel, dtypes)
 
     def _imagej_channel_names(self, axes: str, shape: tuple[int, ...]) -> list[str]:
         """ImageJ keeps channel names as slice labels: take those of the first time point and plane."""
@@ -419,7 +397,9 @@ def _open(path: Path) -> tifffile.TiffFile:
         raise TiffError(f"input file {str(path)!r} does not exist")
     if os.path.getsize(path) == 0:
         raise TiffError(f"{path.name} is empty (0 bytes); it is not a TIFF file (an interrupted copy?)")
-    caught = _CaughtErrors()
+    # collects the errors and warnings tifffile logs (not raises) while it parses a damaged file
+    caught = logging.handlers.BufferingHandler(capacity=2**31)
+    caught.setLevel(logging.WARNING)
     logger = logging.getLogger("tifffile")
     logger.addHandler(caught)
     # tifffile logs (not raises) much of the damage it meets: its records stop here and are folded into
@@ -431,13 +411,11 @@ def _open(path: Path) -> tifffile.TiffFile:
         series = tif.series  # parsing the series is where tifffile meets most damage
         if not series:
             raise TiffError(f"{path.name} holds no image data")
-    except TiffError:
-        if tif is not None:
-            tif.close()
-        raise
     except Exception as err:  # tifffile raises many types (struct.error, IndexError ...) on damaged files
         if tif is not None:
             tif.close()
+        if isinstance(err, TiffError):
+            raise
         with open(path, "rb") as f:
             header = f.read(4)
         if header in _TIFF_HEADERS:
@@ -448,17 +426,17 @@ def _open(path: Path) -> tifffile.TiffFile:
         logger.propagate = propagate
     # offsets beyond the end mean lost data; anything else (malformed OME-XML, odd ImageJ metadata) is
     # metadata tifffile could not use: the pixels are there, so say so and go on with what the file says
-    damage = [m for m in caught.messages if any(word in m for word in ("offset", "truncat", "corrupt"))]
-    for message in caught.messages:
+    messages = [record.getMessage() for record in caught.buffer]
+    damage = [m for m in messages if any(word in m for word in ("offset", "truncat", "corrupt"))]
+    for message in messages:
         if message not in damage:
             log.warning("%s: some of its metadata cannot be read (%s); reading it without", path.name, message)
     if damage:
-        caught.messages = damage
         ij = _imagej_truncated(tif, os.path.getsize(path))
         pages = len(tif.pages)
         tif.close()
         raise TiffError(ij or (
-            f"{path.name} is truncated or damaged ({caught.messages[0]}); only {pages} of its pages can be found, "
+            f"{path.name} is truncated or damaged ({damage[0]}); only {pages} of its pages can be found, "
             f"the last readable plane is page {pages - 1} (an interrupted copy or download? copy the file again)"
         ))
     return tif

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import ReadOnlyInputError, StardistHostError, check_index
-from ..io.imagesets import fit_to_dtype
+from ..errors import ReadOnlyInputError, StardistHostError
+from ..io.imagesets import ChannelChecks, fit_to_dtype
 
 __all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers", "label_layers"]
 
@@ -34,8 +34,7 @@ _AXIS_NAMES = {
 _BY_NAME = {name: letter for letter, names in _AXIS_NAMES.items() for name in names}
 # Axes without a known label are taken from the right in this order (napari shows the last two as the plane):
 # a 4D layer is TZYX, a 5D one TCZYX, as bioio orders them.
-_FILL = {5: "XYZCT"}
-_FILL_FEWER = "XYZTC"
+_FILL, _FILL_FEWER = "XYZCT", "XYZTC"
 
 
 class LayerError(StardistHostError, ValueError):
@@ -76,7 +75,7 @@ def layer_axes(viewer, layer, axes: str | None = None) -> str:
             raise LayerError(f"layer {name!r} has {layer.ndim} axes; an image set has at most five (T, C, Z, Y, X)")
         labels = _labels_of(viewer, layer)
         named = [_BY_NAME.get(label.strip().lower()) for label in labels]
-        order = _FILL.get(named.count(None), _FILL_FEWER)
+        order = _FILL if named.count(None) == 5 else _FILL_FEWER
         free = iter(letter for letter in order if letter not in named)
         letters = "".join(reversed([n or next(free) for n in reversed(named)]))
         how = f"from the axis labels {', '.join(map(repr, labels))}"
@@ -150,25 +149,23 @@ def _voxel_size(layer, axes: str) -> tuple[float | None, float, float] | None:
     return sizes.get("Z"), sizes["Y"], sizes["X"]
 
 
-def _is_labels_layer(layer) -> bool:
-    from napari.layers import Labels
-
-    return isinstance(layer, Labels)
+def _keep(axes: str) -> list[int]:
+    """The positions of the axes but C: those of a label image of the layer."""
+    return [i for i, letter in enumerate(axes) if letter != "C"]
 
 
 def label_layers(viewer, image, axes: str | None = None) -> list:
     """The Labels layers that fit ``image``: its shape without the channel axis and its scale, in the viewer's order."""
     from napari.layers import Labels
 
-    letters = layer_axes(viewer, image, axes)
-    keep = [i for i, letter in enumerate(letters) if letter != "C"]
+    keep = _keep(layer_axes(viewer, image, axes))
     shape = tuple(image.data.shape[i] for i in keep)
     scale = [image.scale[i] for i in keep]
     return [other for other in viewer.layers
             if isinstance(other, Labels) and other.data.shape == shape and np.allclose(other.scale, scale)]
 
 
-class NapariImageSet:
+class NapariImageSet(ChannelChecks):
     """An image set over a napari Image layer, or over one Image layer per channel.
 
     Parameters
@@ -228,11 +225,12 @@ class NapariImageSet:
         else:
             names = [each.name for each in layers]
             self._inputs = [(each, None) for each in layers]
-        self._input_names = [str(n) for n in names]
+        self._names = [str(n) for n in names]  # the input channels'; added ones are named by their layers
         for each in labels:  # read-only label channels after the image's (the analyses' LABEL_CHANNEL ...)
             self._check_labels_layer(each, first)
             self._inputs.append((each, None))
-            self._input_names.append(str(each.name))
+            self._names.append(str(each.name))
+        self._n_input = len(self._inputs)
         self._added: list[Any] = []  # Labels layers, in channel order after the inputs
         self.time_point_count = int(shape.get("T", 1))
         self.plane_count = int(shape.get("Z", 1))
@@ -248,7 +246,7 @@ class NapariImageSet:
 
     @property
     def channel_names(self) -> list[str]:
-        return self._input_names + [layer.name for layer in self._added]
+        return self._names + [layer.name for layer in self._added]
 
     @property
     def current_time_point(self) -> int:
@@ -261,27 +259,21 @@ class NapariImageSet:
 
     def get_channeldata(self, channel: int, plane: int, time_point: int) -> NDArray:
         self._check(channel, plane, time_point)
-        n = len(self._inputs)
-        if channel < n:
-            layer, c = self._inputs[channel]
-            self._present(layer)
-            axes = self.axes if c is not None else self._label_axes  # the same without a channel axis
-            return np.array(layer.data[self._index(axes, c, plane, time_point)], copy=True)
-        layer = self._added[channel - n]
+        n = self._n_input
+        layer, c = self._inputs[channel] if channel < n else (self._added[channel - n], None)
         self._present(layer)
-        return np.array(layer.data[self._index(self._label_axes, None, plane, time_point)], copy=True)
+        axes = self.axes if c is not None else self._label_axes  # the same without a channel axis
+        return np.array(layer.data[self._index(axes, c, plane, time_point)], copy=True)
 
     def set_channeldata(self, channel: int, plane: int, time_point: int, data: NDArray) -> None:
         self._check(channel, plane, time_point)
-        n = len(self._inputs)
-        if channel < n:
+        if channel < self._n_input:
             raise ReadOnlyInputError(
-                f"channel {channel} ({self._input_names[channel]!r}) is the napari layer "
+                f"channel {channel} ({self._names[channel]!r}) is the napari layer "
                 f"{self._inputs[channel][0].name!r}, which is never modified; write to a channel made with add_channel"
             )
-        if tuple(np.shape(data)) != self.plane_shape:
-            raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
-        layer = self._added[channel - n]
+        self._check_plane(data)
+        layer = self._added[channel - self._n_input]
         self._present(layer)
         where = f"channel {channel}, plane {plane}, time point {time_point}"
         layer.data[self._index(self._label_axes, None, plane, time_point)] = fit_to_dtype(data, layer.data.dtype, where)
@@ -294,7 +286,7 @@ class NapariImageSet:
         A float channel (OUTPUT_PROBABILITY) is an Image layer, 0..1 in magma, blended over the input.
         """
         image = self._image
-        keep = [i for i, letter in enumerate(self.axes) if letter != "C"]
+        keep = _keep(self.axes)
         shape = tuple(image.data.shape[i] for i in keep)
         options: dict[str, Any] = {
             "name": name,
@@ -314,24 +306,12 @@ class NapariImageSet:
         self._added.append(layer)
         return self.channel_count - 1
 
-    def remove_channel(self, index: int) -> None:
-        """Remove a channel made with :meth:`add_channel`: its Labels layer leaves the viewer.
+    def _input_is(self) -> str:
+        return "is an input layer's"
 
-        Raises
-        ------
-        IndexError
-            ``index`` is not a channel of the image set.
-        ReadOnlyInputError
-            ``index`` is an input layer's channel.
-        """
-        check_index("channel", index, self.channel_count)
-        n = len(self._inputs)
-        if index < n:
-            raise ReadOnlyInputError(
-                f"channel {index} ({self._input_names[index]!r}) is an input layer's; only channels made with "
-                "add_channel can be removed"
-            )
-        layer = self._added.pop(index - n)
+    def _drop(self, index: int) -> None:
+        """Let go of an added channel: its layer leaves the viewer (see :meth:`remove_channel`)."""
+        layer = self._added.pop(index - self._n_input)
         if layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
 
@@ -343,16 +323,17 @@ class NapariImageSet:
         if not isinstance(layer, Labels):
             raise LayerError(f"layer {getattr(layer, 'name', layer)!r} is not a Labels layer; only Labels layers "
                              "join an image's channels as label channels")
-        keep = [i for i, letter in enumerate(self.axes) if letter != "C"]
-        if layer.data.shape != tuple(image.data.shape[i] for i in keep):
+        shape = tuple(image.data.shape[i] for i in _keep(self.axes))
+        if layer.data.shape != shape:
             raise LayerError(f"Labels layer {layer.name!r} has the shape {layer.data.shape}; the channels of "
-                             f"{image.name!r} have {tuple(image.data.shape[i] for i in keep)}")
+                             f"{image.name!r} have {shape}")
 
     def is_labels(self, channel: int) -> bool:
         """Whether ``channel`` is a Labels layer's (given as ``labels`` or made with :meth:`add_channel`)."""
-        check_index("channel", channel, self.channel_count)
-        n = len(self._inputs)
-        return channel >= n or self._inputs[channel][1] is None and _is_labels_layer(self._inputs[channel][0])
+        from napari.layers import Labels
+
+        self._check_channel(channel)
+        return channel >= self._n_input or isinstance(self._inputs[channel][0], Labels)
 
     @property
     def layers(self) -> list:
@@ -361,7 +342,8 @@ class NapariImageSet:
 
     def labels_layer(self, channel: int):
         """The Labels layer of a channel made with :meth:`add_channel`."""
-        return self._added[check_index("channel", channel, self.channel_count) - len(self._inputs)]
+        self._check_channel(channel)
+        return self._added[channel - self._n_input]
 
     @property
     def _label_axes(self) -> str:
@@ -370,11 +352,6 @@ class NapariImageSet:
     def _index(self, axes: str, c: int | None, plane: int, time_point: int) -> tuple:
         at = {"T": time_point, "C": c, "Z": plane, "Y": slice(None), "X": slice(None)}
         return tuple(at[letter] for letter in axes)
-
-    def _check(self, channel: int, plane: int, time_point: int) -> None:
-        check_index("channel", channel, self.channel_count)
-        check_index("plane", plane, self.plane_count)
-        check_index("time_point", time_point, self.time_point_count, noun="time points")
 
     def _shown(self, layer, plane: int, time_point: int) -> bool:
         """Whether the viewer shows (a part of) this plane of ``layer`` now."""
