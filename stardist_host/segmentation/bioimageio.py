@@ -30,6 +30,7 @@ import posixpath
 import re
 import shutil
 import zipfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,18 +101,21 @@ def is_package(path: str | os.PathLike) -> bool:
     return False
 
 
-def _rdf_in_folder(folder: Path) -> str | None:
-    for name in RDF_NAMES:
-        if (folder / name).is_file():
-            return name
-    found = sorted(p.name for p in folder.glob("*.bioimageio.yaml"))
+def _rdf_name(names) -> str | None:
+    """The description among a package's top-level file names: :data:`RDF_NAMES`, else a ``*.bioimageio.yaml``."""
+    found = [n for n in RDF_NAMES if n in names] or sorted(n for n in names if n.endswith(".bioimageio.yaml"))
     return found[0] if found else None
+
+
+def _rdf_in_folder(folder: Path) -> str | None:
+    return _rdf_name({p.name for p in folder.iterdir() if p.is_file()})
 
 
 class _Files:
     """The files of a package, a zip or a folder, by their POSIX path inside it."""
 
-    def __init__(self, source: Path, label: str) -> None:
+    def __init__(self, source: Path, label: str | None) -> None:
+        label = label or repr(str(source))
         self.source, self.label = source, label
         self._zip: zipfile.ZipFile | None = None
         if source.is_dir():
@@ -132,13 +136,12 @@ class _Files:
             self.names = [n for n in self._zip.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as err:
             raise ModelError(f"{label}: {source} cannot be read as a zip file ({err})") from err
-        top = [n for n in self.names if "/" not in n]
-        rdf = [n for n in RDF_NAMES if n in top] or sorted(n for n in top if n.endswith(".bioimageio.yaml"))
-        if not rdf:
+        rdf = _rdf_name([n for n in self.names if "/" not in n])
+        if rdf is None:
             self.close()
             raise ModelError(f"{label}: the zip file {source} has no {' or '.join(RDF_NAMES)} at its top, so it "
                              "is not a bioimage.io model package")
-        self.rdf = rdf[0]
+        self.rdf = rdf
 
     def member(self, name: str) -> str | None:
         """``name`` as a path inside the package, or None where it leaves the package or is not there."""
@@ -147,35 +150,21 @@ class _Files:
             return None
         return name if name in self.names else None
 
-    def read(self, name: str) -> bytes:
-        if self._zip is not None:
-            return self._zip.read(name)
-        return (self.source / name).read_bytes()
+    def open(self, name: str):
+        return self._zip.open(name) if self._zip is not None else open(self.source / name, "rb")
 
-    def head(self, name: str, size: int) -> bytes:
-        if self._zip is not None:
-            with self._zip.open(name) as f:
-                return f.read(size)
-        with open(self.source / name, "rb") as f:
+    def read(self, name: str, size: int = -1) -> bytes:
+        with self.open(name) as f:
             return f.read(size)
 
     def copy(self, name: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if self._zip is not None:
-            with self._zip.open(name) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
-        else:
-            shutil.copyfile(self.source / name, dest)
+        with self.open(name) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-
-    def __enter__(self) -> "_Files":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _yaml():
@@ -184,17 +173,6 @@ def _yaml():
     except ImportError as err:  # a dependency of the package; only a broken environment lacks it
         raise MissingExtraError("reading a bioimage.io package needs PyYAML: pip install pyyaml") from err
     return yaml
-
-
-def _parse_rdf(files: _Files) -> dict[str, Any]:
-    yaml = _yaml()
-    try:
-        rdf = yaml.safe_load(files.read(files.rdf).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ModelError(f"{files.label}: {files.rdf} is not valid YAML ({err})") from err
-    if not isinstance(rdf, dict):
-        raise ModelError(f"{files.label}: {files.rdf} holds no description (a YAML mapping)")
-    return rdf
 
 
 def read_package(path: str | os.PathLike, *, label: str | None = None) -> Package:
@@ -218,15 +196,19 @@ def read_package(path: str | os.PathLike, *, label: str | None = None) -> Packag
         Keras HDF5 weights we can run (the message names the weights formats
         the package has and what is needed), or preprocessing we do not apply.
     """
-    source = Path(path)
-    label = label or repr(str(source))
-    with _Files(source, label) as files:
-        rdf = _parse_rdf(files)
-        return _package(files, rdf)
+    with closing(_Files(Path(path), label)) as files:
+        return _package(files)
 
 
-def _package(files: _Files, rdf: dict[str, Any]) -> Package:
-    label = files.label
+def _package(files: _Files) -> Package:
+    """The package's description, parsed and checked (:func:`read_package`)."""
+    label, yaml = files.label, _yaml()
+    try:
+        rdf = yaml.safe_load(files.read(files.rdf).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ModelError(f"{label}: {files.rdf} is not valid YAML ({err})") from err
+    if not isinstance(rdf, dict):
+        raise ModelError(f"{label}: {files.rdf} holds no description (a YAML mapping)")
     kind = rdf.get("type")
     if kind != "model":
         raise ModelError(f"{label}: the package describes a bioimage.io {kind or 'resource of no type'}, not a model")
@@ -247,7 +229,7 @@ def _package(files: _Files, rdf: dict[str, Any]) -> Package:
         what = (f"config.stardist.weights names {weights!r}, which is not in the package" if weights
                 else "config.stardist names no weights file")
         raise ModelError(f"{label}: {what}; its weights are {_formats(formats)}; stardist-host needs {_NEEDED}")
-    if files.head(member, len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+    if files.read(member, len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
         raise ModelError(f"{label}: config.stardist.weights names {member}, which is not an HDF5 file; its weights "
                          f"are {_formats(formats)}; stardist-host needs {_NEEDED}")
     thresholds = stardist.get("thresholds")
@@ -258,9 +240,8 @@ def _package(files: _Files, rdf: dict[str, Any]) -> Package:
     else:
         thresholds = {"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}
     inputs = rdf.get("inputs") or [{}]
-    percentiles = _percentiles(inputs[0], label)
     return Package(files.source, str(rdf.get("name") or files.source.stem), str(rdf.get("format_version", "")),
-                   config, thresholds, member, formats, percentiles, _pixel_size(inputs[0]))
+                   config, thresholds, member, formats, _percentiles(inputs[0], label), _pixel_size(inputs[0]))
 
 
 def _formats(formats: Sequence[str]) -> str:
@@ -304,8 +285,7 @@ def _pixel_size(tensor: dict[str, Any]) -> tuple[float, ...] | None:
 
 def folder_name(name: str) -> str:
     """A model folder name from a package's name: letters, digits, ``._-``; anything else becomes ``_``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "bioimageio_model"
-    return cleaned
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "bioimageio_model"
 
 
 def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, name: str | None = None,
@@ -339,11 +319,10 @@ def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, n
     """
     from ..io.files import scratch_dir
 
-    source = Path(path)
-    label = label or repr(str(source))
-    models_dir = Path(models_dir)
-    with _Files(source, label) as files:
-        package = _package(files, _parse_rdf(files))
+    source, models_dir = Path(path), Path(models_dir)
+    with closing(_Files(source, label)) as files:
+        package = _package(files)
+        label = files.label
         name = name or folder_name(package.name)
         dest = models_dir / name
         if not models_dir.is_dir():
@@ -441,7 +420,9 @@ def write_package(model, weights: str | os.PathLike, out: str | os.PathLike, tes
         package invalid (then nothing is written).
     """
     import tempfile
+    from importlib.metadata import version
 
+    import tensorflow as tf
     from csbdeep.utils import normalize
 
     from ..io.files import atomic_write
@@ -498,10 +479,10 @@ def write_package(model, weights: str | os.PathLike, out: str | os.PathLike, tes
                      {"type": "channel", "channel_names": ["prob", *(f"dist{i}" for i in range(n_rays))]}],
             "test_tensor": {"source": "test_output.npy"},
         }],
-        "weights": {"keras_hdf5": {"source": "keras_model.h5", "tensorflow_version": _tf_version()}},
+        "weights": {"keras_hdf5": {"source": "keras_model.h5", "tensorflow_version": tf.__version__}},
         "attachments": [{"source": "stardist_weights.h5"}],
         "config": {"stardist": {
-            "stardist_version": _version("stardist"),
+            "stardist_version": version("stardist"),
             "thresholds": thresholds,
             "weights": "stardist_weights.h5",
             "config": config,
@@ -521,7 +502,8 @@ def write_package(model, weights: str | os.PathLike, out: str | os.PathLike, tes
             absl.setLevel(level)
         shutil.copyfile(weights, tmp / "stardist_weights.h5")
         (tmp / "README.md").write_text(documentation or _readme(name, ndim, thresholds, percentiles))
-        (tmp / "rdf.yaml").write_text(_yaml().safe_dump(_plain(rdf), sort_keys=False))
+        plain = json.loads(json.dumps(rdf, default=lambda v: v.item()))  # YAML takes lists and Python scalars only
+        (tmp / "rdf.yaml").write_text(_yaml().safe_dump(plain, sort_keys=False))
         package = tmp / "package" / "package.zip"
         package.parent.mkdir()
         with zipfile.ZipFile(package, "w", zipfile.ZIP_DEFLATED) as z:
@@ -557,29 +539,6 @@ def single_output_network(model):
                          use_bias=False)(prob)
         dist = (UpSampling2D if ndim == 2 else UpSampling3D)(grid)(dist)
     return Model(model.keras_model.inputs[0], Concatenate()([prob, dist]))
-
-
-def _plain(value):
-    """``value`` with tuples as lists and NumPy scalars as Python ones, for YAML."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
-def _tf_version() -> str:
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 def _readme(name: str, ndim: int, thresholds: dict, percentiles: tuple[float, float]) -> str:

@@ -26,8 +26,8 @@ from . import bioimageio
 from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
-           "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes", "check_channels",
-           "trained_jointly"]
+           "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes",
+           "check_channels", "trained_jointly"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def _model_folders(basedir: Path) -> list[str]:
     return sorted(p.name for p in basedir.iterdir() if (p / "config.json").is_file()) if basedir.is_dir() else []
+
+
+def _folders_there(basedir: Path) -> str:
+    return f"model folders there: {', '.join(_model_folders(basedir)) or 'none'}"
 
 
 def bundled_models(ndim: int | None = None) -> list[str]:
@@ -92,8 +96,8 @@ def check_channels(name: str, expected: int, channels: int | tuple[int, ...] | N
                      f"INPUT_CHANNEL={value} gives {len(given)}: give {give}")
 
 
-def _check_folder(folder: Path, ndim: int, path_setting: str, name: str | None = None,
-                  where: Path | None = None, channels=None) -> dict[str, Any]:
+def _check_folder(folder: Path, ndim: int, name: str | None = None, where: Path | None = None,
+                  channels=None) -> dict[str, Any]:
     """``name``: MODEL_NAME as given (default the folder's name); ``where``: the path messages show;
     ``channels``: the run's INPUT_CHANNEL (:func:`check_channels`)."""
     config = read_config(folder)
@@ -101,10 +105,8 @@ def _check_folder(folder: Path, ndim: int, path_setting: str, name: str | None =
     found = config.get("n_dim")
     if found != ndim:
         other = "scripts/stardist_2d.py" if found == 2 else "scripts/stardist_3d.py"
-        raise ModelError(
-            f"MODEL_NAME={name!r} ({where}) is a {found}D model, but this is the {ndim}D run: "
-            f"give a {ndim}D model, or use {other} for a {found}D model"
-        )
+        raise ModelError(f"MODEL_NAME={name!r} ({where}) is a {found}D model, but this is the {ndim}D run: "
+                         f"give a {ndim}D model, or use {other} for a {found}D model")
     check_channels(name, config.get("n_channel_in", 1), channels)
     if not any((folder / w).is_file() for w in _WEIGHTS):
         raise ModelError(f"MODEL_NAME={name!r}: {where} has no weights ({' or '.join(_WEIGHTS)})")
@@ -138,12 +140,13 @@ def load_model(name: str, *, ndim: int, path: str | os.PathLike | None = None,
         or (registered models) cannot be downloaded.
     """
     cls = _model_class(ndim)
-    path_setting = f"MODEL{ndim}D_PATH"
     kind, where = _locate(name, ndim, path)
     if kind == "package":
-        return _load_package(cls, where, name, ndim, path_setting, channels)
+        return _load_package(cls, where, name, ndim, channels)
     if kind == "folder":
-        return _load_folder(cls, where, ndim, path_setting, channels)
+        _check_folder(where, ndim, channels=channels)
+        log.info("loading %dD model %s from %s", ndim, where.name, where.parent)
+        return _build(cls, where, str(where))
     model = _load_pretrained(cls, name, ndim)
     check_channels(name, int(model.config.n_channel_in), channels)
     return model
@@ -160,11 +163,8 @@ def _locate(name: str, ndim: int, path: str | os.PathLike | None) -> tuple[str, 
         if bioimageio.is_package(folder):
             return "package", folder
         if not folder.is_dir():
-            found = _model_folders(basedir)
-            raise ModelError(
-                f"MODEL_NAME={name!r}: there is no model folder {name!r} in {path_setting}={str(path)!r}; "
-                f"model folders there: {', '.join(found) if found else 'none'}"
-            )
+            raise ModelError(f"MODEL_NAME={name!r}: there is no model folder {name!r} in {path_setting}={str(path)!r}; "
+                             f"{_folders_there(basedir)}")
         return "folder", folder
 
     bundled = bundled_models_dir()
@@ -209,29 +209,24 @@ def load_for_run(name: str, *, ndim: int, path: str | os.PathLike | None = None,
     return load_model(name, ndim=ndim, path=path, channels=channels), device, dtype
 
 
-def _load_folder(cls, folder: Path, ndim: int, path_setting: str, channels=None):
-    _check_folder(folder, ndim, path_setting, channels=channels)
-    log.info("loading %dD model %s from %s", ndim, folder.name, folder.parent)
+def _build(cls, folder: Path, where: str):
+    """The model in ``folder``; a ModelError naming ``where`` where stardist cannot load it."""
     try:
         with prints_to_log(log):  # stardist prints "Loading network weights from ..." and the thresholds
             return cls(None, name=folder.name, basedir=str(folder.parent))
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelError(f"the model in {folder} could not be loaded: {err}") from err
+        raise ModelError(f"the model in {where} could not be loaded: {err}") from err
 
 
-def _load_package(cls, package: Path, name: str, ndim: int, path_setting: str, channels=None):
+def _load_package(cls, package: Path, name: str, ndim: int, channels=None):
     """Install the package into a scratch folder, load it from there, and remove the folder again."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="stardist-host-package-") as tmp:
         folder = bioimageio.install_package(package, tmp, label=f"MODEL_NAME={name!r}")
-        _check_folder(folder, ndim, path_setting, name=name, where=package, channels=channels)
+        _check_folder(folder, ndim, name=name, where=package, channels=channels)
         log.info("loading %dD model %s from the bioimage.io package %s", ndim, folder.name, package)
-        try:
-            with prints_to_log(log):
-                model = cls(None, name=folder.name, basedir=str(folder.parent))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ModelError(f"the model in the package {package} could not be loaded: {err}") from err
+        model = _build(cls, folder, f"the package {package}")
         model.stardist_host_card = _model_card(folder)  # the folder goes with the block: keep what it records
         return model
 
@@ -276,9 +271,8 @@ def import_package(package: str | os.PathLike, *, path: str | os.PathLike | None
         The package holds no StarDist model we can run, or the folder exists.
     """
     models_dir = Path(path) if path is not None else bundled_models_dir()
-    folder = bioimageio.install_package(package, models_dir, name=name, overwrite=overwrite)
-    _check_folder(folder, read_config(folder)["n_dim"], "MODEL_PATH", name=folder.name)
-    return folder
+    # install_package has checked what _check_folder would (n_dim 2 or 3) and written config.json and the weights
+    return bioimageio.install_package(package, models_dir, name=name, overwrite=overwrite)
 
 
 def export_model(name: str, out: str | os.PathLike, *, path: str | os.PathLike | None = None,
@@ -318,21 +312,18 @@ def export_model(name: str, out: str | os.PathLike, *, path: str | os.PathLike |
     basedir = Path(path) if path is not None else bundled_models_dir()
     folder = basedir / name
     if not (folder / "config.json").is_file():
-        found = _model_folders(basedir)
-        raise ModelError(f"there is no model folder {name!r} in {basedir}; model folders there: "
-                         f"{', '.join(found) if found else 'none'}")
+        raise ModelError(f"there is no model folder {name!r} in {basedir}; {_folders_there(basedir)}")
     ndim = read_config(folder).get("n_dim")
     card = _model_card(folder)
     model = load_model(name, ndim=ndim, path=basedir)
     weights = next(folder / w for w in _WEIGHTS if (folder / w).is_file())
     if test_input is None or isinstance(test_input, (str, os.PathLike)):
         test_input = _test_image(ndim, test_input)
-    percentiles = tuple(card.get("normalization_percentiles") or (1.0, 99.8))
-    pixel_size = card.get("pixel_size_um")
     readme = folder / "README.md"
     options.setdefault("documentation", readme.read_text(encoding="utf-8") if readme.is_file() else None)
-    bioimageio.write_package(model, weights, out, test_input, percentiles=percentiles,
-                             pixel_size_um=options.pop("pixel_size_um", pixel_size), **options)
+    options.setdefault("pixel_size_um", card.get("pixel_size_um"))
+    bioimageio.write_package(model, weights, out, test_input,
+                             percentiles=tuple(card.get("normalization_percentiles") or (1.0, 99.8)), **options)
     return out
 
 
@@ -352,14 +343,13 @@ class TrainedSizes:
 def trained_sizes(model) -> TrainedSizes:
     """The recorded pixel size and object diameter of a loaded model's training data (``model_card.json``)."""
     card = _card_of(model)
-    logdir = getattr(model, "logdir", None)
     size, diameter = card.get("pixel_size_um"), card.get("object_diameter_px")
     ndim = int(model.config.n_dim)
     ok = (isinstance(size, list) and len(size) == ndim
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size))
     if size is not None and not ok:
         log.warning("%s/model_card.json: pixel_size_um=%r is not %d numbers above 0; taken as unknown",
-                    logdir, size, ndim)
+                    getattr(model, "logdir", None), size, ndim)
     good = isinstance(diameter, (int, float)) and not isinstance(diameter, bool) and diameter > 0
     return TrainedSizes(tuple(float(v) for v in size) if ok else None, float(diameter) if good else None)
 
@@ -398,16 +388,15 @@ def _model_card(folder: Path) -> dict[str, Any]:
 
 def _test_image(ndim: int, path: str | os.PathLike | None = None):
     """A plane (2D) or volume (3D) of a TIFF file (first channel and time point), default the bundled sample."""
+    from contextlib import closing
+
     import numpy as np
 
     from ..io.tiff import TiffReader
 
-    reader = TiffReader(path or bundled_folder("data") / ("nuclei_2d.tif" if ndim == 2 else "nuclei_3d.tif"))
-    try:
-        sizes = reader.layout.sizes
-        planes = [reader.plane(0, 0, z) for z in range(sizes["Z"] if ndim == 3 else 1)]
-    finally:
-        reader.close()
+    path = path or bundled_folder("data") / ("nuclei_2d.tif" if ndim == 2 else "nuclei_3d.tif")
+    with closing(TiffReader(path)) as reader:
+        planes = [reader.plane(0, 0, z) for z in range(reader.layout.sizes["Z"] if ndim == 3 else 1)]
     return planes[0] if ndim == 2 else np.stack(planes)
 
 

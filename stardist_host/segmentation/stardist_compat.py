@@ -23,20 +23,8 @@ from typing import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = [
-    "CHECKED_VERSIONS",
-    "PRIVATE_API",
-    "check_private_api",
-    "pad_for_network",
-    "candidates",
-    "instances",
-    "nms_config",
-    "instances_from_config",
-    "tile_overlap",
-    "block_grid",
-    "network_function",
-    "prints_to_log",
-]
+__all__ = ["CHECKED_VERSIONS", "PRIVATE_API", "check_private_api", "pad_for_network", "candidates", "instances",
+           "nms_config", "instances_from_config", "tile_overlap", "block_grid", "network_function", "prints_to_log"]
 
 log = logging.getLogger(__name__)
 
@@ -170,21 +158,15 @@ def candidates(model, x: NDArray, resizer, prob: NDArray, dist: NDArray, prob_th
 
     ``prob`` is the network's (…, 1) output and ``dist`` its (…, n_rays) one for the padded ``x``.
     """
-
-    points, probs, dists = _above(model.config.grid, prob, dist, prob_thresh)
-    keep = resizer.filter_points(x.ndim, points, model.config.axes)
-    return points[keep], probs[keep], dists[keep]
-
-
-def _above(grid, prob: NDArray, dist: NDArray, prob_thresh: float) -> tuple[NDArray, NDArray, NDArray]:
     from stardist.nms import _ind_prob_thresh
 
     prob = prob[..., 0]
     inds = _ind_prob_thresh(prob, prob_thresh, b=2)
-    points = np.stack(np.where(inds), axis=1) * np.asarray(grid).reshape(1, -1)
+    points = np.stack(np.where(inds), axis=1) * np.asarray(model.config.grid).reshape(1, -1)
+    keep = resizer.filter_points(x.ndim, points, model.config.axes)
     # as predict_instances, no zero or negative ray lengths; taken after the selection, which is
     # the same element by element and touches only the candidates' rays (a tenth of a 1024² plane's)
-    return points, prob[inds].copy(), np.maximum(1e-3, dist[inds])
+    return points[keep], prob[inds][keep], np.maximum(1e-3, dist[inds][keep])
 
 
 def nms_config(model) -> dict:

@@ -76,29 +76,19 @@ def _place(shape: tuple[int, ...], n: int, radius: tuple[float, float], scale: N
            rng: np.random.Generator) -> tuple[NDArray[np.uint16], int]:
     """Up to ``n`` ellipsoids at random, touching but not overlapping much: their labels 1..N and N."""
     ndim = len(shape)
-    grid = np.indices(shape, dtype=np.float32)
-
-    best = np.full(shape, np.inf, np.float32)
-    labels = np.zeros(shape, np.uint16)
     centres: list[NDArray] = []
-    placed = 0
+    radii: list[NDArray] = []
     for _ in range(n * 20):
-        if placed == n:
+        if len(centres) == n:
             break
-        radii = rng.uniform(*radius, size=ndim) / scale
+        r = rng.uniform(*radius, size=ndim) / scale
         centre = rng.uniform(0, 1, size=ndim) * (np.array(shape) - 1)
         # allow touching but not heavy overlap: keep centres apart by ~1.6 mean radii
-        if centres:
-            d = np.sqrt((((np.array(centres) - centre) * scale) ** 2).sum(axis=1))
-            if d.min() < 1.6 * radius[0]:
-                continue
-        dist = sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(ndim))
-        inside = (dist <= 1) & (dist < best)
-        placed += 1
-        labels[inside] = placed
-        best[inside] = dist[inside]
+        if centres and np.sqrt((((np.array(centres) - centre) * scale) ** 2).sum(axis=1)).min() < 1.6 * radius[0]:
+            continue
         centres.append(centre)
-    return labels, placed
+        radii.append(r)
+    return render(shape, centres, radii).astype(np.uint16), len(centres)
 
 
 def _shade(labels: NDArray, brightness: NDArray, scale: NDArray, *, blur: float, noise: float,
@@ -169,7 +159,7 @@ def two_channel_nuclei(
     return np.stack(channels), relabel[every]
 
 
-def render(shape: tuple[int, ...], centres, radii, scale=None) -> NDArray[np.int32]:
+def render(shape: tuple[int, ...], centres, radii) -> NDArray[np.int32]:
     """Label image of ellipsoids (label i + 1 for centre i); a pixel in several goes to the nearest centre.
 
     ``centres`` and ``radii`` are (N, ndim) in pixels; each ellipsoid is drawn
@@ -228,17 +218,14 @@ def moving_nuclei(
     ids = np.arange(n)  # identity of each nucleus
     labels = np.zeros((frames, *shape), np.int32)
     links: list[tuple[int, int, int]] = []
-    divisions: list[tuple[int, int, int, int]] = []
+    dividing: list[tuple[int, int]] = []  # (t, mother label at t)
     next_id = n
     previous: dict[int, int] = {}
     for t in range(frames):
         order = rng.permutation(len(pos))  # label of nucleus k is order[k] + 1
         lab = {int(ids[k]): int(order[k]) + 1 for k in range(len(pos))}
         labels[t] = render(shape, pos[np.argsort(order)], np.full((len(pos), ndim), radius))
-        for k in range(len(pos)):
-            parent = previous.get(int(ids[k]))
-            if parent is not None:
-                links.append((t - 1, parent[0], lab[int(ids[k])]))
+        links += [(t - 1, previous[me], lab[me]) for me in map(int, ids) if me in previous]
         # move, divide, bounce
         new_pos, new_vel, new_ids, previous = [], [], [], {}
         for k in range(len(pos)):
@@ -246,30 +233,27 @@ def moving_nuclei(
             if t < frames - 1 and rng.random() < division_rate:
                 axis = rng.normal(size=ndim)
                 axis *= radius * 1.1 / np.linalg.norm(axis)
-                kids = []
                 for sign in (1, -1):
                     new_pos.append(pos[k] + sign * axis)
                     new_vel.append(vel[k])
                     new_ids.append(next_id)
-                    previous[next_id] = (lab[me],)
-                    kids.append(next_id)
+                    previous[next_id] = lab[me]
                     next_id += 1
-                divisions.append((t, lab[me], *kids))  # daughters' labels filled in below
+                dividing.append((t, lab[me]))  # daughters' labels filled in below
                 continue
             turned = vel[k] + rng.normal(scale=0.3 * step, size=ndim)
             new_vel.append(turned * step / np.linalg.norm(turned))
             new_pos.append(pos[k] + new_vel[-1])
             new_ids.append(me)
-            previous[me] = (lab[me],)
+            previous[me] = lab[me]
         pos, vel, ids = np.array(new_pos), np.array(new_vel), np.array(new_ids)
-        low, high = pos < margin, pos > size - margin
-        vel[low | high] *= -1
+        vel[(pos < margin) | (pos > size - margin)] *= -1
         pos = np.clip(pos, margin, size - margin)
-    # replace daughter identities by their labels in the frame after the division
-    by_link = {(t, a): [] for t, a, _ in links}
+    # the daughters' labels in the frame after the division
+    by_link: dict[tuple[int, int], list[int]] = {}
     for t, a, b in links:
-        by_link[(t, a)].append(b)
-    divisions = [(t, m, *sorted(by_link[(t, m)])) for t, m, *_ in divisions if len(by_link.get((t, m), [])) == 2]
+        by_link.setdefault((t, a), []).append(b)
+    divisions = [(t, m, *sorted(by_link[(t, m)])) for t, m in dividing if len(by_link.get((t, m), [])) == 2]
     return labels, links, divisions
 
 

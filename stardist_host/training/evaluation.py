@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,11 +16,10 @@ from ..io.files import atomic_write
 
 __all__ = ["COLUMNS", "IOU_THRESHOLDS", "evaluate", "format_table", "predict_all", "score", "write_scores"]
 
-log = logging.getLogger(__name__)
-
 IOU_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 COLUMNS = ("iou", "precision", "recall", "f1", "accuracy", "panoptic_quality", "tp", "fp", "fn", "n_true", "n_pred",
            "mean_true_score", "mean_matched_score")
+_COUNTS = ("tp", "fp", "fn", "n_true", "n_pred")
 
 
 def score(
@@ -38,11 +35,7 @@ def score(
     rows = []
     for t in thresholds:
         m = matching_dataset(list(truth), list(predicted), thresh=t, show_progress=False, by_image=False)
-        row = {"iou": float(t)}
-        for key in COLUMNS[1:]:
-            value = getattr(m, key)
-            row[key] = int(value) if key in ("tp", "fp", "fn", "n_true", "n_pred") else float(value)
-        rows.append(row)
+        rows.append({"iou": float(t), **{k: (int if k in _COUNTS else float)(getattr(m, k)) for k in COLUMNS[1:]}})
     return rows
 
 
@@ -114,9 +107,8 @@ def predict_all(
         n = len(members)
         plan = (Plan(ndim, channel, (0,), 0, n - 1) if ndim == 2
                 else Plan(ndim, channel, tuple(range(n)), 0, shape[0] - 1))
-        how = Normalisation(percentiles=tuple(percentiles))
-        if isinstance(channel, tuple):
-            how = replace(how, jointly=normalize_channels_jointly)
+        how = Normalisation(percentiles=tuple(percentiles),
+                            jointly=isinstance(channel, tuple) and normalize_channels_jointly)
         result = segment(imageset, model, plan, output_name="labels", prob_thresh=prob_thresh, nms_thresh=nms_thresh,
                          normalisation=how, scale=scale, model_pixel_size_um=model_pixel_size_um,
                          object_diameter_um=object_diameter_um)
@@ -161,10 +153,9 @@ def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_t
 def format_table(rows: list[dict]) -> str:
     """The scores as an aligned text table."""
     head = ("IoU", "precision", "recall", "F1", "accuracy", "PQ", "TP", "FP", "FN")
-    keys = ("iou", "precision", "recall", "f1", "accuracy", "panoptic_quality", "tp", "fp", "fn")
     lines = ["  ".join(f"{h:>9}" for h in head)]
     for r in rows:
-        lines.append("  ".join(f"{r[k]:>9.3f}" if isinstance(r[k], float) else f"{r[k]:>9d}" for k in keys))
+        lines.append("  ".join(f"{r[k]:>9.3f}" if isinstance(r[k], float) else f"{r[k]:>9d}" for k in COLUMNS[:9]))
     return "\n".join(lines)
 
 

@@ -158,36 +158,30 @@ def read_pairs(
     voxel = None
     pairs_ndim = ndim  # None until the first file decides it
     for image_path, mask_path in zip(images, masks):
+        image_name, mask_name = Path(image_path).name, Path(mask_path).name
         with TiffImageSet(image_path, axes=axes) as img, TiffImageSet(mask_path, axes=axes) as msk:
-            shape_i = (img.time_point_count, img.plane_count, *img.plane_shape)
-            shape_m = (msk.time_point_count, msk.plane_count, *msk.plane_shape)
+            shape_i, shape_m = ((s.time_point_count, s.plane_count, *s.plane_shape) for s in (img, msk))
             if shape_i != shape_m:
-                raise PairError(
-                    f"image {Path(image_path).name} has T, Z, Y, X = {shape_i} "
-                    f"but mask {Path(mask_path).name} has {shape_m}; "
-                    "each mask must have the same shape as its image"
-                )
+                raise PairError(f"image {image_name} has T, Z, Y, X = {shape_i} but mask {mask_name} has {shape_m}; "
+                                "each mask must have the same shape as its image")
             if msk.channel_count != 1:
-                raise PairError(
-                    f"mask {Path(mask_path).name} has {msk.channel_count} channels; a mask is one label channel")
+                raise PairError(f"mask {mask_name} has {msk.channel_count} channels; a mask is one label channel")
             if msk.input_dtype.kind not in "ui":
-                raise PairError(
-                    f"mask {Path(mask_path).name} holds {msk.input_dtype} values; masks must be integer label images "
-                    "(0 background, 1, 2, ... one value per object), not probabilities or binary floats"
-                )
-            channel = check_channels(channel, img.channel_count, what=f"image {Path(image_path).name}")
+                raise PairError(f"mask {mask_name} holds {msk.input_dtype} values; masks must be integer label images "
+                                "(0 background, 1, 2, ... one value per object), not probabilities or binary floats")
+            channel = check_channels(channel, img.channel_count, what=f"image {image_name}")
             dim = ndim or (3 if img.plane_count > 1 else 2)
             if pairs_ndim is not None and dim != pairs_ndim:
-                raise PairError(f"{Path(image_path).name} is {dim}D but earlier images are {pairs_ndim}D; give --dim")
+                raise PairError(f"{image_name} is {dim}D but earlier images are {pairs_ndim}D; give --dim")
             pairs_ndim = dim
             if dim == 3 and img.plane_count < 2:
-                raise PairError(f"image {Path(image_path).name} has a single Z plane; 3D training needs Z stacks")
+                raise PairError(f"image {image_name} has a single Z plane; 3D training needs Z stacks")
             voxel = voxel or img.voxel_size
             new_i = _samples(img, channel, dim)
             new_m = _samples(msk, 0, dim)
         out_images += new_i
         out_masks += [m.astype(np.int32) if m.dtype.kind == "u" and m.dtype.itemsize >= 4 else m for m in new_m]
-        sources += [f"{Path(image_path).name}#{i}" for i in range(len(new_i))]
+        sources += [f"{image_name}#{i}" for i in range(len(new_i))]
     pairs = Pairs(pairs_ndim, out_images, out_masks, voxel, sources)
     if pairs.n_objects == 0:
         raise PairError("the masks hold no objects (every value is 0)")

@@ -445,11 +445,8 @@ def _plot(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     for key, label in (("loss", "training"), ("val_loss", "validation")):
         ax.plot(epochs, [h.get(key, math.nan) for h in history], marker=".", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=f"{path.parent.name}: loss per epoch")
     ax.legend()
-    ax.set_title(f"{path.parent.name}: loss per epoch")
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -457,14 +454,8 @@ def _plot(history: list[dict], path: Path) -> None:
 
 def _quiet_fit(model) -> None:
     """Keras's per-step progress bar off: stardist calls ``fit(verbose=1)``; :func:`_loss_logger` reports each epoch."""
-    keras_model = model.keras_model
-    fit = keras_model.fit
-
-    def fit_quietly(*args, **kwargs):
-        kwargs["verbose"] = 0
-        return fit(*args, **kwargs)
-
-    keras_model.fit = fit_quietly
+    fit = model.keras_model.fit
+    model.keras_model.fit = lambda *args, **kwargs: fit(*args, **{**kwargs, "verbose": 0})
 
 
 def _normalized(images, percentiles, ndim: int, *, jointly: bool = False) -> list[NDArray]:
@@ -646,14 +637,11 @@ def training_sizes(pairs: Pairs, voxel_size, anisotropy) -> dict:
     A run's SCALE="auto" and OBJECT_DIAMETER_UM read them
     (:func:`~stardist_host.segmentation.models.trained_sizes`).
     """
-    lateral = None
-    size = None
+    lateral = size = None
     if voxel_size is not None and voxel_size[-1] is not None:
         lateral = (float(voxel_size[-2]) + float(voxel_size[-1])) / 2
-        if pairs.ndim == 2:
-            size = [float(voxel_size[-2]), float(voxel_size[-1])]
-        elif voxel_size[0] is not None:
-            size = [float(v) for v in voxel_size]
+        if pairs.ndim == 2 or voxel_size[0] is not None:
+            size = [float(v) for v in voxel_size[-pairs.ndim:]]
     z_ratio = 1.0
     if pairs.ndim == 3:
         if size is not None:
@@ -749,15 +737,6 @@ def record_test_scores(folder: str | Path, rows: list[dict], test_data: dict) ->
     return card
 
 
-def _channel_lines(card: dict) -> list[str]:
-    """A sentence on the input channels of a model with several (cards of one-channel models stay as they were)."""
-    n = card.get("input_channels") or 1
-    if n == 1:
-        return []
-    how = "all together" if card.get("normalize_channels_jointly") else "each channel on its own"
-    return [f"Input: {n} channels, normalised {how}.", ""]
-
-
 def card_text(card: dict) -> str:
     """The model card as Markdown, for the model folder's README.md."""
     from .evaluation import format_table
@@ -768,6 +747,8 @@ def card_text(card: dict) -> str:
         lines += [f"Made by `{card['recipe']}`{note}.", ""]
     best = f"{card['best_val_loss']:.4f}" if card.get("best_val_loss") is not None else "none"
     data = card["data"]
+    n = card.get("input_channels") or 1
+    how = "all together" if card.get("normalize_channels_jointly") else "each channel on its own"
     lines += [
         f"# {card['name']} ({card['ndim']}D StarDist model)", "",
         f"Trained with: `{card['command']}`", "",
@@ -775,7 +756,7 @@ def card_text(card: dict) -> str:
          f"best epoch {card['best_epoch']} (validation loss {best}); patch {card['patch_size']}, "
          f"{card['n_rays']} rays, grid {card['grid']}, thresholds prob {card['thresholds']['prob']:.3f}, "
          f"nms {card['thresholds']['nms']:.3f}."), "",
-        *_channel_lines(card),
+        *([f"Input: {n} channels, normalised {how}.", ""] if n > 1 else []),  # one-channel cards stay as they were
         f"Training data: {data['training_objects']} objects; validation: {data['validation_objects']} objects.", "",
         "Scores on the validation data:", "", "```", format_table(card["validation_scores"]), "```", "",
     ]
