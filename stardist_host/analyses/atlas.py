@@ -16,20 +16,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..host import ImageSet
-from .common import (
-    AnalysisError,
-    Table,
-    channel_label,
-    check_channel,
-    check_labels,
-    objects_ndim,
-    read_stack,
-    resolve_voxel_size,
-    time_points,
-)
+from .common import (AnalysisError, Table, check_channel, check_labels, objects_ndim, read_labels, resolve_voxel_size,
+                     time_points)
 
-__all__ = ["atlas_counts", "count_regions", "region_sizes", "read_region_names", "atlas_columns", "ATLAS_COLUMNS",
-           "ATLAS_COLUMNS_2D"]
+__all__ = ["atlas_counts", "count_regions", "region_sizes", "read_region_names", "ATLAS_COLUMNS", "ATLAS_COLUMNS_2D"]
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +28,6 @@ ATLAS_COLUMNS = ("time_point", "region_id", "region_name", "count", "region_volu
 #: The columns for a single plane or per-plane labels (NDIM=2): region sizes are areas summed over the planes.
 ATLAS_COLUMNS_2D = ("time_point", "region_id", "region_name", "count", "region_area_um2", "region_area_mm2",
                     "density_per_mm2", "fraction")
-
-
-def atlas_columns(ndim: int) -> tuple[str, ...]:
-    """:data:`ATLAS_COLUMNS` for 3D objects (``ndim`` 3), :data:`ATLAS_COLUMNS_2D` for 2D ones."""
-    return ATLAS_COLUMNS if ndim == 3 else ATLAS_COLUMNS_2D
 
 
 def read_region_names(path: str | os.PathLike) -> dict[int, str]:
@@ -103,8 +88,8 @@ def count_regions(
     Returns
     -------
     Table
-        :func:`atlas_columns` rows for region 0 and every region of ``sizes``
-        or with objects, in id order.
+        :data:`ATLAS_COLUMNS` (``ndim`` 3) or :data:`ATLAS_COLUMNS_2D` rows for
+        region 0 and every region of ``sizes`` or with objects, in id order.
     """
     idx = np.clip(np.floor((np.asarray(centroids_px).reshape(-1, 3) + 0.5) * scale).astype(int), 0,
                   np.asarray(regions.shape) - 1)
@@ -112,14 +97,13 @@ def count_regions(
     found, counts = np.unique(hit, return_counts=True)
     count_of = dict(zip(found.tolist(), counts.tolist()))
     to_mm = 1e-6 if ndim == 2 else 1e-9
-    names = names or {}
     rows = []
     for region in sorted(set(sizes) | set(count_of) | {0}):
         size, count = sizes.get(region, 0.0), count_of.get(region, 0)
-        name = "outside" if region == 0 else names.get(region, f"region {region}")
+        name = "outside" if region == 0 else (names or {}).get(region, f"region {region}")
         rows.append((time_point, region, name, count, size, size * to_mm,
                      count / (size * to_mm) if size else math.nan, count / len(hit) if len(hit) else math.nan))
-    columns = atlas_columns(ndim)
+    columns = ATLAS_COLUMNS if ndim == 3 else ATLAS_COLUMNS_2D
     return {c: np.asarray(v) for c, v in zip(columns, zip(*rows))}
 
 
@@ -145,8 +129,7 @@ def _atlas_source(imageset: ImageSet, atlas, shape: tuple[int, int, int]):
     """(reader of the atlas at time point t, atlas shape) from a channel index or an array."""
     if isinstance(atlas, (int, np.integer)) and not isinstance(atlas, bool):
         channel = check_channel(imageset, atlas, "ATLAS_CHANNEL")
-        what = channel_label(imageset, channel, "ATLAS_CHANNEL")
-        return (lambda t: check_labels(read_stack(imageset, channel, t), what)), shape
+        return (lambda t: read_labels(imageset, channel, t, "ATLAS_CHANNEL")), shape
     atlas = np.asarray(atlas)
     if atlas.ndim == 2:
         atlas = atlas[None]
@@ -164,12 +147,10 @@ def _match(imageset: ImageSet, shape, atlas_shape, voxel, atlas_voxel_size) -> t
                 f"the atlas has shape {tuple(atlas_shape)} but the image {tuple(shape)}: give ATLAS_VOXEL_SIZE so that "
                 "the two can be matched by their physical size"
             )
-        return np.ones(3), np.array([math.nan if voxel[0] is None else voxel[0], voxel[1], voxel[2]])
+        return np.ones(3), np.array(voxel, float)  # None -> NaN
     a_voxel = resolve_voxel_size(imageset, atlas_voxel_size, "ATLAS_VOXEL_SIZE", need_z=False)
-    axes = [1, 2]
-    if voxel[0] is not None and a_voxel[0] is not None:
-        axes = [0, 1, 2]
-    elif atlas_shape[0] != shape[0]:
+    axes = [0, 1, 2] if voxel[0] is not None and a_voxel[0] is not None else [1, 2]
+    if len(axes) == 2 and atlas_shape[0] != shape[0]:
         raise AnalysisError(
             f"VOXEL_SIZE={tuple(voxel)!r}, ATLAS_VOXEL_SIZE={tuple(a_voxel)!r}: matching an atlas of {atlas_shape[0]} "
             f"plane(s) to an image of {shape[0]} needs both Z spacings; give them as (z, y, x) in µm"
@@ -186,7 +167,7 @@ def _match(imageset: ImageSet, shape, atlas_shape, voxel, atlas_voxel_size) -> t
         )
     scale = np.ones(3)
     scale[axes] = [voxel[a] / a_voxel[a] for a in axes]
-    return scale, np.array([math.nan if a_voxel[0] is None else a_voxel[0], a_voxel[1], a_voxel[2]])
+    return scale, np.array(a_voxel, float)
 
 
 def _centroids(labels: NDArray, ndim: int) -> NDArray:
@@ -195,8 +176,8 @@ def _centroids(labels: NDArray, ndim: int) -> NDArray:
 
     if ndim == 3:
         return np.array([r.centroid for r in regionprops(labels)]).reshape(-1, 3)
-    per_plane = [[(z, *r.centroid) for r in regionprops(plane)] for z, plane in enumerate(labels)]
-    return np.array([c for plane in per_plane for c in plane], float).reshape(-1, 3)
+    centroids = [(z, *r.centroid) for z, plane in enumerate(labels) for r in regionprops(plane)]
+    return np.array(centroids, float).reshape(-1, 3)
 
 
 def atlas_counts(
@@ -261,11 +242,10 @@ def atlas_counts(
     if ndim == 3 and math.isnan(a_voxel[0]):
         raise AnalysisError(f"ATLAS_VOXEL_SIZE={atlas_voxel_size!r}: region volumes need the atlas's Z spacing")
     planes = np.clip(np.floor((np.arange(shape[0]) + 0.5) * scale[0]).astype(int), 0, atlas_shape[0] - 1)
-    what = channel_label(imageset, label_channel, "LABEL_CHANNEL")
     tables = []
     for t in time_points(imageset, current_time_point):
         regions = read_atlas(t)
-        labels = check_labels(read_stack(imageset, label_channel, t), what)
+        labels = read_labels(imageset, label_channel, t)
         sizes = region_sizes(regions, a_voxel, ndim=ndim, planes=planes)
         tables.append(count_regions(_centroids(labels, ndim), regions, scale, sizes, ndim=ndim, names=region_names,
                                     time_point=t))

@@ -9,18 +9,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..host import ImageSet
-from .common import (
-    AnalysisError,
-    channel_label,
-    check_channel,
-    check_labels,
-    check_positive,
-    objects_ndim,
-    read_stack,
-    resolve_voxel_size,
-    time_points,
-    write_stack,
-)
+from .common import (AnalysisError, check_channel, check_positive, objects_ndim, read_labels, read_stack,
+                     resolve_voxel_size, time_points, write_stack)
 
 __all__ = ["grow_cells", "grow"]
 
@@ -165,13 +155,12 @@ def grow_cells(
         raise AnalysisError(f"THRESHOLD={threshold!r}: must be an intensity, or None to compute it")
     ndim = objects_ndim(imageset, ndim)
     voxel = resolve_voxel_size(imageset, voxel_size, need_z=ndim == 3)
-    what = channel_label(imageset, nuclei_channel, "LABEL_CHANNEL")
-    first = check_labels(read_stack(imageset, nuclei_channel, time_points(imageset, current_time_point)[0]), what)
+    first = read_labels(imageset, nuclei_channel, time_points(imageset, current_time_point)[0])
     dtype = np.result_type(np.uint16, first.dtype)
     out = imageset.add_channel(output_name, dtype if dtype.kind == "u" else np.uint32)
     options = {"max_distance_um": max_distance_um, "threshold": threshold, "smooth_um": smooth_um}
     for t in time_points(imageset, current_time_point):
-        nuclei = check_labels(read_stack(imageset, nuclei_channel, t), what)
+        nuclei = read_labels(imageset, nuclei_channel, t)
         membrane = read_stack(imageset, membrane_channel, t)
         if ndim == 3:
             cells, used = grow(nuclei, membrane, voxel=voxel, **options)

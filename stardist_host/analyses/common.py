@@ -22,11 +22,13 @@ from ..host import ImageSet
 from ..io.files import atomic_write
 
 __all__ = [
-    "AnalysisError", "Table", "check_channel", "check_positive", "objects_ndim", "resolve_voxel_size", "read_stack", "write_stack",
-    "units", "write_csv", "empty_table", "time_points", "check_labels", "channel_label", "LABEL_NEIGHBOUR_SHARE",
+    "AnalysisError", "Table", "check_channel", "check_positive", "objects_ndim", "resolve_voxel_size", "read_stack",
+    "read_labels", "write_stack", "units", "write_csv", "empty_table", "time_points", "check_labels", "channel_label",
+    "LABEL_NEIGHBOUR_SHARE",
 ]
 
 Table = dict  # column name -> 1D numpy array, all of one length
+_NUMBER = (int, float, np.integer, np.floating)
 
 
 def check_channel(imageset: ImageSet, channel, setting: str) -> int:
@@ -46,10 +48,10 @@ def objects_ndim(imageset: ImageSet, ndim: int | None) -> int:
     return ndim
 
 
-def check_positive(value, setting: str, unit: str = "µm") -> float:
+def check_positive(value, setting: str) -> float:
     """``value`` as a positive number, or an AnalysisError naming ``setting``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
-        raise AnalysisError(f"{setting}={value!r}: must be a positive distance in {unit}")
+    if isinstance(value, bool) or not isinstance(value, _NUMBER) or not value > 0:
+        raise AnalysisError(f"{setting}={value!r}: must be a positive distance in µm")
     return float(value)
 
 
@@ -93,8 +95,7 @@ def resolve_voxel_size(
 
 
 def _is_length(value) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0)
+    return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def time_points(imageset: ImageSet, current_only: bool = False) -> range:
@@ -108,6 +109,11 @@ def time_points(imageset: ImageSet, current_only: bool = False) -> range:
 def read_stack(imageset: ImageSet, channel: int, t: int) -> NDArray:
     """All planes of one channel and time point as (Z, Y, X)."""
     return np.stack([np.asarray(imageset.get_channeldata(channel, z, t)) for z in range(imageset.plane_count)])
+
+
+def read_labels(imageset: ImageSet, channel: int, t: int, setting: str = "LABEL_CHANNEL") -> NDArray:
+    """:func:`read_stack` of a label channel through :func:`check_labels`, the channel named by ``setting``."""
+    return check_labels(read_stack(imageset, channel, t), channel_label(imageset, channel, setting))
 
 
 def write_stack(imageset: ImageSet, channel: int, t: int, stack: NDArray) -> None:
@@ -195,14 +201,10 @@ def _neighbour_share(array: NDArray) -> tuple[float, int]:
         return 1.0, 0
     same = np.zeros(array.shape, bool)
     for axis in range(array.ndim):
-        if array.shape[axis] < 2:
-            continue
-        head = [slice(None)] * array.ndim
-        tail = [slice(None)] * array.ndim
-        head[axis], tail[axis] = slice(1, None), slice(None, -1)
-        equal = array[tuple(head)] == array[tuple(tail)]
-        same[tuple(head)] |= equal
-        same[tuple(tail)] |= equal
+        a, s = np.moveaxis(array, axis, 0), np.moveaxis(same, axis, 0)  # views: writing s writes same
+        equal = a[1:] == a[:-1]
+        s[1:] |= equal
+        s[:-1] |= equal
     return float(np.count_nonzero(same & inside)) / n, n
 
 
@@ -213,13 +215,10 @@ def write_csv(table: Table, path: str | os.PathLike) -> Path:
     back to the same number), NaN as an empty cell.
     """
     path = Path(path)
-    columns = list(table)
-    n = len(next(iter(table.values()))) if table else 0
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
-        for i in range(n):
-            writer.writerow([_cell(table[c][i]) for c in columns])
+        writer.writerow(table)
+        writer.writerows([_cell(v) for v in row] for row in zip(*table.values()))
     return path
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,37 +36,28 @@ __all__ = ["JOBS", "Job", "run_job", "run_job_on_file", "run_analysis_script"]
 log = logging.getLogger(__name__)
 
 
-# ----- the jobs ---------------------------------------------------------------------------------------------------
+# ----- the jobs: each takes its schema's settings as keywords ------------------------------------------------------
 
-def measure_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, intensity_channels: Sequence[int],
-                cell_channel: int | None, voxel_size, ndim: int | None, current_time_point: bool) -> list[Path]:
+def measure_job(imageset: ImageSet, paths: list[Path], **settings: Any) -> list[Path]:
     """Per-nucleus measurements -> <stem>_measurements.csv."""
     from .measure import measure
 
-    table = measure(imageset, label_channel, intensity_channels=intensity_channels, cell_channel=cell_channel,
-                    voxel_size=voxel_size, ndim=ndim, current_time_point=current_time_point)
-    return [write_csv(table, paths[0])]
+    return [write_csv(measure(imageset, **settings), paths[0])]
 
 
-def track_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, max_distance_um: float, max_gap: int,
-              divisions: bool, voxel_size, ndim: int | None, track_channel_name: str | None) -> list[Path]:
+def track_job(imageset: ImageSet, paths: list[Path], *, track_channel_name: str | None, **settings: Any) -> list[Path]:
     """Tracks -> <stem>_tracks.csv and <stem>_track_properties.csv (and a track-id channel)."""
     from .tracking import track
 
-    result = track(imageset, label_channel, max_distance_um=max_distance_um, max_gap=max_gap, divisions=divisions,
-                   voxel_size=voxel_size, ndim=ndim, output_name=track_channel_name)
+    result = track(imageset, output_name=track_channel_name, **settings)
     return [write_csv(result.tracks, paths[0]), write_csv(result.properties, paths[1])]
 
 
 def _read_atlas_file(path: str, axes: str | None) -> tuple[np.ndarray, Any]:
     from ..io.tiff import TiffReader
 
-    reader = TiffReader(path, axes=axes)
-    try:
-        sizes = reader.layout.sizes
-        return np.stack([reader.plane(0, 0, z) for z in range(sizes["Z"])]), reader.layout.voxel_size
-    finally:
-        reader.close()
+    with closing(TiffReader(path, axes=axes)) as reader:
+        return np.stack([reader.plane(0, 0, z) for z in range(reader.layout.sizes["Z"])]), reader.layout.voxel_size
 
 
 def atlas_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, atlas_channel: int | None,
@@ -104,13 +96,11 @@ def cells_job(imageset: ImageSet, paths: list[Path], *, label_channel: int, memb
     return [write_csv(table, paths[0])]
 
 
-def overlay_job(imageset: ImageSet, paths: list[Path], *, image_channel: int, label_channel: int, time_point: int,
-                plane: int, cell_channel: int | None, track_channel: int | None) -> list[Path]:
+def overlay_job(imageset: ImageSet, paths: list[Path], **settings: Any) -> list[Path]:
     """A QC picture -> <stem>_overlay_t<T>_z<Z>.png."""
     from .overlay import overlay
 
-    return [overlay(imageset, paths[0], image_channel=image_channel, label_channel=label_channel, time_point=time_point,
-                    plane=plane, cell_channel=cell_channel, track_channel=track_channel)]
+    return [overlay(imageset, paths[0], **settings)]
 
 
 # ----- their settings ---------------------------------------------------------------------------------------------
@@ -123,9 +113,10 @@ def _folder_exists(value: Any) -> str | None:
     return None if Path(value).is_dir() else "this folder does not exist"
 
 
-def _label_channel() -> Field:
-    return Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels a StarDist script made, 0 for the first",
-                 low=0, example=2)
+_LABEL_CHANNEL = Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels a StarDist script made, "
+                       "0 for the first", low=0, example=2)
+_CURRENT_TIME_POINT = Field("CURRENT_TIME_POINT", "bool", False,
+                            "True: the image set's current time point only; False: all")
 
 
 def _channel(name: str, help: str, none: str) -> Field:
@@ -146,10 +137,6 @@ def _ndim(what: str) -> Field:
                  none="3 where the image set has more than one plane")
 
 
-def _current_time_point() -> Field:
-    return Field("CURRENT_TIME_POINT", "bool", False, "True: the image set's current time point only; False: all")
-
-
 def _common_tail(what: str) -> list[Field]:
     return [
         Field("OUTPUT_FOLDER", "path", None, f"folder for {what} in a host (headless: the second argument)",
@@ -158,58 +145,57 @@ def _common_tail(what: str) -> list[Field]:
     ]
 
 
-def _schemas() -> dict[str, Schema]:
-    per_plane = "labels per plane (2D script)"
-    return {
-        "measure": Schema("measure", [
-            _label_channel(), _intensity_channels((0,)),
-            _channel("CELL_CHANNEL", "channel of grown cells (cell_volumes.py)", none="no cell measurements"),
-            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("NAME_measurements.csv"),
-        ]),
-        "track": Schema("track", [
-            _label_channel(),
-            Field("MAX_DISTANCE_UM", "float", help="farthest a nucleus moves between two time points", unit="µm",
-                  low=0, open_low=True, example=5.0),
-            Field("MAX_GAP", "int", 1, "time points a nucleus may be missing and still be linked", low=0),
-            Field("DIVISIONS", "bool", True, "detect divisions (one track splitting into two)"),
-            Field("TRACK_CHANNEL_NAME", "str", "Track_ids", "name of the new channel of track ids", none="no channel"),
-            _voxel_size(), _ndim("single-plane images"),
-            *_common_tail("NAME_tracks.csv, NAME_track_properties.csv"),
-        ]),
-        "atlas": Schema("atlas", [
-            _label_channel(),
-            _channel("ATLAS_CHANNEL", "the atlas as a channel of this image set", none="the atlas is ATLAS_FILE"),
-            Field("ATLAS_FILE", "path", None, "the atlas as a separate label TIFF file", none="the atlas is ATLAS_CHANNEL",
-                  check=_file_exists),
-            Field("ATLAS_AXES", "str", None, 'axes of ATLAS_FILE, e.g. "ZYX"', none="as the file says"),
-            _voxel_size("ATLAS_VOXEL_SIZE", "the atlas file's own, else the image's"),
-            Field("REGION_NAMES", "path", None, "CSV/TSV file with columns id,name", none='regions named "region ID"',
-                  check=_file_exists),
-            _voxel_size(), _ndim(per_plane), _current_time_point(), *_common_tail("NAME_regions.csv"),
-        ]),
-        "cells": Schema("cells", [
-            _label_channel(),
-            Field("MEMBRANE_CHANNEL", "int", help="channel of the membrane stain, 0 for the first", low=0, example=1),
-            Field("MAX_DISTANCE_UM", "float", help="farthest a cell reaches from its nucleus", unit="µm", low=0,
-                  open_low=True, example=10.0),
-            Field("THRESHOLD", "float", None, "membrane intensity separating cells from background",
-                  none="computed per time point (Otsu)"),
-            Field("SMOOTH_UM", "float", 1.0, "Gaussian smoothing of the membrane channel", unit="µm", low=0),
-            Field("OUTPUT_CH_NAME", "str", "Cells", "name of the new channel (its labels are the nuclei's)"),
-            _intensity_channels(()), _voxel_size(), _ndim("each plane alone"), _current_time_point(),
-            *_common_tail("NAME_cells.csv"),
-        ]),
-        "overlay": Schema("overlay", [
-            Field("IMAGE_CHANNEL", "int", help="channel shown in grey, 0 for the first", low=0, example=0),
-            Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels, drawn as yellow outlines", low=0,
-                  example=2),
-            _channel("CELL_CHANNEL", "channel of grown cells, drawn as cyan outlines", none="no cell outlines"),
-            _channel("TRACK_CHANNEL", "channel of track ids, written on the nuclei", none="no track ids"),
-            Field("TIME_POINT", "int", 0, "time point shown, 0 for the first", low=0),
-            Field("PLANE", "int", 0, "Z plane shown, 0 for the first", low=0),
-            *_common_tail("NAME_overlay_tT_zZ.png"),
-        ]),
-    }
+_PER_PLANE = "labels per plane (2D script)"
+_SCHEMAS: dict[str, Schema] = {
+    "measure": Schema("measure", [
+        _LABEL_CHANNEL, _intensity_channels((0,)),
+        _channel("CELL_CHANNEL", "channel of grown cells (cell_volumes.py)", none="no cell measurements"),
+        _voxel_size(), _ndim(_PER_PLANE), _CURRENT_TIME_POINT, *_common_tail("NAME_measurements.csv"),
+    ]),
+    "track": Schema("track", [
+        _LABEL_CHANNEL,
+        Field("MAX_DISTANCE_UM", "float", help="farthest a nucleus moves between two time points", unit="µm",
+              low=0, open_low=True, example=5.0),
+        Field("MAX_GAP", "int", 1, "time points a nucleus may be missing and still be linked", low=0),
+        Field("DIVISIONS", "bool", True, "detect divisions (one track splitting into two)"),
+        Field("TRACK_CHANNEL_NAME", "str", "Track_ids", "name of the new channel of track ids", none="no channel"),
+        _voxel_size(), _ndim("single-plane images"),
+        *_common_tail("NAME_tracks.csv, NAME_track_properties.csv"),
+    ]),
+    "atlas": Schema("atlas", [
+        _LABEL_CHANNEL,
+        _channel("ATLAS_CHANNEL", "the atlas as a channel of this image set", none="the atlas is ATLAS_FILE"),
+        Field("ATLAS_FILE", "path", None, "the atlas as a separate label TIFF file", none="the atlas is ATLAS_CHANNEL",
+              check=_file_exists),
+        Field("ATLAS_AXES", "str", None, 'axes of ATLAS_FILE, e.g. "ZYX"', none="as the file says"),
+        _voxel_size("ATLAS_VOXEL_SIZE", "the atlas file's own, else the image's"),
+        Field("REGION_NAMES", "path", None, "CSV/TSV file with columns id,name", none='regions named "region ID"',
+              check=_file_exists),
+        _voxel_size(), _ndim(_PER_PLANE), _CURRENT_TIME_POINT, *_common_tail("NAME_regions.csv"),
+    ]),
+    "cells": Schema("cells", [
+        _LABEL_CHANNEL,
+        Field("MEMBRANE_CHANNEL", "int", help="channel of the membrane stain, 0 for the first", low=0, example=1),
+        Field("MAX_DISTANCE_UM", "float", help="farthest a cell reaches from its nucleus", unit="µm", low=0,
+              open_low=True, example=10.0),
+        Field("THRESHOLD", "float", None, "membrane intensity separating cells from background",
+              none="computed per time point (Otsu)"),
+        Field("SMOOTH_UM", "float", 1.0, "Gaussian smoothing of the membrane channel", unit="µm", low=0),
+        Field("OUTPUT_CH_NAME", "str", "Cells", "name of the new channel (its labels are the nuclei's)"),
+        _intensity_channels(()), _voxel_size(), _ndim("each plane alone"), _CURRENT_TIME_POINT,
+        *_common_tail("NAME_cells.csv"),
+    ]),
+    "overlay": Schema("overlay", [
+        Field("IMAGE_CHANNEL", "int", help="channel shown in grey, 0 for the first", low=0, example=0),
+        Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels, drawn as yellow outlines", low=0,
+              example=2),
+        _channel("CELL_CHANNEL", "channel of grown cells, drawn as cyan outlines", none="no cell outlines"),
+        _channel("TRACK_CHANNEL", "channel of track ids, written on the nuclei", none="no track ids"),
+        Field("TIME_POINT", "int", 0, "time point shown, 0 for the first", low=0),
+        Field("PLANE", "int", 0, "Z plane shown, 0 for the first", low=0),
+        *_common_tail("NAME_overlay_tT_zZ.png"),
+    ]),
+}
 
 
 @dataclass(frozen=True)
@@ -231,7 +217,6 @@ class Job:
         return (self.function.__doc__ or "").strip()
 
 
-_SCHEMAS = _schemas()
 JOBS: dict[str, Job] = {
     "measure": Job("measure", "measure.py", "per-nucleus measurements (position, size, intensities) to CSV",
                    _SCHEMAS["measure"], measure_job, lambda out, s: [Path(f"{out}_measurements.csv")]),
@@ -246,9 +231,6 @@ JOBS: dict[str, Job] = {
                    _SCHEMAS["overlay"], overlay_job,
                    lambda out, s: [Path(f"{out}_overlay_t{s['time_point']}_z{s['plane']}.png")]),
 }
-
-#: Settings of every job that are about where results go, not passed to the job's function.
-_OUTPUT_SETTINGS = ("output_folder", "overwrite")
 
 
 # ----- running them -----------------------------------------------------------------------------------------------
@@ -292,18 +274,16 @@ class _Watched:
 def _remove_added(imageset: ImageSet, before: int) -> None:
     """Take away the channels a failed or cancelled job added, so that none is left half-written."""
     added = list(range(before, imageset.channel_count))
-    if not added:
-        return
-    if hasattr(imageset, "remove_channel"):
+    if added and hasattr(imageset, "remove_channel"):
         for index in reversed(added):
             imageset.remove_channel(index)
-        return
-    log.warning("channel(s) %s were added by the job that stopped and are incomplete: delete them", added)
+    elif added:
+        log.warning("channel(s) %s were added by the job that stopped and are incomplete: delete them", added)
 
 
 def _run(job: str, imageset: ImageSet, out: Path, values: Mapping[str, Any], *, progress: Progress | None = None,
          cancel: Cancel | None = None) -> list[Path]:
-    kwargs = {k: v for k, v in values.items() if k not in _OUTPUT_SETTINGS}
+    kwargs = {k: v for k, v in values.items() if k not in ("output_folder", "overwrite")}  # where results go
     single = values.get("current_time_point") or job == "overlay"
     total = 1 if single else imageset.time_point_count
     before = imageset.channel_count

@@ -14,16 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..host import ImageSet
-from .common import (
-    Table,
-    channel_label,
-    check_channel,
-    check_labels,
-    empty_table,
-    objects_ndim,
-    resolve_voxel_size,
-    units,
-)
+from .common import (Table, channel_label, check_channel, check_labels, empty_table, objects_ndim, resolve_voxel_size,
+                     units)
 
 __all__ = ["measure", "measure_labels", "base_columns", "cell_columns"]
 

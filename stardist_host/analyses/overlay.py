@@ -52,6 +52,7 @@ def overlay(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from skimage.measure import regionprops
+    from skimage.segmentation import find_boundaries
 
     image_channel = check_channel(imageset, image_channel, "IMAGE_CHANNEL")
     label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
@@ -71,10 +72,9 @@ def overlay(
         return check_labels(data, channel_label(imageset, channel, setting))
 
     rgb = _grey(np.asarray(imageset.get_channeldata(image_channel, plane, time_point)), percentiles)
-    outlines = [(labels_of(channel, setting), colour) for channel, setting, colour in layers]
+    for channel, setting, colour in layers:
+        rgb[find_boundaries(labels_of(channel, setting), mode="inner")] = colour
     tracks = labels_of(track_channel, "TRACK_CHANNEL") if track_channel is not None else None
-    for labels, colour in outlines:
-        rgb[_outline(labels)] = colour
     height, width = rgb.shape[:2]
     fig = Figure(figsize=(width / 100, height / 100), dpi=100)
     FigureCanvasAgg(fig)  # a canvas of this figure only: the host's pyplot backend stays as it is
@@ -96,9 +96,3 @@ def _grey(image, percentiles) -> np.ndarray:
     lo, hi = np.percentile(image, percentiles)
     grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
     return np.repeat(grey[..., None], 3, axis=-1)
-
-
-def _outline(labels) -> np.ndarray:
-    from skimage.segmentation import find_boundaries
-
-    return find_boundaries(labels, mode="inner")

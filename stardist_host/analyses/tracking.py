@@ -33,18 +33,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..host import ImageSet
-from .common import (
-    AnalysisError,
-    Table,
-    channel_label,
-    check_channel,
-    check_labels,
-    check_positive,
-    objects_ndim,
-    read_stack,
-    resolve_voxel_size,
-    write_stack,
-)
+from .common import (AnalysisError, Table, check_channel, check_positive, objects_ndim, read_labels, resolve_voxel_size,
+                     write_stack)
 
 __all__ = ["track", "track_positions", "TrackResult", "TRACK_COLUMNS", "PROPERTY_COLUMNS", "link", "link_sparse"]
 
@@ -151,23 +141,21 @@ Frames = list  # per time point: (labels (N,), centroids (N, 3) in µm)
 
 def link_frames(frames: Frames, max_distance_um: float) -> tuple[list[_Segment], list[dict[int, _Segment]]]:
     """Step 1: link each frame's objects to the next frame's; return the segments and, per frame, label -> segment."""
-    max_sq = max_distance_um ** 2
     segments: list[_Segment] = []
     points_at: list[dict[int, _Segment]] = []
-    open_segments: dict[int, _Segment] = {}
     prev_labels, prev_pos = np.zeros(0, int), np.zeros((0, 3))
     for t, (labels, pos) in enumerate(frames):
         i, j, d2 = _near_pairs(prev_pos, pos, max_distance_um)
-        linked = {b: a for a, b in link_sparse(i, j, d2, (len(prev_pos), len(pos)), no_link=max_sq)}
+        linked = {b: a for a, b in link_sparse(i, j, d2, (len(prev_pos), len(pos)), no_link=max_distance_um ** 2)}
         now: dict[int, _Segment] = {}
         for k, (lab, p) in enumerate(zip(labels, pos)):
-            seg = open_segments.get(int(prev_labels[linked[k]])) if k in linked else None
+            seg = points_at[-1].get(int(prev_labels[linked[k]])) if k in linked else None  # links exist from t = 1
             if seg is None:
                 seg = _Segment()
                 segments.append(seg)
             seg.points.append((t, int(lab), p))
             now[int(lab)] = seg
-        open_segments, prev_labels, prev_pos = now, labels, pos
+        prev_labels, prev_pos = labels, pos
         points_at.append(now)
     return segments, points_at
 
@@ -246,8 +234,8 @@ def track_positions(frames: Frames, *, max_distance_um: float, max_gap: int = 1,
     return _tables(segments, continued)
 
 
-def _chains(segments: list[_Segment], continued: set[int]) -> tuple[list[list[_Segment]], dict[int, int]]:
-    """Tracks as chains of segments joined by gap closing, and segment id -> track id."""
+def _tables(segments: list[_Segment], continued: set[int]) -> tuple[Table, Table]:
+    # tracks are chains of segments joined by gap closing; track_id: segment id -> track number
     track_id: dict[int, int] = {}
     chains = []
     for seg in segments:
@@ -260,15 +248,9 @@ def _chains(segments: list[_Segment], continued: set[int]) -> tuple[list[list[_S
         chains.append(chain)
         for s in chain:
             track_id[id(s)] = len(chains)
-    return chains, track_id
-
-
-def _tables(segments: list[_Segment], continued: set[int]) -> tuple[Table, Table]:
-    chains, track_id = _chains(segments, continued)
     rows, props = [], []
     for number, chain in enumerate(chains, start=1):
-        parent = chain[0].parent
-        parent_id = track_id.get(id(parent), 0) if parent is not None else 0
+        parent_id = track_id.get(id(chain[0].parent), 0)  # 0 without a parent: id(None) is no segment's
         points = [p for s in chain for p in s.points]
         rows += [(number, parent_id, t, lab, *p) for t, lab, p in points]
         pos = np.array([p for _, _, p in points])
@@ -289,29 +271,8 @@ def _table(columns, rows, n_int: int) -> Table:
 def _centroids(imageset: ImageSet, channel: int, t: int, voxel) -> tuple[NDArray, NDArray]:
     from skimage.measure import regionprops
 
-    labels = check_labels(read_stack(imageset, channel, t), channel_label(imageset, channel, "LABEL_CHANNEL"))
-    props = regionprops(labels)
-    if not props:
-        return np.zeros(0, int), np.zeros((0, 3))
-    return np.array([p.label for p in props]), np.array([p.centroid for p in props]) * np.asarray(voxel)
-
-
-def _check(imageset: ImageSet, label_channel, max_distance_um, max_gap, ndim, voxel_size):
-    """The settings of :func:`track`, checked: (label channel, max distance, voxel size)."""
-    label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
-    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
-    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
-        raise AnalysisError(f"MAX_GAP={max_gap!r}: must be a whole number of frames, 0 or more")
-    if objects_ndim(imageset, ndim) == 2 and imageset.plane_count > 1:
-        raise AnalysisError(
-            f"NDIM=2 with {imageset.plane_count} planes: tracking needs one label per nucleus and time point; "
-            "use the labels of the 3D script (NDIM=3) or a single-plane image set"
-        )
-    voxel = resolve_voxel_size(imageset, voxel_size, need_z=imageset.plane_count > 1)
-    if imageset.time_point_count < 2:
-        raise AnalysisError(f"the image set has {imageset.time_point_count} time point; tracking needs two or more")
-    # a single plane: every centroid lies at z = 0, whatever the (unknown) Z spacing
-    return label_channel, max_distance_um, (voxel[0] or 0.0, voxel[1], voxel[2])
+    props = regionprops(read_labels(imageset, channel, t))
+    return np.array([p.label for p in props], int), np.array([p.centroid for p in props]).reshape(-1, 3) * voxel
 
 
 def track(
@@ -358,7 +319,20 @@ def track(
     AnalysisError
         A bad setting, a label channel that holds no labels, fewer than two time points.
     """
-    label_channel, max_distance_um, voxel = _check(imageset, label_channel, max_distance_um, max_gap, ndim, voxel_size)
+    label_channel = check_channel(imageset, label_channel, "LABEL_CHANNEL")
+    max_distance_um = check_positive(max_distance_um, "MAX_DISTANCE_UM")
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
+        raise AnalysisError(f"MAX_GAP={max_gap!r}: must be a whole number of frames, 0 or more")
+    if objects_ndim(imageset, ndim) == 2 and imageset.plane_count > 1:
+        raise AnalysisError(
+            f"NDIM=2 with {imageset.plane_count} planes: tracking needs one label per nucleus and time point; "
+            "use the labels of the 3D script (NDIM=3) or a single-plane image set"
+        )
+    voxel = resolve_voxel_size(imageset, voxel_size, need_z=imageset.plane_count > 1)
+    if imageset.time_point_count < 2:
+        raise AnalysisError(f"the image set has {imageset.time_point_count} time point; tracking needs two or more")
+    # a single plane: every centroid lies at z = 0, whatever the (unknown) Z spacing
+    voxel = (voxel[0] or 0.0, voxel[1], voxel[2])
     frames = [_centroids(imageset, label_channel, t, voxel) for t in range(imageset.time_point_count)]
     tracks, properties = track_positions(frames, max_distance_um=max_distance_um, max_gap=int(max_gap),
                                          divisions=divisions)
@@ -375,7 +349,7 @@ def _paint(imageset: ImageSet, label_channel: int, tracks: Table, name: str) -> 
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
     channel = imageset.add_channel(name, dtype)
     for t in range(imageset.time_point_count):
-        labels = check_labels(read_stack(imageset, label_channel, t), channel_label(imageset, label_channel, "LABEL_CHANNEL"))
+        labels = read_labels(imageset, label_channel, t)
         here = tracks["t"] == t
         lut = np.zeros(int(labels.max(initial=0)) + 1, dtype)
         lut[tracks["label"][here]] = tracks["track_id"][here]

@@ -16,10 +16,7 @@ from typing import Any
 __all__ = ["NapariImageSet", "LayerError", "layer_axes", "channel_layers", "label_layers", "SegmentationWidget",
            "AnalysisWidget"]
 
-_WHERE = {
-    "NapariImageSet": "imageset", "LayerError": "imageset", "layer_axes": "imageset", "channel_layers": "imageset",
-    "label_layers": "imageset", "SegmentationWidget": "widget", "AnalysisWidget": "widget",
-}
+_WHERE = {name: "widget" if name.endswith("Widget") else "imageset" for name in __all__}
 
 
 def __getattr__(name: str) -> Any:

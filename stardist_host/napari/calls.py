@@ -102,8 +102,8 @@ class GuiThreadImageSet:
 
     def __init__(self, imageset, calls: GuiCalls) -> None:
         self._imageset, self._calls = imageset, calls
-        if hasattr(imageset, "remove_channel"):
-            self.remove_channel = self._remove_channel
+        if hasattr(imageset, "remove_channel"):  # an optional member: callers look for it
+            self.remove_channel = lambda index: calls.call(imageset.remove_channel, index)
 
     def _get(self, name: str) -> Any:
         return self._calls.call(getattr, self._imageset, name)
@@ -124,7 +124,3 @@ class GuiThreadImageSet:
 
     def add_channel(self, name: str, dtype) -> int:
         return self._calls.call(self._imageset.add_channel, name, dtype)
-
-    def _remove_channel(self, index: int) -> None:
-        self._calls.call(self._imageset.remove_channel, index)
-

@@ -30,16 +30,9 @@ from ..errors import Cancelled, SettingsError, StardistHostError
 from .calls import GuiCalls, GuiThreadImageSet
 from .imageset import NapariImageSet
 
-__all__ = ["SegmentationRun", "AnalysisRun", "one_line", "segmentation_run_function"]
+__all__ = ["SegmentationRun", "AnalysisRun", "one_line"]
 
 log = logging.getLogger(__name__)
-
-
-def segmentation_run_function() -> Callable:
-    """The run a script makes: ``run(settings, imageset, progress=, cancel=)`` (imported when a run starts)."""
-    from ..runs.local import run
-
-    return run
 
 
 def one_line(err: BaseException) -> str:
@@ -51,13 +44,15 @@ def one_line(err: BaseException) -> str:
 class _ThreadRun:
     """A run in a napari thread worker over a :class:`NapariImageSet`: progress, cancel, stops, one notification.
 
-    Subclasses say what runs (:meth:`_call`, on the worker thread, with the
-    image set wrapped so that every call goes to the GUI thread) and how its
-    outcome reads (:meth:`_done_text`, :meth:`_cancelled_text`).
+    Subclasses say what runs (``_call(imageset, progress, cancel)``, on the
+    worker thread, with the image set wrapped so that every call goes to the GUI
+    thread) and how its outcome reads (``_done_text(outcome)``, :attr:`cancelled_note`).
     """
 
     #: The notifications' first word(s).
     title = "StarDist"
+    #: What a cancelled run's notification adds.
+    cancelled_note = ""
 
     def __init__(self, viewer, imageset: NapariImageSet, *, desc: str,
                  on_progress: Callable[[int, int], None] | None = None,
@@ -88,17 +83,6 @@ class _ThreadRun:
         if reason and not self.reason:
             self.reason = reason
         self._cancel.set()
-
-    # ----- what runs and how it reads (subclasses) ---------------------------------------------------------------
-
-    def _call(self, imageset, progress: Callable[[int, int], None], cancel: Callable[[], bool]) -> Any:
-        raise NotImplementedError
-
-    def _done_text(self, outcome: Any) -> str:
-        raise NotImplementedError
-
-    def _cancelled_text(self, outcome: Cancelled) -> str:
-        raise NotImplementedError
 
     # ----- the worker thread -------------------------------------------------------------------------------------
 
@@ -148,7 +132,7 @@ class _ThreadRun:
         if isinstance(outcome, BaseException) and self.reason:  # the stop, or what the removal made fail first
             show_error(f"{self.title} stopped: {self.reason}; {_after(outcome)}nothing was kept")
         elif isinstance(outcome, Cancelled):
-            show_info(self._cancelled_text(outcome))
+            show_info(f"{self.title} {one_line(outcome)}; {self.cancelled_note}")
         elif isinstance(outcome, BaseException):
             show_error(f"{self.title}: {one_line(outcome)}")
         else:
@@ -190,6 +174,8 @@ class SegmentationRun(_ThreadRun):
         SEPARATE_PROCESS=False: inside napari the model runs in its own process.
     """
 
+    cancelled_note = "the unfinished Labels layer was removed"
+
     def __init__(self, viewer, layers, settings, *, axes: str | None = None, on_progress: Callable[[int, int], None] | None = None,
                  on_finished: Callable[[Any], None] | None = None) -> None:
         imageset = NapariImageSet(viewer, layers, axes=axes)
@@ -204,13 +190,12 @@ class SegmentationRun(_ThreadRun):
                          on_finished=on_finished)
 
     def _call(self, imageset, progress, cancel) -> Any:
-        return segmentation_run_function()(self.settings, imageset, progress=progress, cancel=cancel)
+        from ..runs.local import run  # the run a script makes, imported when a run starts
+
+        return run(self.settings, imageset, progress=progress, cancel=cancel)
 
     def _done_text(self, outcome) -> str:
         return f"StarDist: {outcome.summary()}"
-
-    def _cancelled_text(self, outcome: Cancelled) -> str:
-        return f"StarDist {one_line(outcome)}; the unfinished Labels layer was removed"
 
 
 class AnalysisRun(_ThreadRun):
@@ -241,6 +226,8 @@ class AnalysisRun(_ThreadRun):
         notification adds (e.g. "added the Tracks layer 'tracks'").
     """
 
+    cancelled_note = "nothing was written"
+
     def __init__(self, viewer, imageset: NapariImageSet, job: str, output_folder, stem: str, settings: dict, *,
                  after: Callable[[list], str] | None = None, on_progress: Callable[[int, int], None] | None = None,
                  on_finished: Callable[[Any], None] | None = None) -> None:
@@ -259,9 +246,6 @@ class AnalysisRun(_ThreadRun):
         extra = self._after_run(outcome) if self._after_run is not None else ""
         names = ", ".join(Path(p).name for p in outcome)
         return f"{self.title}: wrote {names} in {Path(self.output_folder)}" + (f"; {extra}" if extra else "")
-
-    def _cancelled_text(self, outcome: Cancelled) -> str:
-        return f"{self.title} {one_line(outcome)}; nothing was written"
 
 
 def _after(err: Cancelled) -> str:

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
 
+from ..analyses.jobs import JOBS
 from ..errors import SettingsError
+from ..io.files import file_stem
 from ..schema import Field, Schema, raise_all
 from ..segmentation.settings import Settings, schema
 from .imageset import LayerError, NapariImageSet, channel_layers, label_layers, layer_axes
@@ -55,29 +57,7 @@ def _tooltip(field: Field) -> str:
 
 def _text(value: Any) -> str:
     """A value as the text field shows it: None, a text as is, numbers separated by commas."""
-    if value is None:
-        return "None"
-    if isinstance(value, (tuple, list)):
-        return ", ".join(map(str, value))
-    return str(value)
-
-
-class _TextValue:
-    """Reads a text field as the setting's value, with the command line's parser."""
-
-    def __init__(self, field: Field, widget: LineEdit) -> None:
-        self.field, self.widget = field, widget
-
-    def __call__(self) -> Any:
-        text = self.widget.value.strip()
-        if self.field.optional and text.lower() in ("", "none"):
-            return None
-        if self.field.type in ("str", "path"):
-            return text
-        try:
-            return self.field.parse(text)
-        except Exception:
-            raise SettingsError(self.field.name, text, self.field.allowed) from None
+    return ", ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def field_widget(field: Field):
@@ -87,24 +67,34 @@ def field_widget(field: Field):
     """
     common = {"name": field.name, "label": field.name, "tooltip": _tooltip(field)}
     start = field.script_value
+    low = field.low if field.low is not None else -_BIG
+    high = field.high if field.high is not None else _BIG
     if field.type == "bool" and not field.optional:
         widget = CheckBox(value=start, text=field.name, **common)
-        return widget, lambda: widget.value
-    if field.type in ("choice", "bool"):  # an optional bool: None, True or False
+    elif field.type in ("choice", "bool"):  # an optional bool: None, True or False
         options = field.choices if field.type == "choice" else (True, False)
         choices = ([("None", None)] if field.optional else []) + [(str(c), c) for c in options]
         widget = ComboBox(choices=choices, value=start, **common)
-        return widget, lambda: widget.value
-    if field.type in ("int", "float") and not field.optional:
-        low = field.low if field.low is not None else -_BIG
-        high = field.high if field.high is not None else _BIG
-        if field.type == "int":
-            widget = SpinBox(value=start, min=int(low), max=int(high), **common)
-        else:
-            widget = FloatSpinBox(value=start, min=low, max=high, step=0.1, **common)
-        return widget, lambda: widget.value
-    widget = LineEdit(value=_text(start), **common)
-    return widget, _TextValue(field, widget)
+    elif field.type == "int" and not field.optional:
+        widget = SpinBox(value=start, min=int(low), max=int(high), **common)
+    elif field.type == "float" and not field.optional:
+        widget = FloatSpinBox(value=start, min=low, max=high, step=0.1, **common)
+    else:  # a text, read as the command line's parser reads it
+        widget = LineEdit(value=_text(start), **common)
+
+        def read_text() -> Any:
+            text = widget.value.strip()
+            if field.optional and text.lower() in ("", "none"):
+                return None
+            if field.type in ("str", "path"):
+                return text
+            try:
+                return field.parse(text)
+            except Exception:
+                raise SettingsError(field.name, text, field.allowed) from None
+
+        return widget, read_text
+    return widget, lambda: widget.value
 
 
 def schema_widgets(fields: Schema | Iterable[Field], *, skip: Iterable[str] = ()) -> tuple[dict, dict]:
@@ -113,9 +103,8 @@ def schema_widgets(fields: Schema | Iterable[Field], *, skip: Iterable[str] = ()
     widgets: dict[str, Any] = {}
     readers: dict[str, Callable[[], Any]] = {}
     for field in fields:
-        if field.name in skip:
-            continue
-        widgets[field.name], readers[field.attr] = field_widget(field)
+        if field.name not in skip:
+            widgets[field.name], readers[field.attr] = field_widget(field)
     return widgets, readers
 
 
@@ -135,6 +124,8 @@ class _RunWidget(Container):
     """An image-layer choice, its axes, the settings of one job (generated from its schema), Run, Cancel, progress."""
 
     unit = "planes"
+    #: The status line as a run starts.
+    starting = "starting"
     layer_tooltip = ("the Image layer with the nuclei; where it has no channel axis, the Image layers of its shape "
                      "are the channels (INPUT_CHANNEL follows the choice)")
 
@@ -217,14 +208,7 @@ class _RunWidget(Container):
     def _axes(self) -> str | None:
         return self.axes.value.strip().upper() or None
 
-    # ----- runs --------------------------------------------------------------------------------------------------
-
-    def _make_run(self) -> Any:
-        """The run of the settings shown, not started; raises what is wrong with them (subclasses)."""
-        raise NotImplementedError
-
-    def _starting(self) -> str:
-        return "starting"
+    # ----- runs: subclasses make them (``_make_run()``: the run of the settings shown, not started) ---------------
 
     def start(self, _value=None) -> Any:
         """Start a run with the settings shown; a bad setting or layer is one notification and no run."""
@@ -239,7 +223,7 @@ class _RunWidget(Container):
             show_error(f"StarDist: {one_line(err)}")
             return None
         self.progress_bar.value = 0
-        self.status.value = self._starting()
+        self.status.value = self.starting
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.current_run.start()
         return self.current_run
@@ -273,6 +257,8 @@ class SegmentationWidget(_RunWidget):
         2 or 3.
     """
 
+    starting = "starting (loading the model in its own process)"
+
     def __init__(self, napari_viewer, ndim: int = 2) -> None:
         self.ndim = ndim
         self.unit = "planes" if ndim == 2 else "volumes"
@@ -300,9 +286,6 @@ class SegmentationWidget(_RunWidget):
     def _make_run(self) -> SegmentationRun:
         return SegmentationRun(self.viewer, self.input_layers(), self.settings(), axes=self._axes(),
                                on_progress=self._progress, on_finished=self._finished)
-
-    def _starting(self) -> str:
-        return "starting (loading the model in its own process)"
 
 
 def _safe_stem(name: str) -> str:
@@ -337,8 +320,6 @@ class AnalysisWidget(_RunWidget):
                      "shape) come first, then the Labels layers of its shape: see 'channels'")
 
     def __init__(self, napari_viewer, job: str) -> None:
-        from ..analyses.jobs import JOBS
-
         self.job = job
         super().__init__(napari_viewer, JOBS[job].schema)
         self.settings_widgets["OUTPUT_FOLDER"].tooltip += (
@@ -364,8 +345,6 @@ class AnalysisWidget(_RunWidget):
 
     def settings(self) -> dict[str, Any]:
         """The job's settings the widgets show, by attribute name, validated; every bad one in one error."""
-        from ..analyses.jobs import JOBS
-
         values = read_settings(self._readers)
         raise_all(JOBS[self.job].schema.errors(values))
         return values
@@ -374,8 +353,6 @@ class AnalysisWidget(_RunWidget):
         """The output folder and the files' stem for the chosen layer."""
         layer = self.layer.value
         source = getattr(getattr(layer, "source", None), "path", None)
-        from ..io.files import file_stem
-
         stem = file_stem(source) if source else _safe_stem(layer.name)
         folder = self.settings_widgets["OUTPUT_FOLDER"].value.strip()
         if folder.lower() in ("", "none"):
@@ -388,7 +365,7 @@ class AnalysisWidget(_RunWidget):
         listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(imageset.channel_names))
         for name in LABEL_SETTINGS:
             value = values.get(name.lower())
-            if name not in self.settings_widgets or value is None or isinstance(value, bool):
+            if value is None or isinstance(value, bool):  # None also where the job has no such setting
                 continue
             if not isinstance(value, int) or not 0 <= value < imageset.channel_count:
                 errors.append(SettingsError(name, value, f"must be a channel of the image set: {listed}"))
@@ -413,8 +390,7 @@ class AnalysisWidget(_RunWidget):
         """A Tracks layer from the track table (track_id, t, (z), y, x; in µm, scaled onto the image)."""
         run = self.current_run
         table = next(Path(p) for p in written if Path(p).name.endswith("_tracks.csv"))
-        layer = tracks_layer(self.viewer, run.imageset, table, run.settings.get("voxel_size"),
-                             name=f"{table.name[:-len('.csv')]}")
+        layer = tracks_layer(self.viewer, run.imageset, table, run.settings.get("voxel_size"), name=table.stem)
         return f"added the Tracks layer {layer.name!r}" if layer is not None else "no tracks to show"
 
 
@@ -426,10 +402,8 @@ def read_tracks(path: str | Path, *, with_z: bool) -> tuple[Any, dict]:
         rows = list(csv.DictReader(f))
     columns = ["track_id", "t"] + (["z_um"] if with_z else []) + ["y_um", "x_um"]
     data = np.array([[float(row[c]) for c in columns] for row in rows], dtype=float).reshape(-1, len(columns))
-    graph: dict[int, list[int]] = {}
-    for row in rows:
-        if int(row["parent_id"]):
-            graph.setdefault(int(row["track_id"]), [int(row["parent_id"])])
+    # every row of a track has its parent (0: none)
+    graph = {int(row["track_id"]): [int(row["parent_id"])] for row in rows if int(row["parent_id"])}
     return data, graph
 
 
