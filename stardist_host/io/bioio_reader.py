@@ -28,9 +28,6 @@ __all__ = ["PLUGINS", "BioioImageSet"]
 
 log = logging.getLogger(__name__)
 
-#: Dimensions of one chunk of bioio's dask array: one (Y, X) plane, so that a plane read reads one plane.
-PLANE_CHUNKS = "YX"
-
 #: bioio plugin that reads each file ending (for the message when none is installed).
 PLUGINS = {
     ".czi": "bioio-czi", ".lif": "bioio-lif", ".nd2": "bioio-nd2", ".ome.tif": "bioio-ome-tiff",
@@ -50,17 +47,16 @@ def _open(path: Path, reader: Any):
     bioio = require("bioio", "bioio", purpose="reading microscope files (CZI, LIF, ND2 ...)")
     if not path.exists():
         raise InputFileError(f"{str(path)!r} does not exist")
-    kwargs = {"reader": reader} if reader is not None else {}
     try:
         try:
             # bioio's readers chunk by whole Z stacks by default: reading one plane would read its stack
-            return bioio.BioImage(str(path), chunk_dims=list(PLANE_CHUNKS), **kwargs)
+            return bioio.BioImage(str(path), reader=reader, chunk_dims=["Y", "X"])
         except TypeError as err:
             if "chunk_dims" not in str(err):
                 raise
             log.warning("the bioio reader for %s cannot read single planes (%s); each plane read may read more "
                         "of the file", path.name, err)
-            return bioio.BioImage(str(path), **kwargs)
+            return bioio.BioImage(str(path), reader=reader)
     except Exception as err:  # bioio raises UnsupportedFileFormatError, plugins their own errors
         kind = type(err).__name__
         if "Unsupported" in kind:
@@ -139,8 +135,8 @@ class BioioImageSet(ScratchChannelsImageSet):
     Notes
     -----
     RGB files (bioio's ``S`` dimension) give one channel per sample, named
-    ``"<channel> (R)"`` and so on.  Added channels are read back with :meth:`get_channeldata`, written with the input channels
-    to an OME-TIFF by :meth:`save` and deleted by :meth:`close`.
+    ``"<channel> (R)"`` and so on.  Added channels are read back with
+    :meth:`get_channeldata`, saved by :meth:`save` and deleted by :meth:`close`.
     """
 
     def __init__(

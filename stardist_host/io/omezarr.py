@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..errors import InputFileError, OutputError, ReadOnlyInputError, check_index, require
-from .imagesets import fit_to_dtype
+from .imagesets import ChannelChecks, fit_to_dtype
 from .tiff import UNITS_UM
 
 __all__ = ["NGFF_VERSIONS", "UNITS_UM", "OmeZarrImageSet"]
@@ -264,7 +264,7 @@ def _list_label(group, version: str, name: str, *, listed: bool) -> None:
         group.attrs["ome"] = {**attrs.get("ome", {}), "version": version, "labels": names}
 
 
-class OmeZarrImageSet:
+class OmeZarrImageSet(ChannelChecks):
     """An image set over one resolution level of an OME-Zarr image; new channels are NGFF label images.
 
     Parameters
@@ -315,11 +315,12 @@ class OmeZarrImageSet:
             self._role_at = [position.get(i) for i in range(len(meta.axes))]  # T, C, Z, Y, X or None, per axis
             self._array = group[self._level.path]
             shape = self._level.shape
-            self.time_point_count = shape[roles["T"]] if "T" in roles else 1
-            self.plane_count = shape[roles["Z"]] if "Z" in roles else 1
-            self.plane_shape = (shape[roles["Y"]], shape[roles["X"]])
-            self._n_input = shape[roles["C"]] if "C" in roles else 1
+            size = {role: shape[pos] for role, pos in roles.items()}
+            self.time_point_count, self.plane_count, self._n_input = (size.get(role, 1) for role in "TZC")
+            self.plane_shape = (size["Y"], size["X"])
             self._names = _channel_names(meta.omero, self._n_input)
+            # a label image's shape: the level's with a channel axis of size 1
+            self._label_shape = tuple(1 if role == "C" else n for role, n in zip(self._role_at, shape))
             self.voxel_size = _voxel_size(meta, self._level, roles, where)
         except InputFileError:
             raise
@@ -331,9 +332,10 @@ class OmeZarrImageSet:
         )
         self._labels_path = Path(labels_store) if labels_store is not None else self.path
         self._labels_root = None  # opened for writing at the first add_channel only
+        self._zarr_format = 2 if self._meta.version == "0.4" else 3  # the labels' is the input's
         self._overwrite = bool(overwrite)
-        self._attached: set[str] = set()  # label images of earlier runs (open_label_channel): never deleted
-        self._added: list[tuple[str, Any]] = []  # (name, zarr array) of each label channel
+        # (name, zarr array, attached) per label channel; attached: an earlier run's (open_label_channel), never deleted
+        self._added: list[tuple[str, Any, bool]] = []
 
     # ------------------------------------------------------------------ description
 
@@ -363,7 +365,7 @@ class OmeZarrImageSet:
 
     @property
     def channel_names(self) -> list[str]:
-        return self._names + [name for name, _ in self._added]
+        return self._names + [name for name, *_ in self._added]
 
     def label_image_path(self, channel: int) -> Path:
         """The folder ``labels/<name>`` of an added channel."""
@@ -374,10 +376,8 @@ class OmeZarrImageSet:
 
     # ------------------------------------------------------------------ planes
 
-    def _check(self, channel: int, plane: int, time_point: int) -> None:
+    def _check_channel(self, channel: int) -> None:
         check_index("channel", channel, self.channel_count, noun="channels", names=self.channel_names)
-        check_index("plane", plane, self.plane_count, noun="planes")
-        check_index("time_point", time_point, self.time_point_count, noun="time points")
 
     def _index(self, channel: int, plane: int, time_point: int) -> tuple:
         """The array index of one (Y, X) plane: a whole number on every axis but y and x."""
@@ -404,10 +404,7 @@ class OmeZarrImageSet:
                 f"channel {channel} comes from the input {self.path.name}, which is never modified; "
                 "write results to a channel made with add_channel"
             )
-        if tuple(np.shape(data)) != tuple(self.plane_shape):
-            raise ValueError(
-                f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}"
-            )
+        self._check_plane(data)
         array = self._added[channel - self._n_input][1]
         data = fit_to_dtype(data, np.dtype(array.dtype), f"channel {channel}, plane {plane}, time point {time_point}")
         if self._roles["Y"] > self._roles["X"]:
@@ -416,13 +413,9 @@ class OmeZarrImageSet:
 
     # ------------------------------------------------------------------ label channels
 
-    def _label_shape(self) -> tuple[int, ...]:
-        """The level's shape with a channel axis of size 1: a label image's."""
-        return tuple(1 if role == "C" else n for role, n in zip(self._role_at, self._level.shape))
-
     def _labels_group(self):
         if self._labels_root is None:
-            self._labels_root = _open_labels_root(self._labels_path, _zarr_format_of(self._meta))
+            self._labels_root = _open_labels_root(self._labels_path, self._zarr_format)
         return self._labels_root.require_group("labels")
 
     def _source(self) -> str:
@@ -450,7 +443,7 @@ class OmeZarrImageSet:
         if dtype.kind not in "iu":
             raise ValueError(f"dtype={dtype}: an OME-Zarr label image holds whole numbers; use an integer type "
                              "such as uint16 or uint32")
-        if name in (n for n, _ in self._added):
+        if name in (n for n, *_ in self._added):
             raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
         labels = self._labels_group()
         if name in labels:
@@ -459,16 +452,15 @@ class OmeZarrImageSet:
                                   "name, or replace it with overwrite=True (scripts: OVERWRITE = True)")
             log.info("replacing the label image %s", self._labels_path / "labels" / name)
             del labels[name]
-        shape = self._label_shape()
-        chunks = tuple(n if role in ("Y", "X") else 1 for role, n in zip(self._role_at, shape))
+        chunks = tuple(n if role in ("Y", "X") else 1 for role, n in zip(self._role_at, self._label_shape))
         image = labels.require_group(name)
-        array = _create_plane_array(image, "0", shape=shape, chunks=chunks, dtype=dtype,
+        array = _create_plane_array(image, "0", shape=self._label_shape, chunks=chunks, dtype=dtype,
                                     dim_names=[str(a.get("name")) for a in self._meta.axes],
-                                    zarr_format=_zarr_format_of(self._meta))
+                                    zarr_format=self._zarr_format)
         image.attrs.update(_label_attrs(self._meta, self._level, name, self._source()))
         # listed last, so a reader never finds a listed label image without its metadata
         _list_label(labels, self._meta.version, name, listed=True)
-        self._added.append((name, array))
+        self._added.append((name, array, False))
         return self.channel_count - 1
 
     def label_image_exists(self, name: str) -> bool:
@@ -493,14 +485,12 @@ class OmeZarrImageSet:
         if name not in labels or "0" not in labels[name]:
             raise OutputError(f"{where!r} is not a label image (no array '0'); nothing to continue")
         array = labels[name]["0"]
-        shape = self._label_shape()
-        if tuple(array.shape) != shape or np.dtype(array.dtype).kind not in "iu":
+        if tuple(array.shape) != self._label_shape or np.dtype(array.dtype).kind not in "iu":
             raise OutputError(f"{where!r} holds an array of shape {tuple(array.shape)} and type {array.dtype}, but a "
-                              f"label image of {self.path.name} has shape {shape} and an integer type")
-        if name in (n for n, _ in self._added):
+                              f"label image of {self.path.name} has shape {self._label_shape} and an integer type")
+        if name in (n for n, *_ in self._added):
             raise OutputError(f"name={name!r}: this image set has a label channel of that name already")
-        self._added.append((name, array))
-        self._attached.add(name)
+        self._added.append((name, array, True))
         return self.channel_count - 1
 
     def remove_channel(self, index: int) -> None:
@@ -520,9 +510,8 @@ class OmeZarrImageSet:
         if index < self._n_input:
             raise ReadOnlyInputError(f"channel {index} comes from the input {self.path.name}, which is never modified; "
                                   "only channels made with add_channel can be removed")
-        name, _ = self._added.pop(index - self._n_input)
-        if name in self._attached:  # an earlier run's label image, attached to continue it: let go, keep it
-            self._attached.discard(name)
+        name, _, attached = self._added.pop(index - self._n_input)
+        if attached:  # an earlier run's label image, attached to continue it: let go, keep it
             return
         labels = self._labels_group()
         del labels[name]
@@ -537,7 +526,3 @@ class OmeZarrImageSet:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _zarr_format_of(meta: _Meta) -> int:
-    return 2 if meta.version == "0.4" else 3

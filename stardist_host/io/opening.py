@@ -52,5 +52,5 @@ def open_imageset(
 def is_omezarr(path: str | os.PathLike) -> bool:
     """Whether ``path`` names an OME-Zarr store: a name ending in .zarr, or a folder holding a Zarr group."""
     p = Path(path)
-    return p.name.lower().rstrip("/").endswith(".zarr") or (p.is_dir() and any(
+    return p.name.lower().endswith(".zarr") or (p.is_dir() and any(
         (p / n).is_file() for n in ("zarr.json", ".zgroup")))

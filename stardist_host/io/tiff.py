@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 BIGTIFF_LIMIT = 2**32 - 2**25  # 4 GiB less room for the directories and metadata
 
 _HOST_AXES = "TCZYX"
-# tifffile's axes codes that we accept, and what they become
-_AXIS_ALIASES = {"S": "C", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
 # the example in the error for a file whose axes are unknown, by number of dimensions
 _EXAMPLE_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
 
@@ -74,13 +72,12 @@ def _resolve_axes(path: Path, file_axes: str, shape: tuple[int, ...], axes: str 
                 f"give one letter per dimension from T, C, Z, Y, X, each at most once (e.g. 'ZYX')"
             )
         return given
-    resolved = file_axes
-    if "S" in resolved and "C" in resolved:
+    if "S" in file_axes and "C" in file_axes:
         raise TiffError(
             f"{path.name} has both colour samples and channels (axes {file_axes}); "
             "convert it to one grey value per channel first"
         )
-    resolved = "".join(_AXIS_ALIASES.get(a, a) for a in resolved)
+    resolved = file_axes.replace("S", "C")  # colour samples become channels
     unknown = [a for a in resolved if a not in _HOST_AXES]
     if unknown:
         raise TiffError(
@@ -118,8 +115,9 @@ def _micrometres(value, unit: str, *, where: str) -> float | None:
     return size
 
 
-def _voxel(z: float | None, y: float | None, x: float | None) -> tuple | None:
-    """(z, y, x) where the pixel size is known, z left None when only it is unknown."""
+def _voxel(values: Sequence, units: Sequence[str], where: str) -> tuple | None:
+    """(z, y, x) in µm of ``values`` (None where absent) in ``units``; None where y or x is unknown, z may be None."""
+    z, y, x = (None if value is None else _micrometres(value, unit, where=where) for value, unit in zip(values, units))
     return None if y is None or x is None else (z, y, x)
 
 
@@ -134,14 +132,9 @@ def _ome_metadata(tif: tifffile.TiffFile, index: int, n_series: int) -> tuple[li
     if isinstance(channels, dict):
         channels = [channels]
     names = [str(ch.get("Name", "")) for ch in channels]
-    where = f"{Path(tif.filename).name} (OME PhysicalSize)"
-    # OME's default unit is the micrometre
-    z, y, x = (
-        None if pixels.get(f"PhysicalSize{a}") is None
-        else _micrometres(pixels[f"PhysicalSize{a}"], pixels.get(f"PhysicalSize{a}Unit", "µm"), where=where)
-        for a in "ZYX"
-    )
-    return names, _voxel(z, y, x)
+    values = [pixels.get(f"PhysicalSize{a}") for a in "ZYX"]
+    units = [pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "ZYX"]  # OME's default unit is the micrometre
+    return names, _voxel(values, units, f"{Path(tif.filename).name} (OME PhysicalSize)")
 
 
 def _imagej_voxel(tif: tifffile.TiffFile) -> tuple | None:
@@ -151,11 +144,8 @@ def _imagej_voxel(tif: tifffile.TiffFile) -> tuple | None:
     xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
     if xres is None or yres is None or "unit" not in meta:
         return None
-    where = f"{Path(tif.filename).name} (ImageJ calibration)"
-    x = _micrometres(xres.value[1] / xres.value[0], meta["unit"], where=where)
-    y = _micrometres(yres.value[1] / yres.value[0], meta["unit"], where=where)
-    z = _micrometres(meta["spacing"], meta["unit"], where=where) if "spacing" in meta else None
-    return _voxel(z, y, x)
+    values = (meta.get("spacing"), yres.value[1] / yres.value[0], xres.value[1] / xres.value[0])
+    return _voxel(values, [meta["unit"]] * 3, f"{Path(tif.filename).name} (ImageJ calibration)")
 
 
 class _Part:
@@ -177,6 +167,8 @@ class _Part:
         in_pages = self.axes[:-1] if self.samples else self.axes
         self.page_axes = [a for a in in_pages if a not in "YX"]
         self.page_shape = [self.sizes[a] for a in self.page_axes]
+        self.n_pages = int(np.prod(self.page_shape))
+        self.geometry = tuple(self.sizes[a] for a in "TZYX")
         # uncompressed contiguous data are read at their offset, in the file's byte order
         self.offset = int(series.dataoffset) if series.dataoffset is not None and in_pages.endswith("YX") else None
         self.file_dtype = np.dtype(tif.byteorder + self.dtype.char)
@@ -185,10 +177,23 @@ class _Part:
         self.in_memory: NDArray | None = None
         self.names: list[str] = []
         self.voxel: tuple | None = None
+        try:
+            if tif.is_ome:
+                self.names, self.voxel = _ome_metadata(tif, index, len(tif.series))
+            elif tif.is_imagej:
+                self.voxel = _imagej_voxel(tif)
+                self.names = self._imagej_names(tif)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, SyntaxError) as err:  # damaged: go on
+            log.warning("%s: could not read its physical sizes or channel names (%s)", path.name, err)
+        if len(self.names) != self.sizes["C"] or not all(self.names):
+            self.names = []
 
-    @property
-    def geometry(self) -> tuple[int, int, int, int]:
-        return self.sizes["T"], self.sizes["Z"], self.sizes["Y"], self.sizes["X"]
+    def _imagej_names(self, tif: tifffile.TiffFile) -> list[str]:
+        """ImageJ keeps channel names as slice labels (one per page): take those of the first time point and plane."""
+        labels = (tif.imagej_metadata or {}).get("Labels")
+        if self.samples or "C" not in self.axes or not isinstance(labels, list) or len(labels) != self.n_pages:
+            return []
+        return [str(labels[self.page_of(0, c, 0)]) for c in range(self.sizes["C"])]
 
     def page_of(self, t: int, c: int, z: int) -> int:
         index = {"T": t, "C": c, "Z": z}
@@ -203,14 +208,11 @@ class _Part:
         at = np.unravel_index(page, self.page_shape)
         return ", ".join(f"{a.lower()}={int(i)}" for a, i in zip(self.page_axes, at))
 
-    def n_pages(self) -> int:
-        return int(np.prod(self.page_shape))
-
     def check_within(self, size: int, tif: tifffile.TiffFile) -> None:
         """Raise TiffError if some of the series' data lie beyond the file's ``size`` bytes."""
         if self.offset is not None:
             page_bytes = int(np.prod(self.plane_shape)) * self.dtype.itemsize
-            if self.offset + self.n_pages() * page_bytes <= size:
+            if self.offset + self.n_pages * page_bytes <= size:
                 return
             self._truncated(size, max(0, (size - self.offset) // page_bytes))
         for k, page in enumerate(self.series.pages):
@@ -225,7 +227,7 @@ class _Part:
     def _truncated(self, size: int, whole: int) -> None:
         last = "no plane can be read"
         if whole:
-            last = f"the last plane that can be read whole is {self.where(whole - 1)} (page {whole - 1} of {self.n_pages()})"
+            last = f"the last plane that can be read whole is {self.where(whole - 1)} (page {whole - 1} of {self.n_pages})"
         raise TiffError(
             f"{self.path.name} is truncated ({size} bytes, its data need more): {last} "
             "(an interrupted copy or download? copy the file again)"
@@ -237,8 +239,7 @@ class _Part:
                 log.warning("%s: its pages are not single planes; reading the whole image into memory", self.path.name)
                 with lock:
                     self.in_memory = self.series.asarray().reshape(self.shape)
-            index = {"T": t, "C": c, "Z": z}
-            return self.in_memory[tuple(index.get(a, slice(None)) for a in self.axes)].copy()
+            return self.in_memory[tuple({"T": t, "C": c, "Z": z}.get(a, slice(None)) for a in self.axes)].copy()
         page = self.page_of(t, c, z)
         if self.offset is not None:
             out = np.empty(self.plane_shape, self.file_dtype)
@@ -309,16 +310,15 @@ class TiffReader:
     def _choose(self, axes: str | None, series: int | None) -> list[_Part]:
         """The series to read: the one asked for, the only one, or all where they share T, Z, Y, X."""
         count = len(self._tif.series)
-        if series is not None:
+        if series is not None or count == 1:
+            series = 0 if series is None else series
             if isinstance(series, bool) or not isinstance(series, (int, np.integer)) or not 0 <= series < count:
                 raise TiffError(
                     f"series={series!r}: {self.path.name} holds images (series) 0..{count - 1}: {self._listing()}"
                 )
-            return [self._part(int(series), axes)]
-        if count == 1:
-            return [self._part(0, axes)]
+            return [_Part(self._tif, int(series), self.path, axes)]
         try:
-            parts = [self._part(i, axes) for i in range(count)]
+            parts = [_Part(self._tif, i, self.path, axes) for i in range(count)]
         except TiffError:
             parts = []
         if not parts or len({p.geometry for p in parts}) != 1:
@@ -332,20 +332,6 @@ class TiffReader:
         return "; ".join(
             f"{i}: {s.axes} {'x'.join(map(str, s.shape))} {s.dtype}" for i, s in enumerate(self._tif.series)
         )
-
-    def _part(self, index: int, axes: str | None) -> _Part:
-        part = _Part(self._tif, index, self.path, axes)
-        try:
-            if self._tif.is_ome:
-                part.names, part.voxel = _ome_metadata(self._tif, index, len(self._tif.series))
-            elif self._tif.is_imagej:
-                part.voxel = _imagej_voxel(self._tif)
-                part.names = self._imagej_channel_names(part.axes, part.shape)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, SyntaxError) as err:  # damaged: go on
-            log.warning("%s: could not read its physical sizes or channel names (%s)", self.path.name, err)
-        if len(part.names) != part.sizes["C"] or not all(part.names):
-            part.names = []
-        return part
 
     def _layout(self) -> TiffLayout:
         first = self._parts[0]
@@ -363,18 +349,6 @@ class TiffReader:
             t, z, y, x = first.geometry
             axes, shape = _HOST_AXES, (t, len(names), z, y, x)
         return TiffLayout(axes, shape, tuple(names), first.voxel, dtypes)
-
-    def _imagej_channel_names(self, axes: str, shape: tuple[int, ...]) -> list[str]:
-        """ImageJ keeps channel names as slice labels: take those of the first time point and plane."""
-        labels = (self._tif.imagej_metadata or {}).get("Labels")
-        page_shape = [n for a, n in zip(axes, shape) if a not in "YX"]
-        if not isinstance(labels, list) or len(labels) != int(np.prod(page_shape)) or "C" not in axes:
-            return []
-        page_axes = [a for a in axes if a not in "YX"]
-        return [
-            str(labels[int(np.ravel_multi_index([c if a == "C" else 0 for a in page_axes], page_shape))])
-            for c in range(shape[axes.index("C")])
-        ]
 
     def plane(self, t: int, c: int, z: int) -> NDArray:
         """Return a new (Y, X) array: the plane of time point ``t``, channel ``c``, plane ``z``."""
@@ -626,10 +600,9 @@ def write_ome_images(
         resolution = (1e4 / x, 1e4 / y)  # pixels per centimetre, for readers that ignore OME
     with atomic_write(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as writer:
         for image in images:
-            dtype = np.dtype(image.dtype)
             writer.write(
-                data=(np.asarray(p).astype(dtype, copy=False) for p in image.planes),
-                shape=tuple(image.shape), dtype=dtype, photometric="minisblack",
+                data=(np.asarray(p).astype(image.dtype, copy=False) for p in image.planes),
+                shape=tuple(image.shape), dtype=image.dtype, photometric="minisblack",
                 metadata={"axes": _HOST_AXES, "Channel": {"Name": list(image.channel_names)}, **sizes},
                 resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
             )
