@@ -115,7 +115,6 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    delay = _RETRY_DELAY
     for attempt in range(REPLACE_RETRIES):
         try:
             os.replace(tmp, path)
@@ -123,8 +122,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         except PermissionError as err:  # Windows: the target is open elsewhere
             last = err
             if attempt < REPLACE_RETRIES - 1:
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(_RETRY_DELAY * 2**attempt)
         except OSError as err:
             last = err
             break

@@ -6,8 +6,9 @@ import logging
 import os
 import tempfile
 import threading
+from itertools import product
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -35,9 +36,7 @@ def fit_to_dtype(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
     """
     data = np.asarray(data)
     dtype = np.dtype(dtype)
-    if data.dtype == dtype or data.size == 0:
-        return data.astype(dtype, copy=False)
-    if np.issubdtype(dtype, np.integer):
+    if data.dtype != dtype and data.size and np.issubdtype(dtype, np.integer):
         if data.dtype.kind in "fc":
             if not np.isfinite(data).all():
                 raise ValueError(f"{what}: NaN or infinite values cannot be stored in the channel's type {dtype}")
@@ -53,14 +52,16 @@ def fit_to_dtype(data: NDArray, dtype: np.dtype, what: str) -> NDArray:
             raise OverflowError(
                 f"{what}: values {lo}..{hi} do not fit the channel's type {dtype} ({info.min}..{info.max})"
             )
-    return data.astype(dtype)
+    return data.astype(dtype, copy=False)
 
 
 class ChannelChecks:
     """Index and shape checks, and the removal of added channels, that the image sets share.
 
     A subclass has ``_n_input`` input channels (never modified), named by the
-    first names of ``_names``, and implements :meth:`_input_is` and :meth:`_drop`.
+    first names of ``_names``, and implements ``_input_is()`` (what an input
+    channel is, for the message that refuses to change it) and ``_drop(index)``
+    (forget the added channel ``index``).
     """
 
     channel_count: int
@@ -86,17 +87,9 @@ class ChannelChecks:
         if tuple(np.shape(data)) != tuple(self.plane_shape):
             raise ValueError(f"plane of shape {np.shape(data)} given, but the image set's planes are {self.plane_shape}")
 
-    def _input_is(self) -> str:
-        """What an input channel is, for the message that refuses to change it."""
-        raise NotImplementedError
-
     def _refuse_input(self, channel: int, doing: str) -> None:
         if channel < self._n_input:
             raise ReadOnlyInputError(f"channel {channel} ({self._names[channel]!r}) {self._input_is()}; {doing}")
-
-    def _drop(self, index: int) -> None:
-        """Forget the added channel ``index``."""
-        raise NotImplementedError
 
     def remove_channel(self, index: int) -> None:
         """Remove a channel made with ``add_channel`` and what holds it; the channels after it move down by one.
@@ -230,8 +223,8 @@ class ScratchChannelsImageSet(ChannelChecks):
     A subclass sets ``path``, ``time_point_count``, ``plane_count``,
     ``plane_shape``, ``voxel_size``, ``current_time_point``, the input's
     channel count ``_n_input`` and names ``_names``, calls
-    :meth:`_init_scratch`, and implements :meth:`_read_input`,
-    :meth:`_input_dtype` and ``close``.  Channels made with :meth:`add_channel`
+    :meth:`_init_scratch`, and implements ``_read_input(channel, plane, time_point)``,
+    ``_input_dtype(channel)`` and ``close``.  Channels made with :meth:`add_channel`
     are kept in scratch files in a hidden folder
     (:func:`stardist_host.io.files.scratch_dir`), so memory does not grow with
     the data; :meth:`_close_scratch` deletes them.
@@ -244,9 +237,6 @@ class ScratchChannelsImageSet(ChannelChecks):
         self._made = 0  # scratch names are never reused, even after remove_channel
         self._scratch_parent = scratch_dir
         self._scratch: tempfile.TemporaryDirectory | None = None
-
-    def _read_input(self, channel: int, plane: int, time_point: int) -> NDArray:
-        raise NotImplementedError
 
     @property
     def channel_count(self) -> int:
@@ -284,9 +274,6 @@ class ScratchChannelsImageSet(ChannelChecks):
         channel.close()
         channel.path.unlink(missing_ok=True)
         del self._names[index]
-
-    def _input_dtype(self, channel: int) -> np.dtype:
-        raise NotImplementedError
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -351,18 +338,14 @@ class ScratchChannelsImageSet(ChannelChecks):
         if not channels:
             raise ValueError(f"labels_only=True, but no channel was added to {self.path.name}; nothing to write")
         images = [
-            OmeImage(self._planes([channels[p] for p in positions]),
+            # product() takes ``positions`` now, where a nested ``for`` would see the last image's
+            OmeImage((self.get_channeldata(channels[p], z, t)
+                      for t, p, z in product(range(self.time_point_count), positions, range(self.plane_count))),
                      (self.time_point_count, len(positions), self.plane_count, *self.plane_shape),
                      dtype, [self._names[channels[p]] for p in positions])
             for dtype, positions in self.saved_layout(labels_only=labels_only).images
         ]
         return write_ome_images(path, images, voxel_size=self.voxel_size)
-
-    def _planes(self, channels: list[int]) -> Iterator[NDArray]:
-        for t in range(self.time_point_count):
-            for c in channels:
-                for z in range(self.plane_count):
-                    yield self.get_channeldata(c, z, t)
 
     def _close_scratch(self) -> None:
         for channel in self._added:

@@ -57,9 +57,8 @@ def write_tiff_output(imageset, out: str | os.PathLike, stem: str, *, label_chan
         Empty where the file is one OME image; else how its images are laid
         out (float input cannot share an image with integer labels), for the summary.
     """
-    out = Path(out)
     if formats:
-        export_objects(imageset, label_channel=label_channel, out_dir=out.parent, stem=stem, formats=formats,
+        export_objects(imageset, label_channel=label_channel, out_dir=Path(out).parent, stem=stem, formats=formats,
                        ndim=ndim, time_points=list(time_points), overwrite=overwrite)
     imageset.save(out, labels_only=labels_only)
     layout = imageset.saved_layout(labels_only=labels_only)

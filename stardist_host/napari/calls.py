@@ -47,8 +47,7 @@ class GuiCalls(QObject):
 
     _request = Signal(object)
 
-    def __init__(self, stopped: Callable[[], bool] = lambda: False,
-                 reason: Callable[[], str] = lambda: "the run was stopped") -> None:
+    def __init__(self, stopped: Callable[[], bool], reason: Callable[[], str]) -> None:
         super().__init__()
         self._stopped, self._reason = stopped, reason
         self._request.connect(self._answer)

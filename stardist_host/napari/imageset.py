@@ -149,18 +149,17 @@ def _voxel_size(layer, axes: str) -> tuple[float | None, float, float] | None:
     return sizes.get("Z"), sizes["Y"], sizes["X"]
 
 
-def _keep(axes: str) -> list[int]:
-    """The positions of the axes but C: those of a label image of the layer."""
-    return [i for i, letter in enumerate(axes) if letter != "C"]
+def _without_c(axes: str, values) -> tuple:
+    """``values`` (one per axis of ``axes``) but the C axis's: those of a label image of the layer."""
+    return tuple(value for value, letter in zip(values, axes) if letter != "C")
 
 
 def label_layers(viewer, image, axes: str | None = None) -> list:
     """The Labels layers that fit ``image``: its shape without the channel axis and its scale, in the viewer's order."""
     from napari.layers import Labels
 
-    keep = _keep(layer_axes(viewer, image, axes))
-    shape = tuple(image.data.shape[i] for i in keep)
-    scale = [image.scale[i] for i in keep]
+    axes = layer_axes(viewer, image, axes)
+    shape, scale = _without_c(axes, image.data.shape), _without_c(axes, image.scale)
     return [other for other in viewer.layers
             if isinstance(other, Labels) and other.data.shape == shape and np.allclose(other.scale, scale)]
 
@@ -286,18 +285,12 @@ class NapariImageSet(ChannelChecks):
         A float channel (OUTPUT_PROBABILITY) is an Image layer, 0..1 in magma, blended over the input.
         """
         image = self._image
-        keep = _keep(self.axes)
-        shape = tuple(image.data.shape[i] for i in keep)
-        options: dict[str, Any] = {
-            "name": name,
-            "scale": tuple(image.scale[i] for i in keep),
-            "translate": tuple(image.translate[i] for i in keep),
-        }
-        for attr in ("axis_labels", "units"):  # napari >= 0.6
-            values = tuple(getattr(image, attr, ()) or ())
-            if len(values) == image.ndim:
-                options[attr] = tuple(values[i] for i in keep)
-        data = np.zeros(shape, dtype=np.dtype(dtype))
+        options: dict[str, Any] = {"name": name}
+        for attr in ("scale", "translate", "axis_labels", "units"):  # the last two: napari >= 0.6
+            values = getattr(image, attr, None)
+            if values is not None and len(values) == image.ndim:
+                options[attr] = _without_c(self.axes, values)
+        data = np.zeros(_without_c(self.axes, image.data.shape), dtype=np.dtype(dtype))
         if data.dtype.kind == "f":  # OUTPUT_PROBABILITY: an image over the input, not labels
             layer = self.viewer.add_image(data, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
                                           **options)
@@ -323,7 +316,7 @@ class NapariImageSet(ChannelChecks):
         if not isinstance(layer, Labels):
             raise LayerError(f"layer {getattr(layer, 'name', layer)!r} is not a Labels layer; only Labels layers "
                              "join an image's channels as label channels")
-        shape = tuple(image.data.shape[i] for i in _keep(self.axes))
+        shape = _without_c(self.axes, image.data.shape)
         if layer.data.shape != shape:
             raise LayerError(f"Labels layer {layer.name!r} has the shape {layer.data.shape}; the channels of "
                              f"{image.name!r} have {shape}")

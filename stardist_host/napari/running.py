@@ -130,7 +130,9 @@ class _ThreadRun:
         if self.worker.abort_requested:  # napari >= 0.6; 0.5 names the layers its closing removed
             self.reason = "the viewer was closed during the run"
         if isinstance(outcome, BaseException) and self.reason:  # the stop, or what the removal made fail first
-            show_error(f"{self.title} stopped: {self.reason}; {_after(outcome)}nothing was kept")
+            at = str(outcome).find(" after ")  # a Cancelled message's "after 5 of 30 planes"
+            after = f"{str(outcome)[at + 1:].split(';')[0]}; " if at >= 0 else ""
+            show_error(f"{self.title} stopped: {self.reason}; {after}nothing was kept")
         elif isinstance(outcome, Cancelled):
             show_info(f"{self.title} {one_line(outcome)}; {self.cancelled_note}")
         elif isinstance(outcome, BaseException):
@@ -246,10 +248,3 @@ class AnalysisRun(_ThreadRun):
         extra = self._after_run(outcome) if self._after_run is not None else ""
         names = ", ".join(Path(p).name for p in outcome)
         return f"{self.title}: wrote {names} in {Path(self.output_folder)}" + (f"; {extra}" if extra else "")
-
-
-def _after(err: Cancelled) -> str:
-    """ "after 5 of 30 planes; " from a Cancelled message, or nothing."""
-    text = str(err)
-    at = text.find(" after ")
-    return f"{text[at + 1:].split(';')[0]}; " if at >= 0 else ""

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox
 
 from ..analyses.jobs import JOBS
@@ -340,7 +341,7 @@ class AnalysisWidget(_RunWidget):
     def imageset(self) -> NapariImageSet:
         """The image set of the chosen layer, its label channels after its own."""
         layers = self.input_layers()
-        labels = label_layers(self.viewer, layers[0], self._axes()) if len(layers) else []
+        labels = label_layers(self.viewer, layers[0], self._axes())
         return NapariImageSet(self.viewer, layers, axes=self._axes(), labels=labels)
 
     def settings(self) -> dict[str, Any]:
@@ -396,8 +397,6 @@ class AnalysisWidget(_RunWidget):
 
 def read_tracks(path: str | Path, *, with_z: bool) -> tuple[Any, dict]:
     """The rows (track_id, t, (z_um), y_um, x_um) of a track table, and its divisions as napari's graph."""
-    import numpy as np
-
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     columns = ["track_id", "t"] + (["z_um"] if with_z else []) + ["y_um", "x_um"]

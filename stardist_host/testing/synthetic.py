@@ -66,10 +66,7 @@ def _start(shape: tuple[int, ...], anisotropy: float, seed: int) -> tuple[np.ran
     """The scene's random generator and its voxel scale (Z voxel over lateral voxel in 3D, else 1)."""
     if len(shape) not in (2, 3):
         raise ValueError(f"shape must be (Y, X) or (Z, Y, X), got {shape!r}")
-    scale = np.ones(len(shape))
-    if len(shape) == 3:
-        scale[0] = anisotropy
-    return np.random.default_rng(seed), scale
+    return np.random.default_rng(seed), np.array([anisotropy, 1.0, 1.0])[-len(shape):]
 
 
 def _place(shape: tuple[int, ...], n: int, radius: tuple[float, float], scale: NDArray,
@@ -249,11 +246,11 @@ def moving_nuclei(
         pos, vel, ids = np.array(new_pos), np.array(new_vel), np.array(new_ids)
         vel[(pos < margin) | (pos > size - margin)] *= -1
         pos = np.clip(pos, margin, size - margin)
-    # the daughters' labels in the frame after the division
+    # the daughters' labels in the frame after the division (never the last frame, so there are always two)
     by_link: dict[tuple[int, int], list[int]] = {}
     for t, a, b in links:
         by_link.setdefault((t, a), []).append(b)
-    divisions = [(t, m, *sorted(by_link[(t, m)])) for t, m in dividing if len(by_link.get((t, m), [])) == 2]
+    divisions = [(t, m, *sorted(by_link[(t, m)])) for t, m in dividing]
     return labels, links, divisions
 
 
@@ -270,11 +267,10 @@ def atlas_scene(
     edges = np.linspace(10, x - 10, len(counts) + 1).astype(int)
     for i in range(len(counts)):
         atlas[2:-2, 10:-10, edges[i]:edges[i + 1]] = i + 1
-    inner = {r: ndimage.binary_erosion(atlas == r, iterations=2) for r in range(len(counts) + 1)}
     centres: list[NDArray] = []
     truth = {}
     for region, count in enumerate((outside, *counts)):
-        spots = np.argwhere(inner[region])
+        spots = np.argwhere(ndimage.binary_erosion(atlas == region, iterations=2))
         placed = 0
         for spot in spots[rng.permutation(len(spots))]:
             if placed == count:
