@@ -38,29 +38,16 @@ def _versions() -> str:
     )
 
 
-def _python() -> str:
-    return f"{platform.python_version()} at {sys.executable}"
-
-
-def _gpus() -> str:
-    from .segmentation.device import visible_gpus
-
-    gpus = visible_gpus()
-    return ", ".join(gpus) if gpus else "none (TensorFlow runs on the CPU; see README for GPU set-up)"
-
-
 def _host() -> str:
     """Whether a host handed over an image set, and the thread the script (and every image-set call) runs on."""
     import threading
 
-    from .errors import NoImageSetError
-    from .host import active_imageset
+    from .host import active_imageset_or_none
 
     thread = threading.current_thread()
     where = f"thread {thread.name!r} (id {thread.ident}{', the main thread' if thread is threading.main_thread() else ''})"
-    try:
-        imageset = active_imageset()
-    except NoImageSetError:
+    imageset = active_imageset_or_none()
+    if imageset is None:
         return f"no active image set (headless, or the host's adapter has not called set_active_imageset); {where}"
     shape = (imageset.time_point_count, imageset.channel_count, imageset.plane_count, *imageset.plane_shape)
     return (f"inside a host: active image set {type(imageset).__name__}, TCZYX {'x'.join(map(str, shape))}, "
@@ -100,22 +87,21 @@ def _precision() -> str:
     from .segmentation.precision import native_support
 
     support, device = native_support()
-    if support.dtype is None:
-        return f'PRECISION="auto" runs the network in float32 on the {device}: {support.reason}'
-    return f'PRECISION="auto" runs the network in {support.dtype} (mixed precision): {support.reason}'
+    how = f"float32 on the {device}" if support.dtype is None else f"{support.dtype} (mixed precision)"
+    return f'PRECISION="auto" runs the network in {how}: {support.reason}'
 
 
 def run_checks(*, use_gpu: bool = True) -> bool:
     """Run every check, print one line each, and return whether all passed."""
-    from .segmentation.device import configure_device
+    from .segmentation.device import configure_device, visible_gpus
 
     checks: list[tuple[str, Callable[[], str]]] = [
-        ("python", _python),
+        ("python", lambda: f"{platform.python_version()} at {sys.executable}"),
         ("host", _host),
         ("packages", _versions),
         ("device", lambda: configure_device(use_gpu)),
         ("precision", _precision),
-        ("GPUs", _gpus),
+        ("GPUs", lambda: ", ".join(visible_gpus()) or "none (TensorFlow runs on the CPU; see README for GPU set-up)"),
         ("bundled models", _bundled_models),
         ("2D sample", partial(_sample_run, 2, use_gpu)),
         ("3D sample", partial(_sample_run, 3, use_gpu)),

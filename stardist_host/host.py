@@ -23,7 +23,7 @@ from numpy.typing import DTypeLike, NDArray
 from .errors import NoImageSetError
 
 __all__ = ["ImageSet", "Progress", "Cancel", "MEMBERS", "set_active_imageset", "active_imageset", "check_imageset",
-           "check_voxel_size", "NoImageSetError"]
+           "check_voxel_size", "NoImageSetError", "active_imageset_or_none"]
 
 #: progress(done, total) is called after each plane (2D) or volume (3D), on the thread that started the run.
 Progress = Callable[[int, int], None]
@@ -103,12 +103,9 @@ def check_voxel_size(voxel_size) -> tuple[float | None, float, float] | None:
     """
     if voxel_size is None:
         return None
-    vs = tuple(voxel_size)
-    ok = len(vs) == 3 and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and 0 < v < float("inf")
-        for v in vs[1:]
-    ) and (vs[0] is None or isinstance(vs[0], (int, float, np.integer, np.floating)) and 0 < vs[0] < float("inf"))
-    if not ok:
+    vs, number = tuple(voxel_size), (int, float, np.integer, np.floating)
+    ok = len(vs) == 3 and all(isinstance(v, number) and not isinstance(v, bool) and 0 < v < np.inf for v in vs[1:])
+    if not ok or not (vs[0] is None or isinstance(vs[0], number) and 0 < vs[0] < np.inf):
         raise ValueError(
             f"voxel_size={voxel_size!r}: must be (z, y, x) in µm, three positive numbers (z may be None "
             "where the Z spacing is unknown), or None"
@@ -130,5 +127,10 @@ def active_imageset() -> ImageSet:
             "stardist_host.host.set_active_imageset(imageset) first; headless, run the script as "
             "'python scripts/stardist_2d.py INPUT.tif OUTPUT.tif'"
         )
+    return _active
+
+
+def active_imageset_or_none() -> ImageSet | None:
+    """Return the image set a host registered with :func:`set_active_imageset`, or None where none is."""
     return _active
 

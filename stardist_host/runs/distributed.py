@@ -83,16 +83,15 @@ class Source:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a worker writes labels: an NGFF label image (``store/labels/name``) or a scratch TZYX array."""
+    """Where labels go: an OME-Zarr input's NGFF label image (``store/labels/name``), else a scratch TZYX array."""
 
-    kind: str  # "ngff" or "scratch"
     store: str
     name: str
     source: Source
 
     @property
     def folder(self) -> Path:
-        return Path(self.store) / "labels" / self.name if self.kind == "ngff" else Path(self.store)
+        return Path(self.store) / "labels" / self.name if self.source.kind == "zarr" else Path(self.store)
 
     @property
     def journal(self) -> Journal:
@@ -104,9 +103,7 @@ class Task:
     """Everything a task needs besides its units: the settings themselves, and what the client resolved."""
 
     settings: Settings
-    source: Source
     target: Target
-    channel: int | tuple[int, ...]  # a tuple: a model's several input channels
     dtype: str
     scale: tuple[float, ...] | None
     normalisation: Normalisation  # resolved: a time series' intensities computed once, by the client
@@ -181,7 +178,7 @@ class _NgffPlanes:
 
 
 def _planes(target: Target):
-    return _cached("target", target, lambda: (_NgffPlanes if target.kind == "ngff" else _ScratchPlanes)(target))
+    return _cached("target", target, lambda: (_NgffPlanes if target.source.kind == "zarr" else _ScratchPlanes)(target))
 
 
 def _zarr():
@@ -216,9 +213,9 @@ def _finish(task: Task, result: UnitResult) -> dict:
 def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]:
     """Segment ``units`` through the engine into the label store, recording each as it is written."""
     s = task.settings
-    imageset = _cached("source", task.source, task.source.open)
+    imageset = _cached("source", task.target.source, task.target.source.open)
     planes = _planes(task.target)
-    read_normalised = unit_reader(imageset, task.channel, s.ndim, task.normalisation)
+    read_normalised = unit_reader(imageset, s.input_channel, s.ndim, task.normalisation)
 
     def read(unit: Unit):
         try:
@@ -388,12 +385,10 @@ def _in_this_process(pairs: Iterator[tuple[Unit, dict]]) -> Iterator[tuple[Unit,
 def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None) -> tuple[list[UnitResult], int]:
     """Segment the units without a record, then (UNIQUE_LABELS) renumber; return the results and units computed."""
     units = plan.units
-    journal = task.target.journal
-    records = journal.done(units)
+    records = task.target.journal.done(units)
     todo = [u for u in units if u not in records]
-    total, done = len(units), len(records)
     progress = progress or (lambda done, total: None)
-    progress(done, total)
+    progress(len(records), len(units))
     if client is None:  # all in one call: the pipeline batches across them
         finished = _in_this_process(_segment_units(task, todo))
     else:
@@ -402,8 +397,7 @@ def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None
                     for pair in chunk)
     for unit, record in finished:
         records[unit] = record
-        done += 1
-        progress(done, total)
+        progress(len(records), len(units))
     if task.settings.unique_labels:
         _renumber(client, task, units, records)
     return [UnitResult(u, records[u]["count"], records[u]["seconds"], records[u]["highest"]) for u in units], len(todo)
@@ -415,11 +409,8 @@ def _renumber(client, task: Task, units: list[Unit], records: dict[Unit, dict]) 
                            again=" and start again with --overwrite")
     renumbered = task.target.journal.done(units, ".offset.json")
     todo = [(u, offsets[u]) for u in units if u not in renumbered and offsets[u] and records[u]["highest"]]
-    if client is None:
-        for unit, offset in todo:
-            renumber_unit(task, unit, offset)
-        return
-    for _ in _run_tasks(client, renumber_unit, task, todo):
+    here = (renumber_unit(task, *item) for item in todo)
+    for _ in here if client is None else _run_tasks(client, renumber_unit, task, todo):
         pass
 
 
@@ -485,17 +476,16 @@ def segment_distributed(
                          scheduler=scheduler, resume=resume, progress=progress)
 
 
-def _prepare(settings: Settings, source: Source, imageset, kind: str, store: Path, *, resume: bool):
-    """The plan, the label image's name and type, its target (``kind`` in ``store``), fingerprint and whether the
+def _prepare(settings: Settings, source: Source, imageset, store: Path, *, resume: bool):
+    """The plan, the label image's name and type, its target (in ``store``), fingerprint and whether the
     run continues an interrupted one (:meth:`Journal.check <stardist_host.runs.journal.Journal.check>`)."""
     plan = make_plan(settings, imageset)
     name = plan.output_name(settings.output_ch_name, imageset.channel_names)
     dtype = label_dtype_for(settings.label_dtype, plan, tuple(imageset.plane_shape), settings.unique_labels)
     stamp = fingerprint(settings, input=source.path, level=source.level, axes=source.axes, series=source.series,
                          plan=plan, name=name, dtype=dtype)
-    target = Target(kind, str(store), name, source)
-    resuming = target.journal.check(str(target.folder), stamp, resume=resume, overwrite=settings.overwrite,
-                                    units=plan.units)
+    target = Target(str(store), name, source)
+    resuming = target.journal.check(stamp, resume=resume, overwrite=settings.overwrite, units=plan.units)
     return plan, name, dtype, target, stamp, resuming
 
 
@@ -507,32 +497,35 @@ def _segment_omezarr(settings: Settings, source: Source, output, *, current_time
     store, in_input = labels_store(source.path, output)
     with OmeZarrImageSet(source.path, level=source.level, labels_store=store, current_time_point=current_time_point,
                          overwrite=settings.overwrite) as imageset:
-        plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, "ngff", store, resume=resume)
+        plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, store, resume=resume)
         if not resuming and imageset.label_image_exists(name) and not settings.overwrite:
             raise OutputError(f"{str(target.folder)!r} exists already; choose another OUTPUT_CH_NAME, or replace it "
                               "with --overwrite (scripts: OVERWRITE = True)")
         with OutputLock(store):  # one run per store: the labels list is read and rewritten
-            model, device, precision = _load(settings)
-            task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
+            model, device, precision, task = _task(settings, imageset, plan, target, dtype)  # before writing anything
             channel = imageset.open_label_channel(name) if resuming else imageset.add_channel(name, dtype)
             if not resuming:
                 target.journal.start(stamp)
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
-            target.journal.remove()
+            shutil.rmtree(target.journal.folder)  # the run is complete: no journal means finished labels
         time_point_count = imageset.time_point_count
     log.info("labels in %s (%s)", target.folder, "the input store" if in_input else "a separate store")
-    return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count)
+    return SegmentResult(channel, name, model.name, device, units=results, ndim=settings.ndim, precision=precision,
+                         time_point_count=time_point_count, computed=computed)
 
 
 _load = load_for_settings  # the model, the device and the precision, in the client (a local run keeps using them)
 
 
-def _task(settings: Settings, model, imageset, plan: Plan, source: Source, target: Target, dtype: np.dtype) -> Task:
-    """The task of this run: the normalisation and the scale resolved once, here (a bad scale stops the run now)."""
+def _task(settings: Settings, imageset, plan: Plan, target: Target, dtype: np.dtype) -> tuple:
+    """The model loaded (with its device and precision) and the task of this run: the normalisation and the scale
+    resolved once, here (a bad scale stops the run now)."""
+    model, device, precision = _load(settings)
     normalisation, _, scale = resolve_run(model, imageset, plan, normalisation_for(settings, model),
                                           scale=settings.scale, model_pixel_size_um=settings.model_pixel_size_um,
                                           object_diameter_um=settings.object_diameter_um)
-    return Task(settings, source, target, plan.channel, str(dtype), scale, normalisation)
+    task = Task(settings, target, str(dtype), scale, normalisation)
+    return model, device, precision, task
 
 
 def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):
@@ -547,43 +540,29 @@ def _execute(task: Task, plan: Plan, model, *, workers, scheduler, progress):
                     _release(kind)
 
 
-def _result(channel, name, model, device, precision, results, computed, ndim, time_point_count,
-            **extra) -> SegmentResult:
-    return SegmentResult(channel, name, model.name, device, units=results, ndim=ndim, precision=precision,
-                         time_point_count=time_point_count, computed=computed, **extra)
-
-
 def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time_point: int, workers, scheduler,
                   resume: bool, progress) -> SegmentResult:
     store = scratch_labels_store(out)
     with claim_tiff_output(source.path, out, overwrite=settings.overwrite, formats=settings.export_objects) as stem:
         with open_imageset(source.path, axes=source.axes, series=source.series, scratch_dir=out.parent) as imageset:
             imageset.current_time_point = current_time_point
-            plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, "scratch", store,
-                                                                  resume=resume)
-            model, device, precision = _load(settings)
-            task = _task(settings, model, imageset, plan, source, target, dtype)  # before anything is written
+            plan, name, dtype, target, stamp, resuming = _prepare(settings, source, imageset, store, resume=resume)
+            model, device, precision, task = _task(settings, imageset, plan, target, dtype)  # before writing anything
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
                 _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
                                chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 target.journal.start(stamp)
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
-            channel = _copy_labels(imageset, store, name, dtype, plan)
+            array = _zarr().open_array(str(store), mode="r")
+            channel = imageset.add_channel(name, dtype)
+            for unit in plan.units:  # the scratch store's planes into the new label channel
+                for z in unit.planes:
+                    imageset.set_channeldata(channel, z, unit.time_point, np.asarray(array[unit.time_point, z]))
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,
                                               time_points=plan.time_points, formats=settings.export_objects,
                                               labels_only=settings.labels_only, overwrite=settings.overwrite)
             time_point_count = imageset.time_point_count
     shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
-    return _result(channel, name, model, device, precision, results, computed, settings.ndim, time_point_count,
-                   output_note=note)
-
-
-def _copy_labels(imageset, store: Path, name: str, dtype: np.dtype, plan: Plan) -> int:
-    """The scratch store's planes of the plan into a new label channel of the TIFF image set."""
-    array = _zarr().open_array(str(store), mode="r")
-    channel = imageset.add_channel(name, dtype)
-    for unit in plan.units:
-        for z in unit.planes:
-            imageset.set_channeldata(channel, z, unit.time_point, np.asarray(array[unit.time_point, z]))
-    return channel
+    return SegmentResult(channel, name, model.name, device, units=results, ndim=settings.ndim, precision=precision,
+                         time_point_count=time_point_count, computed=computed, output_note=note)

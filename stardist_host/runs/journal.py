@@ -74,8 +74,8 @@ class Journal:
         records = {unit: _read_json(self.folder / f"{key(unit)}{suffix}") for unit in units}
         return {unit: record for unit, record in records.items() if record is not None}
 
-    def check(self, what: str, fingerprint: dict, *, resume: bool, overwrite: bool, units: list[Unit]) -> bool:
-        """Decide between starting afresh (False) and continuing (True); refuse what may not be replaced.
+    def check(self, fingerprint: dict, *, resume: bool, overwrite: bool, units: list[Unit]) -> bool:
+        """Decide between starting afresh (False) and continuing (True); refuse labels that may not be replaced.
 
         Raises
         ------
@@ -86,7 +86,7 @@ class Journal:
         """
         if not self.folder.is_dir():
             return False
-        done = len(self.done(units))
+        what, done = str(self.folder.parent), len(self.done(units))
         if not resume:
             if overwrite:
                 log.info("starting %s again: --overwrite replaces an interrupted run's labels (%d of %d units done)",
@@ -106,10 +106,6 @@ class Journal:
     def start(self, fingerprint: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record(_RUN, fingerprint)
-
-    def remove(self) -> None:
-        """The run is complete: no journal means finished labels."""
-        shutil.rmtree(self.folder)
 
 
 def check_no_journal(store: Path, output: str | os.PathLike, *, overwrite: bool) -> None:

@@ -7,8 +7,7 @@ one) the model is loaded and run in a child process that ends with the run
 
 from __future__ import annotations
 
-from ..errors import NoImageSetError
-from ..host import Cancel, ImageSet, Progress, active_imageset, check_imageset
+from ..host import Cancel, ImageSet, Progress, active_imageset, active_imageset_or_none, check_imageset
 from ..segmentation.plan import make_plan
 from ..segmentation.segment import SegmentResult, segment_with_settings
 from ..segmentation.settings import Settings
@@ -59,7 +58,4 @@ def separate_process(choice: bool | str, imageset: ImageSet) -> bool:
     """SEPARATE_PROCESS resolved: ``"auto"`` is True for the host's active image set (inside a host), else False."""
     if choice != "auto":
         return bool(choice)
-    try:
-        return imageset is active_imageset()
-    except NoImageSetError:
-        return False
+    return imageset is active_imageset_or_none()

@@ -11,6 +11,7 @@ are here, once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -57,8 +58,8 @@ class UnitResult:
 
 def unit_shape(plan: Plan, plane_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of one of the plan's units: a plane (Y, X), or a volume (Z, Y, X) of the plan's planes."""
-    units = plan.units
-    return ((units[0].last - units[0].first + 1,) if plan.ndim == 3 and units else ()) + tuple(plane_shape)
+    depth = (plan.last_plane - plan.first_plane + 1,) if plan.ndim == 3 and plan.time_points else ()
+    return depth + tuple(plane_shape)
 
 
 def label_dtype_for(choice: str, plan: Plan, plane_shape: tuple[int, int], unique: bool) -> np.dtype:
@@ -127,8 +128,6 @@ def run_scale(model, voxel_size, *, scale: Any = "auto", model_pixel_size_um: An
     ndim = int(model.config.n_dim)
     image = None if voxel_size is None else tuple(voxel_size[-ndim:])
     if scale == "estimate":
-        if read is None or not units:
-            raise ValueError('SCALE="estimate" needs the units and how to read them')
         return estimate_scale(model, read, units, image=image, unit_shape=unit_shape)
     if scale != "auto":
         factors = tuple(float(f) for f in scale) if isinstance(scale, (list, tuple)) else (float(scale),) * ndim
@@ -341,9 +340,8 @@ def read_unit(imageset: ImageSet, channel: int | tuple[int, ...], unit: Unit, nd
     """
     if isinstance(channel, tuple):
         return np.stack([read_unit(imageset, c, unit, ndim) for c in channel], axis=-1)
-    if ndim == 2:
-        return np.asarray(imageset.get_channeldata(channel, unit.first, unit.time_point))
-    return np.stack([np.asarray(imageset.get_channeldata(channel, z, unit.time_point)) for z in unit.planes])
+    planes = [np.asarray(imageset.get_channeldata(channel, z, unit.time_point)) for z in unit.planes]
+    return planes[0] if ndim == 2 else np.stack(planes)
 
 
 def unit_reader(imageset: ImageSet, channel: int | tuple[int, ...], ndim: int, how: Normalisation) -> Read:
@@ -438,13 +436,12 @@ def first_labels(units: Iterable[Unit], highest: dict[Unit, int], dtype: np.dtyp
 # --------------------------------------------------------------------------- the engine
 
 
-class _Reference:
+class _Reference(contextlib.AbstractContextManager):
     """stardist's ``predict_instances`` unit by unit on the calling thread: what the pipeline is tested against."""
 
     def __init__(self, model, *, prob_thresh, nms_thresh, n_tiles, scale, cancel, probability=False) -> None:
-        self.model, self.cancel = model, cancel
+        self.model, self.cancel, self.n_tiles = model, cancel, n_tiles
         self.options = dict(prob_thresh=prob_thresh, nms_thresh=nms_thresh, scale=scale)
-        self.n_tiles = n_tiles
         self.keep_probability, self._probabilities = probability, {}
 
     def predict(self, units: Iterable[Unit], read: Read) -> Iterator[tuple[Unit, NDArray | None]]:
@@ -465,10 +462,7 @@ class _Reference:
     def probability(self, unit) -> NDArray | None:
         return self._probabilities.pop(unit, None)
 
-    def __enter__(self) -> "_Reference":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> None:  # no threads to end
         pass
 
 
@@ -519,11 +513,9 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
     """
     offset = 0
     start = time.perf_counter()
-    zeros = None
     for unit, labels in predict.predict(units, read):
         if labels is None:  # no signal: nothing to predict, nothing labelled
-            zeros = zeros if zeros is not None else np.zeros((len(unit.planes), *plane_shape), np.uint8)
-            labels = zeros[0] if ndim == 2 else zeros
+            labels = np.zeros(plane_shape if ndim == 2 else (len(unit.planes), *plane_shape), np.uint8)
         labels, count, top = number(labels, unit, offset=offset, unique=unique, dtype=dtype)
         highest, offset = (top - offset, top) if unique else (top, offset)
         write(unit, labels)

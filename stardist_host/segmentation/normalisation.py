@@ -91,9 +91,8 @@ class Normalisation:
 
     def channel(self, index: int) -> "Normalisation":
         """The mapping of one of several input channels normalised each on its own."""
-        if self.per_channel is None:
-            return self
-        return replace(self, intensities=self.per_channel[index], per_channel=None)
+        per_channel = self.per_channel
+        return self if per_channel is None else replace(self, intensities=per_channel[index], per_channel=None)
 
 
 def _has_signal(image: NDArray) -> bool:
@@ -129,8 +128,7 @@ def unit_percentiles(values: NDArray, percentiles: tuple[float, float]) -> tuple
 
 def _exact(values: NDArray, percentiles: tuple[float, float]) -> tuple[float, float]:
     scratch = np.array(values).reshape(-1)
-    return (np.percentile(scratch, percentiles[0], overwrite_input=True),
-            np.percentile(scratch, percentiles[1], overwrite_input=True))
+    return tuple(np.percentile(scratch, p, overwrite_input=True) for p in percentiles)  # type: ignore[return-value]
 
 
 def normalise(image: NDArray, how: Normalisation, *, unit: Unit | None = None, channels: bool = False,

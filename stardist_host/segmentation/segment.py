@@ -120,10 +120,9 @@ def abandon(imageset: ImageSet, out: int, name: str, written: list[tuple[int, in
             remove(out)
             log.info("channel %d %r removed: the run did not finish", out, name)
             return
-        if written:
-            zeros = np.zeros(tuple(imageset.plane_shape), np.uint8)
-            for z, t in written:
-                imageset.set_channeldata(out, z, t, zeros)
+        zeros = np.zeros(tuple(imageset.plane_shape), np.uint8)
+        for z, t in written:
+            imageset.set_channeldata(out, z, t, zeros)
         note = (f"channel {out} {name!r} is incomplete and was left empty "
                 "(this image set cannot remove a channel): delete it")
     except Exception as cleanup:  # the original error matters more; say both
@@ -251,7 +250,8 @@ def segment(
             result.probability_channel = imageset.add_channel(name, np.float32)
             added.append((result.probability_channel, name))
         log.info("segmenting channel %s, %d %s(s), time points %s, planes %d..%d -> channel %d %r (%s)",
-                 "+".join(map(str, plan.channels)), len(units), what[:-1], _ranges(plan.time_points),
+                 "+".join(map(str, plan.channels)), len(units), what[:-1],
+                 "..".join(map(str, sorted({plan.time_points[0], plan.time_points[-1]}))),
                  plan.first_plane, plan.last_plane, out, output_name, dtype)
         with predictor(model, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, scale=scale,
                        cancel=cancel, pipeline=pipeline, probability=output_probability) as predict:
@@ -269,10 +269,6 @@ def segment(
             abandon(imageset, channel, name, written, err)
         raise
     return result
-
-
-def _ranges(values: tuple[int, ...]) -> str:
-    return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
 
 
 def load_for_settings(settings: Settings):
