@@ -68,9 +68,7 @@ def _segment(args) -> int:
                             "with --dim 2 give roi, geojson or roi,geojson")
         raise err
     settings = Settings(ndim=args.dim, **values)
-    result = run_headless(settings, args.input, args.output, axes=args.axes, series=args.series,
-                          current_time_point=args.time_point, quiet=args.quiet, level=args.level,
-                          workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    result = run_headless(settings, args)
     if args.resume and result.computed is not None:
         print(f"resumed: {len(result.units) - result.computed} of {len(result.units)} units were done before; "
               f"{result.computed} segmented now")
@@ -191,8 +189,7 @@ def _size_schema(ndim: int):
     from .schema import Schema
     from .segmentation.settings import schema
 
-    return Schema("evaluate", [schema(ndim).by_name[name] for name in
-                               ("SCALE", "MODEL_PIXEL_SIZE_UM", "OBJECT_DIAMETER_UM")])
+    return Schema(schema(ndim).by_name[name] for name in ("SCALE", "MODEL_PIXEL_SIZE_UM", "OBJECT_DIAMETER_UM"))
 
 
 def _evaluate(args) -> int:
@@ -227,19 +224,20 @@ def _add_jobs(sub) -> None:
     from .analyses.jobs import JOBS
 
     for name, job in JOBS.items():
-        p = sub.add_parser(name, help=job.help, description=f"{job.help}. {job.description} Each option is the "
-                           f"setting of the same name in scripts/{job.script}, with the same default.")
+        what = (job.function.__doc__ or "").strip()
+        p = sub.add_parser(name, help=job.help, description=f"{job.help}. {what} Each option is the setting of "
+                           f"the same name in scripts/{job.script}, with the same default.")
         add_analysis_arguments(p)
         job.schema.add_arguments(p)
-        p.set_defaults(func=_job, job=name)
+        p.set_defaults(func=_job)
 
 
 def _job(args) -> int:
     from .analyses.jobs import JOBS, run_job_on_file
-    settings = JOBS[args.job].schema.values_from_args(args)
-    progress, bar = tqdm_progress(args.job, disable=args.quiet)
+    settings = JOBS[args.command].schema.values_from_args(args)
+    progress, bar = tqdm_progress(args.command, disable=args.quiet)
     with bar, stdout_to_log():
-        written = run_job_on_file(args.job, args.input, args.output_folder, settings, axes=args.axes,
+        written = run_job_on_file(args.command, args.input, args.output_folder, settings, axes=args.axes,
                                   series=args.series, progress=progress)
     for path in written:
         print(path)
@@ -276,10 +274,6 @@ def _registered_names(ndim: int) -> list[str]:
 def _models(args) -> int:
     from .segmentation.models import bundled_models, bundled_models_dir
 
-    if args.models_command == "import":
-        return _models_import(args)
-    if args.models_command == "export":
-        return _models_export(args)
     for ndim in (2, 3) if args.dim is None else (args.dim,):
         print(f"{ndim}D bundled ({bundled_models_dir()}): {', '.join(bundled_models(ndim)) or 'none'}")
         print(f"{ndim}D registered (downloaded by stardist when online): {', '.join(_registered_names(ndim))}")
@@ -318,7 +312,7 @@ def _add_models(sub) -> None:
         "'models export MODEL OUT.zip' writes a model folder as a bioimage.io package.",
     )
     m.add_argument("--dim", type=int, choices=(2, 3), default=None, help="only 2D or 3D models")
-    m.set_defaults(func=_models, models_command=None)
+    m.set_defaults(func=_models)
     commands = m.add_subparsers(dest="models_command", metavar="{import,export}")
     i = commands.add_parser(
         "import", help="install a bioimage.io package (.zip or folder) of a StarDist model as a model folder",
@@ -330,6 +324,7 @@ def _add_models(sub) -> None:
                    help="folder to install into (default: the bundled models folder that 'stardist-host models' shows)")
     i.add_argument("--name", default=None, help="name of the model folder, then --model-name (default: the package's name)")
     i.add_argument("--overwrite", action="store_true", help="replace a model folder of that name")
+    i.set_defaults(func=_models_import)
     e = commands.add_parser(
         "export", help="write a model folder as a bioimage.io package (.zip)",
         description="Write a StarDist model folder as a bioimage.io model package (format 0.5): the network as "
@@ -345,6 +340,7 @@ def _add_models(sub) -> None:
     e.add_argument("--author", action="append", default=None, help="an author's name; repeat for several")
     e.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the model (default CC-BY-4.0)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.set_defaults(func=_models_export)
 
 
 def _doctor(args) -> int:
@@ -356,6 +352,9 @@ def _doctor(args) -> int:
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Option]:
     """The command's options by the names errors give settings: script names (``MODEL2D_PATH``) and
     lower-case names (``axes``), so that an error speaks of ``--model-path`` and ``--axes``."""
+    from .analyses.jobs import JOBS
+    from .segmentation.settings import schema
+
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     by_dest: dict[str, Option] = {}
     for action in sub.choices[args.command]._actions:
@@ -364,21 +363,9 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         flags = [f for f in action.option_strings if f.startswith("--")]
         sets = action.const if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) else None
         by_dest[action.dest] = Option(flags[0] if flags else action.dest.replace("_", " "), sets)
-    return {**by_dest, **{f.name: by_dest[f.attr] for f in _schema(args) if f.attr in by_dest}}
-
-
-def _schema(args: argparse.Namespace):
-    """The settings schema of the command, if it has one."""
-    if args.command in ("segment", "evaluate"):  # evaluate: the model and size options
-        from .segmentation.settings import schema
-
-        return schema(args.dim or 2)
-    job = getattr(args, "job", None)
-    if job:
-        from .analyses.jobs import JOBS
-
-        return JOBS[job].schema
-    return ()
+    fields = schema(args.dim or 2) if args.command in ("segment", "evaluate") else (  # evaluate: model and sizes
+        JOBS[args.command].schema if args.command in JOBS else ())
+    return {**by_dest, **{f.name: by_dest[f.attr] for f in fields if f.attr in by_dest}}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ One place decides what a user sees on a terminal:
 - :func:`user_errors`: a user error is one log line and status 2, a cancel or
   Ctrl-C the line "cancelled" and status 130;
 - :func:`add_segment_arguments`, :func:`add_analysis_arguments`: the arguments
-  that the ``stardist-host`` commands and the scripts share.
+  that the ``stardist-host`` commands and the scripts share; :func:`parse_script_arguments`
+  a script's command line.
 
 It imports nothing heavy, so any entry point can use it before TensorFlow loads.
 """
@@ -29,12 +30,12 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
 
 __all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress",
-           "add_input_options", "add_segment_arguments", "add_analysis_arguments"]
+           "add_input_options", "add_segment_arguments", "add_analysis_arguments", "parse_script_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,14 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_options(parser)
 
 
+def parse_script_arguments(parser: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """A script's command line parsed with ``parser`` and ``-q``; logging set up as it asks."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    opts = parser.parse_args(args)
+    setup_logging(quiet=opts.quiet)
+    return opts
+
+
 def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
     """Log to stderr with times, unless the host (or the caller) set logging up already.
 
@@ -94,7 +103,8 @@ def setup_logging(level: int = logging.INFO, *, quiet: bool = False) -> None:
     if quiet:
         level = max(level, logging.WARNING)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        _quiet_tensorflow_import()
+        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlow())
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -144,12 +154,6 @@ class _Imported(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         pass
-
-
-def _quiet_tensorflow_import() -> None:
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 @contextlib.contextmanager
@@ -256,19 +260,12 @@ def tqdm_progress(desc: str, *, disable: bool = False) -> tuple[Callable[[int, i
     return bar.update, bar
 
 
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-class _LazyBar:
+class _LazyBar(contextlib.ExitStack):
     """A tqdm bar that appears at its first update; log lines go above it, not through it."""
 
     def __init__(self, desc: str, *, disable: bool) -> None:
+        super().__init__()
         self._desc, self._disable, self._bar = desc, disable, None
-        self._stack = contextlib.ExitStack()
 
     def update(self, done: int, total: int) -> None:
         if self._disable:
@@ -277,19 +274,15 @@ class _LazyBar:
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            if tqdm.__module__ != "tqdm.notebook" and not _is_terminal(sys.stderr):
+            try:
+                terminal = bool(sys.stderr.isatty())
+            except (AttributeError, ValueError):  # no isatty, or a closed stream
+                terminal = False
+            if tqdm.__module__ != "tqdm.notebook" and not terminal:
                 # a file or pipe would keep every redraw, glued onto the log lines between them
                 self._disable = True
                 return
-            self._bar = tqdm(total=total, desc=self._desc, unit="step", file=sys.stderr)
-            self._stack.enter_context(logging_redirect_tqdm())
+            self.enter_context(logging_redirect_tqdm())
+            self._bar = self.enter_context(tqdm(total=total, desc=self._desc, unit="step", file=sys.stderr))
         self._bar.total = total
         self._bar.update(done - self._bar.n)
-
-    def __enter__(self) -> "_LazyBar":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._stack.close()

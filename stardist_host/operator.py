@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .errors import SettingsError
 from .host import Progress, active_imageset
 from .runs.local import run
 from .schema import raise_all
@@ -40,7 +39,7 @@ def parameters(ndim: int = 2) -> list[dict[str, Any]]:
         "min_exclusive", "max_exclusive"}`` range, or None), ``unit``,
         ``description`` and ``rule`` (what an error message says is allowed).
     """
-    return schema(ndim).parameters()
+    return [f.describe() for f in schema(ndim)]
 
 
 def main(*, ndim: int = 2, progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
@@ -66,7 +65,6 @@ def main(*, ndim: int = 2, progress: Progress | None = None, cancel: Callable[[]
     """
     definition = schema(ndim)
     # a script's block passes over other names; an operator's parameters are all meant as settings
-    raise_all([SettingsError(k, v, definition.unknown_text(k))
-               for k, v in params.items() if k not in definition.by_name])
+    raise_all([definition.unknown(k, v) for k, v in params.items() if k not in definition.by_name])
     settings = Settings.from_script(params, ndim=ndim)
     return run(settings, active_imageset(), progress=progress, cancel=cancel)

@@ -62,15 +62,6 @@ def raise_all(errors: Sequence[SettingsError]) -> None:
         raise SettingsErrors(errors)
 
 
-def _text(value: Any) -> str:
-    """A value as a user writes it in a script (tuples and lists alike)."""
-    if isinstance(value, tuple):
-        return repr(list(value))
-    if isinstance(value, str) and '"' not in value:
-        return f'"{value}"'  # as the scripts write texts
-    return repr(value)
-
-
 @dataclass(frozen=True)
 class Kind:
     """What one field type means; :data:`TYPES` holds one per type.
@@ -170,9 +161,7 @@ def _number_or_numbers(f: Any, v: Any) -> bool:
 
 
 def _parse_number_or_numbers(f: Any, text: str) -> Any:
-    if text.strip() in f.choices:
-        return text.strip()
-    return _one_or_more(tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip()))
+    return text.strip() if text.strip() in f.choices else _one_or_more(float, by="x")(f, text)
 
 
 def _number_or_numbers_allowed(f: Any) -> str:
@@ -185,14 +174,14 @@ def _int_or_ints(f: Any, v: Any) -> bool:
     return _whole(f, v) or (_sequence(_whole)(f, v) and len(v) > 0)
 
 
-def _parse_int_or_ints(f: Any, text: str) -> Any:
-    return _one_or_more(tuple(int(v) for v in text.split(",") if v.strip()))
-
-
-def _one_or_more(values: tuple) -> Any:
-    if not values:
-        raise ValueError(values)
-    return values[0] if len(values) == 1 else values
+def _one_or_more(convert: Callable[[str], Any], *, by: str = ",") -> Callable[[Any, str], Any]:
+    """A parser of one number (``convert`` of the text) or several, separated by commas or ``by``, as a tuple."""
+    def parse(f: Any, text: str) -> Any:
+        values = tuple(convert(v) for v in text.replace(by, ",").split(",") if v.strip())
+        if not values:
+            raise ValueError(text)
+        return values[0] if len(values) == 1 else values
+    return parse
 
 
 #: Field types: what a value must be, how the command line gives it and the words for it.
@@ -212,7 +201,7 @@ TYPES: dict[str, Kind] = {
     "floats": Kind("a list of numbers", _sequence(_real),
                    lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
     "int_or_ints": Kind("a whole number or a list of them", _int_or_ints,
-                        lambda f: f"a whole number{_range(f)} or a list of them, e.g. [0, 1]", _parse_int_or_ints,
+                        lambda f: f"a whole number{_range(f)} or a list of them, e.g. [0, 1]", _one_or_more(int),
                         "0 or 0,1"),
     # a choice such as "auto", one number for all axes, or one number per axis
     "number_or_numbers": Kind("a number or a list of numbers", _number_or_numbers, _number_or_numbers_allowed,
@@ -289,7 +278,7 @@ class Field:
             object.__setattr__(self, "flag", f"--{no}{self.attr.replace('_', '-')}")
         if not self.allowed:
             none = f", or None ({self.none})" if self.none else ""
-            object.__setattr__(self, "allowed", f"must be {self.kind.allowed(self)}{none}")
+            object.__setattr__(self, "allowed", f"must be {TYPES[self.type].allowed(self)}{none}")
 
     @property
     def required(self) -> bool:
@@ -305,11 +294,6 @@ class Field:
         """The value the script block shows: the default, or the example of a required setting."""
         return self.example if self.required else self.default
 
-    @property
-    def kind(self) -> Kind:
-        """What this field's type means (:data:`TYPES`)."""
-        return TYPES[self.type]
-
     def error(self, value: Any) -> SettingsError | None:
         """The error for ``value``, or None where it is allowed."""
         if value is None:
@@ -317,7 +301,7 @@ class Field:
                 return None
             if self.required:
                 return SettingsError(self.name, value, f"this setting is needed; it {self.allowed}")
-        if not self.kind.valid(self, value):
+        if not TYPES[self.type].valid(self, value):
             return SettingsError(self.name, value, self.allowed)
         problem = self.check(value) if self.check else None
         return SettingsError(self.name, value, problem) if problem else None
@@ -328,15 +312,22 @@ class Field:
         """A command-line text as this setting's value (argparse ``type=``)."""
         if self.optional and text.strip().lower() == "none":
             return None
+        kind = TYPES[self.type]
         try:
-            return self.kind.parse(self, text)
+            return kind.parse(self, text)
         except ValueError:
             none = " or none" if self.optional else ""
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {self.kind.word} such as {self.kind.example}{none}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.word} such as {kind.example}{none}") from None
 
     def default_text(self) -> str:
-        return "required" if self.required else _text(self.default)
+        """The default as a user writes it in a script (tuples and lists alike), or "required"."""
+        if self.required:
+            return "required"
+        if isinstance(self.default, tuple):
+            return repr(list(self.default))
+        if isinstance(self.default, str) and '"' not in self.default:
+            return f'"{self.default}"'  # as the scripts write texts
+        return repr(self.default)
 
     def cli_help(self) -> str:
         """The option's help: what it does, its unit, choices and default as the option takes them."""
@@ -417,14 +408,13 @@ def setting(type: str, default: Any = REQUIRED, help: str = "", *, affects_label
 class Schema:
     """The ordered settings of one job."""
 
-    def __init__(self, job: str, fields: Iterable[Field]) -> None:
-        self.job = job
+    def __init__(self, fields: Iterable[Field]) -> None:
         self.fields = list(fields)
         self.by_name = {f.name: f for f in self.fields}
         self.by_attr = {f.attr: f for f in self.fields}
 
     @classmethod
-    def from_dataclass(cls, job: str, datacls: type, variant: Any = None) -> Schema:
+    def from_dataclass(cls, datacls: type, variant: Any = None) -> Schema:
         """The settings a dataclass declares with :func:`setting`, in its field order; other fields are left out."""
         found = []
         for f in dataclasses.fields(datacls):
@@ -434,14 +424,10 @@ class Schema:
             vary = declared.pop("vary")
             found.append(Field(**{"name": f.name.upper(), "attr": f.name, **declared,
                                   **(vary(variant) if vary else {})}))
-        return cls(job, found)
+        return cls(found)
 
     def __iter__(self):
         return iter(self.fields)
-
-    def defaults(self) -> dict[str, Any]:
-        """Attribute name -> default, for the settings that have one."""
-        return {f.attr: f.default for f in self.fields if not f.required}
 
     def errors(self, values: Mapping[str, Any]) -> list[SettingsError]:
         """One error per bad value in ``values`` (keyed by attribute name; missing ones take the default)."""
@@ -468,14 +454,16 @@ class Schema:
             elif wrong and key in wrong:
                 found.append(SettingsError(key, value, wrong[key]))
             elif not isinstance(value, types.ModuleType) and not callable(value):  # classes are callable too
-                found.append(SettingsError(key, value, self.unknown_text(key)))
+                found.append(self.unknown(key, value))
         return values, found
 
-    def unknown_text(self, key: str) -> str:
+    def unknown(self, key: str, value: Any) -> SettingsError:
+        """The error of ``key``, which is no setting: it lists the settings and suggests the closest."""
         names = [f.name for f in self.fields]
         close = difflib.get_close_matches(key, names, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        return f"is not a setting of this script; the settings are {', '.join(sorted(names))}{hint}"
+        listed = ", ".join(sorted(names))
+        return SettingsError(key, value, f"is not a setting of this script; the settings are {listed}{hint}")
 
     # ----- command line ----------------------------------------------------------------------------------------
 
@@ -507,10 +495,6 @@ class Schema:
         return {f.attr: getattr(args, f.attr) for f in self.fields if hasattr(args, f.attr)}
 
     # ----- documentation ---------------------------------------------------------------------------------------
-
-    def parameters(self) -> list[dict[str, Any]]:
-        """Every setting as :meth:`Field.describe` gives it."""
-        return [f.describe() for f in self.fields]
 
     def table_rows(self) -> list[tuple[str, str, str, str]]:
         rows = []

@@ -257,7 +257,7 @@ def test_a_dataclass_declares_its_settings_once():
         variant: int = 2  # not a setting
         name: str = setting("str", "a", "what", affects_labels=False, vary=lambda v: {"name": f"NAME{v}D"})
 
-    toy = Schema.from_dataclass("toy", Toy, 3)
+    toy = Schema.from_dataclass(Toy, 3)
     assert [(f.name, f.attr, f.required, f.affects_labels) for f in toy] == [
         ("SIZE", "size", True, True), ("NAME3D", "name", False, False)]
     assert Toy(size=2).name == "a" and toy.by_attr["size"].allowed == "must be a whole number >= 1"

@@ -147,12 +147,12 @@ def _common_tail(what: str) -> list[Field]:
 
 _PER_PLANE = "labels per plane (2D script)"
 _SCHEMAS: dict[str, Schema] = {
-    "measure": Schema("measure", [
+    "measure": Schema([
         _LABEL_CHANNEL, _intensity_channels((0,)),
         _channel("CELL_CHANNEL", "channel of grown cells (cell_volumes.py)", none="no cell measurements"),
         _voxel_size(), _ndim(_PER_PLANE), _CURRENT_TIME_POINT, *_common_tail("NAME_measurements.csv"),
     ]),
-    "track": Schema("track", [
+    "track": Schema([
         _LABEL_CHANNEL,
         Field("MAX_DISTANCE_UM", "float", help="farthest a nucleus moves between two time points", unit="µm",
               low=0, open_low=True, example=5.0),
@@ -162,7 +162,7 @@ _SCHEMAS: dict[str, Schema] = {
         _voxel_size(), _ndim("single-plane images"),
         *_common_tail("NAME_tracks.csv, NAME_track_properties.csv"),
     ]),
-    "atlas": Schema("atlas", [
+    "atlas": Schema([
         _LABEL_CHANNEL,
         _channel("ATLAS_CHANNEL", "the atlas as a channel of this image set", none="the atlas is ATLAS_FILE"),
         Field("ATLAS_FILE", "path", None, "the atlas as a separate label TIFF file", none="the atlas is ATLAS_CHANNEL",
@@ -173,7 +173,7 @@ _SCHEMAS: dict[str, Schema] = {
               check=_file_exists),
         _voxel_size(), _ndim(_PER_PLANE), _CURRENT_TIME_POINT, *_common_tail("NAME_regions.csv"),
     ]),
-    "cells": Schema("cells", [
+    "cells": Schema([
         _LABEL_CHANNEL,
         Field("MEMBRANE_CHANNEL", "int", help="channel of the membrane stain, 0 for the first", low=0, example=1),
         Field("MAX_DISTANCE_UM", "float", help="farthest a cell reaches from its nucleus", unit="µm", low=0,
@@ -185,7 +185,7 @@ _SCHEMAS: dict[str, Schema] = {
         _intensity_channels(()), _voxel_size(), _ndim("each plane alone"), _CURRENT_TIME_POINT,
         *_common_tail("NAME_cells.csv"),
     ]),
-    "overlay": Schema("overlay", [
+    "overlay": Schema([
         Field("IMAGE_CHANNEL", "int", help="channel shown in grey, 0 for the first", low=0, example=0),
         Field("LABEL_CHANNEL", "int", help="channel with the nucleus labels, drawn as yellow outlines", low=0,
               example=2),
@@ -212,10 +212,6 @@ class Job:
     #: Whether it adds a channel to the image set, for settings.
     adds_channel: Callable[[Mapping[str, Any]], bool] = lambda settings: False
 
-    @property
-    def description(self) -> str:
-        return (self.function.__doc__ or "").strip()
-
 
 JOBS: dict[str, Job] = {
     "measure": Job("measure", "measure.py", "per-nucleus measurements (position, size, intensities) to CSV",
@@ -240,9 +236,8 @@ def _validated(job: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     if job not in JOBS:
         raise AnalysisError(f"job={job!r}: must be one of {', '.join(JOBS)}")
     schema = JOBS[job].schema
-    errors = [SettingsError(k.upper(), v, schema.unknown_text(k.upper()))
-              for k, v in settings.items() if k not in schema.by_attr]
-    values = {**schema.defaults(), **{k: v for k, v in settings.items() if k in schema.by_attr}}
+    errors = [schema.unknown(k.upper(), v) for k, v in settings.items() if k not in schema.by_attr]
+    values = {f.attr: settings.get(f.attr, f.default) for f in schema if f.attr in settings or not f.required}
     raise_all(errors + schema.errors(values))
     return values
 
@@ -376,7 +371,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
     """
     import argparse
 
-    from ..console import add_analysis_arguments, setup_logging, user_errors
+    from ..console import add_analysis_arguments, parse_script_arguments, setup_logging, user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     values, errors = JOBS[job].schema.from_namespace(namespace)
@@ -389,9 +384,7 @@ def run_analysis_script(namespace: Mapping[str, Any], *, job: str, argv: Sequenc
 
     parser = argparse.ArgumentParser(description=f"The {job} analysis on a TIFF file with this script's settings.")
     add_analysis_arguments(parser)
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    opts = parser.parse_args(args)
-    setup_logging(quiet=opts.quiet)
+    opts = parse_script_arguments(parser, args)
     with user_errors():
         raise_all(errors)
         return run_job_on_file(job, opts.input, opts.output_folder, values, axes=opts.axes, series=opts.series)

@@ -8,10 +8,10 @@ file appears only once complete (:mod:`stardist_host.io.outputs`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
 from ..console import stdout_to_log, tqdm_progress
 from ..errors import OutputError, check_index
@@ -118,10 +118,11 @@ def segment_file(
     return dataclasses.replace(result, channel=channel, output_note=note, probability_channel=probability)
 
 
-def run_headless(settings: Settings, input: str | os.PathLike, output: str | os.PathLike | None, *,
-                 quiet: bool = False, **options: Any) -> SegmentResult:
-    """:func:`segment_file` (``options``: its keywords but ``progress``) with a progress bar on stderr (none when
-    ``quiet``) and library prints in the log."""
-    progress, bar = tqdm_progress("segmenting", disable=quiet)
+def run_headless(settings: Settings, args: argparse.Namespace) -> SegmentResult:
+    """:func:`segment_file` with the options :func:`~stardist_host.console.add_segment_arguments` parsed into
+    ``args``, a progress bar on stderr (none when ``args.quiet``) and library prints in the log."""
+    progress, bar = tqdm_progress("segmenting", disable=args.quiet)
     with bar, stdout_to_log():
-        return segment_file(settings, input, output, progress=progress, **options)
+        return segment_file(settings, args.input, args.output, axes=args.axes, series=args.series,
+                            current_time_point=args.time_point, level=args.level, workers=args.workers,
+                            scheduler=args.scheduler, resume=args.resume, progress=progress)

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..console import add_segment_arguments, setup_logging, user_errors
-from ..errors import NoImageSetError
-from ..host import active_imageset
+from ..console import add_segment_arguments, parse_script_arguments, setup_logging, user_errors
+from ..host import active_imageset, active_imageset_or_none
 from ..segmentation.segment import SegmentResult
 from ..segmentation.settings import Settings
 from .files import run_headless
@@ -38,10 +37,7 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
         # a worker process of --workers re-imports the script as its main module: it must not run again
         return None
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        imageset = active_imageset()
-    except NoImageSetError:
-        imageset = None
+    imageset = active_imageset_or_none()
     if imageset is not None or not args:
         setup_logging()
         if imageset is None:
@@ -57,13 +53,9 @@ def run_script(namespace: Mapping[str, Any], *, ndim: int, argv: Sequence[str] |
         description=f"StarDist {ndim}D on a TIFF file with the settings at the top of this script.",
     )
     add_segment_arguments(parser, "--current-time-point")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    opts = parser.parse_args(args)
-    setup_logging(quiet=opts.quiet)
+    opts = parse_script_arguments(parser, args)
     with user_errors():
         settings = Settings.from_script(namespace, ndim=ndim)
-        result = run_headless(settings, opts.input, opts.output, axes=opts.axes, series=opts.series,
-                              current_time_point=opts.time_point, quiet=opts.quiet, level=opts.level,
-                              workers=opts.workers, scheduler=opts.scheduler, resume=opts.resume)
+        result = run_headless(settings, opts)
     print(f"{opts.output or opts.input}: {result.summary(cli=False)}")  # as stardist-host segment, in script words
     return result

@@ -40,7 +40,7 @@ def schema(ndim: int) -> Schema:
     """The settings of the ``ndim``-D segmentation script, in the order of its USER SETTINGS block."""
     if ndim not in (2, 3):
         raise SettingsError("ndim", ndim, "must be 2 (per-plane) or 3 (per-volume)")
-    return Schema.from_dataclass(f"segment{ndim}d", Settings, ndim)
+    return Schema.from_dataclass(Settings, ndim)
 
 
 #: SCALE's words; a number (or one per axis) is the other kind of value.
