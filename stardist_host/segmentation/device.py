@@ -8,7 +8,7 @@ import os
 from ..errors import SettingsError
 
 __all__ = ["configure_device", "network_on_gpu", "visible_gpus", "memory_budget", "host_memory_budget",
-           "host_memory_available", "gpu_memory_total", "DEFAULT_GPU_BYTES"]
+           "DEFAULT_GPU_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -102,54 +102,29 @@ def _env_bytes(name: str) -> int | None:
     return value
 
 
-def host_memory_available() -> int:
-    """Main memory available to this process: what the machine has free, or the cgroup limit where lower."""
-    import psutil
-
-    available = int(psutil.virtual_memory().available)
-    limit = _cgroup_limit()  # a container or a cluster job may allow far less than the machine has
-    return available if limit is None else min(available, limit)
-
-
 def host_memory_budget() -> int:
-    """Bytes of main memory the planes (volumes) in flight may hold: a quarter of what is available.
+    """Bytes of main memory the planes (volumes) in flight may hold: a quarter of what is available to this
+    process (what the machine has free, or the cgroup limit where lower).
 
     ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
     """
     env = _env_bytes("STARDIST_HOST_MEMORY")
-    return env if env is not None else max(_MIN_BUDGET, host_memory_available() // 4)
-
-
-def gpu_memory_total() -> int | None:
-    """Bytes TensorFlow may use on the first visible GPU, or None without a GPU.
-
-    TensorFlow's public API reports only the memory in use
-    (``tf.config.experimental.get_memory_info``), so the card's total comes
-    from the local device list (its ``memory_limit``); where that is not
-    available, ``STARDIST_HOST_GPU_BYTES`` or :data:`DEFAULT_GPU_BYTES`.
-    """
-    if not network_on_gpu():
-        return None
-    env = _env_bytes("STARDIST_HOST_GPU_BYTES")
     if env is not None:
         return env
-    why = ""
-    try:
-        from tensorflow.python.client import device_lib
+    import psutil
 
-        limits = [d.memory_limit for d in device_lib.list_local_devices() if d.device_type == "GPU"]
-    except (ImportError, AttributeError, RuntimeError) as err:
-        limits, why = [], f" ({err})"
-    if not limits or not limits[0]:
-        log.info("GPU memory unknown%s: assuming %d MiB", why, DEFAULT_GPU_BYTES // 2**20)
-        return DEFAULT_GPU_BYTES
-    return int(limits[0])
+    available = int(psutil.virtual_memory().available)
+    limit = _cgroup_limit()  # a container or a cluster job may allow far less than the machine has
+    return max(_MIN_BUDGET, (available if limit is None else min(available, limit)) // 4)
 
 
 def memory_budget(use_gpu: bool | None = None) -> int:
     """Bytes the network may use for one call: half the GPU memory not in use, else a quarter of main memory.
 
-    ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.
+    ``STARDIST_HOST_MEMORY`` (bytes) overrides it, e.g. to leave room for a host.  TensorFlow's public API
+    reports only the GPU memory in use (``tf.config.experimental.get_memory_info``), so the total of the
+    first visible GPU is ``STARDIST_HOST_GPU_BYTES``, else the local device list's ``memory_limit``, else
+    :data:`DEFAULT_GPU_BYTES`.
 
     Parameters
     ----------
@@ -159,13 +134,23 @@ def memory_budget(use_gpu: bool | None = None) -> int:
     env = _env_bytes("STARDIST_HOST_MEMORY")
     if env is not None:
         return env
-    total = gpu_memory_total() if use_gpu is not False else None
-    if total is not None:
-        import tensorflow as tf
+    if use_gpu is False or not network_on_gpu():
+        return host_memory_budget()
+    import tensorflow as tf
 
-        used = tf.config.experimental.get_memory_info("GPU:0")["current"]
-        return max(_MIN_BUDGET, (total - used) // 2)
-    return host_memory_budget()
+    total = _env_bytes("STARDIST_HOST_GPU_BYTES")
+    if total is None:
+        try:
+            from tensorflow.python.client import device_lib
+
+            limits, why = [d.memory_limit for d in device_lib.list_local_devices() if d.device_type == "GPU"], ""
+        except (ImportError, AttributeError, RuntimeError) as err:
+            limits, why = [], f" ({err})"
+        if not limits or not limits[0]:
+            log.info("GPU memory unknown%s: assuming %d MiB", why, DEFAULT_GPU_BYTES // 2**20)
+        total = int(limits[0]) if limits and limits[0] else DEFAULT_GPU_BYTES
+    used = tf.config.experimental.get_memory_info("GPU:0")["current"]
+    return max(_MIN_BUDGET, (total - used) // 2)
 
 
 def _cgroup_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:

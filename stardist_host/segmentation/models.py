@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..console import stdout_to_log
 from ..errors import ModelError
 from ..resources import bundled_folder
 from . import bioimageio
-from .stardist_compat import prints_to_log
 
 __all__ = ["ModelError", "bundled_models_dir", "bundled_models", "registered_models", "load_model", "load_for_run",
            "read_config", "run_percentiles", "import_package", "export_model", "TrainedSizes", "trained_sizes",
@@ -212,7 +212,7 @@ def load_for_run(name: str, *, ndim: int, path: str | os.PathLike | None = None,
 def _build(cls, folder: Path, where: str):
     """The model in ``folder``; a ModelError naming ``where`` where stardist cannot load it."""
     try:
-        with prints_to_log(log):  # stardist prints "Loading network weights from ..." and the thresholds
+        with stdout_to_log(log, level=logging.DEBUG):  # stardist prints "Loading network weights ..." and thresholds
             return cls(None, name=folder.name, basedir=str(folder.parent))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"the model in {where} could not be loaded: {err}") from err
@@ -306,9 +306,8 @@ def export_model(name: str, out: str | os.PathLike, *, path: str | os.PathLike |
     if out.suffix.lower() != ".zip":
         raise ModelError(f"{str(out)!r}: a bioimage.io package is a .zip file; give a name ending in .zip")
     if out.exists() and not overwrite:
-        err = ModelError(f"{str(out)!r} exists already; set overwrite=True to replace it")
-        err.command_line = f"{str(out)!r} exists already; give --overwrite to replace it"
-        raise err
+        raise ModelError(f"{str(out)!r} exists already; set overwrite=True to replace it",
+                         command_line=f"{str(out)!r} exists already; give --overwrite to replace it")
     basedir = Path(path) if path is not None else bundled_models_dir()
     folder = basedir / name
     if not (folder / "config.json").is_file():
@@ -412,7 +411,7 @@ def _load_pretrained(cls, name: str, ndim: int):
     log.info("loading registered pretrained %dD model %s (downloaded once, then cached)", ndim, name)
     cache = Path.home() / ".keras" / "models" / cls.__name__ / name
     try:
-        with prints_to_log(log):
+        with stdout_to_log(log, level=logging.DEBUG):
             return cls.from_pretrained(name)
     except Exception as err:
         if not _is_offline(err):

@@ -256,16 +256,14 @@ class NmsPool:
 
     def _finish(self, work: Future, result: Future, block: str, place: tuple) -> None:
         """When a worker is done: the labels copied out of the block, the block released, then ``result`` set."""
-        labels = error = None
+        labels, error = None, (None if work.cancelled() else work.exception())
+        if isinstance(error, BrokenProcessPool):
+            self.broken = error
         try:
-            if not work.cancelled() and work.exception() is None:
+            if not work.cancelled() and error is None:
                 view, = _views(self._blocks[block].buf, (place,))
                 labels = view.astype(work.result())  # a copy, in the dtype stardist gave
                 del view
-            elif not work.cancelled():
-                error = work.exception()
-                if isinstance(error, BrokenProcessPool):
-                    self.broken = error
         except BaseException as err:  # noqa: BLE001 (an error in a callback would only be logged)
             error = err
         finally:

@@ -50,6 +50,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from ..console import stdout_to_log
 from ..errors import Cancelled
 from . import nms_workers as procs
 from . import stardist_compat as compat
@@ -104,14 +105,10 @@ def auto_n_tiles(shape: tuple[int, ...], budget: int | None = None, *, ndim: int
 
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is TensorFlow (or the system) running out of memory."""
-    try:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        if isinstance(err, tf.errors.ResourceExhaustedError):
-            return True
-    except ImportError:
-        pass
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower() or "OOM" in str(err)
+    return (isinstance(err, (tf.errors.ResourceExhaustedError, MemoryError)) or "out of memory" in str(err).lower()
+            or "OOM" in str(err))
 
 
 @dataclass(frozen=True)
@@ -212,12 +209,6 @@ class BatchedPredictor:
         return pool.submit(*candidates, shape=prepared.image.shape[:self.ndim], nms_thresh=self.nms_thresh)
 
 
-def _done(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
 def _copy_outcome(source: Future, target: Future) -> None:
     """Give the done ``source``'s result, error or cancellation to ``target``."""
     if source.cancelled():
@@ -225,11 +216,6 @@ def _copy_outcome(source: Future, target: Future) -> None:
         return
     err = source.exception()
     target.set_exception(err) if err is not None else target.set_result(source.result())
-
-
-def _forward_result(source: Future, target: Future) -> None:
-    """Copy ``source``'s outcome to ``target`` when it is done."""
-    source.add_done_callback(lambda f: _copy_outcome(f, target))
 
 
 class UnitPredictor:
@@ -311,7 +297,6 @@ class UnitPredictor:
         self._thread_nms: list[float] = []  # seconds of NMS per unit on the threads, for the switch to processes
         if self.nms_workers > 1 and self.nms_processes:
             self._start_pool()
-        self._bytes_per_pixel = bytes_per_pixel(model)
 
     def __enter__(self) -> "UnitPredictor":
         return self
@@ -367,7 +352,7 @@ class UnitPredictor:
 
     def unit_bytes(self, image: NDArray) -> int:
         """Bytes one read unit holds until it is handed back."""
-        return int(image.size * self._bytes_per_pixel)
+        return int(image.size * bytes_per_pixel(self.model))
 
     def needs_direct(self, image: NDArray) -> bool:
         """Whether ``image`` goes through stardist's own prediction: tiled, rescaled, or too big for one call."""
@@ -395,7 +380,9 @@ class UnitPredictor:
                 yield self._pop(pending)
             image = read(unit)
             if image is None:
-                pending.append((unit, _done(None), 0))
+                no_signal: Future = Future()
+                no_signal.set_result(None)
+                pending.append((unit, no_signal, 0))
                 continue
             estimate = self.unit_bytes(image)
             if self.needs_direct(image):
@@ -459,7 +446,8 @@ class UnitPredictor:
                 else:
                     work.add_done_callback(partial(self._from_worker, prepared=prepared, prob=prob, dist=dist))
                     continue
-            _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), prepared.future)
+            work = self._nms.submit(self._timed_instances, prepared, prob, dist)
+            work.add_done_callback(partial(_copy_outcome, target=prepared.future))
 
     def _from_worker(self, work: Future, *, prepared: _Prepared, prob: NDArray, dist: NDArray) -> None:
         """A worker's labels to ``prepared.future``; the unit redone on a thread where its worker process died."""
@@ -468,18 +456,10 @@ class UnitPredictor:
             return
         log.warning("an NMS worker process died (%s): its unit is redone on a thread", work.exception())
         try:
-            _forward_result(self._nms.submit(self._timed_instances, prepared, prob, dist), prepared.future)
+            again = self._nms.submit(self._timed_instances, prepared, prob, dist)
+            again.add_done_callback(partial(_copy_outcome, target=prepared.future))
         except RuntimeError as err:  # the threads are shut down: the run is ending
             prepared.future.set_exception(err)
-
-    def _scaled(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)
-
-    def blocks(self, shape: tuple[int, ...]) -> BlockPlan | None:
-        """How ``predict_instances_big`` splits a unit of ``shape`` (:func:`plan_blocks`)."""
-        axes = "YX" if self.ndim == 2 else "ZYX"
-        return plan_blocks(shape, compat.block_grid(self.model, axes), block=(BIG_BLOCK[self.ndim],) * self.ndim,
-                           min_overlap=(_BIG_OVERLAP,) * self.ndim, context=compat.tile_overlap(self.model, axes))
 
     def probability(self, unit) -> NDArray | None:
         """The object probability of a unit whose labels were handed back (float32, the unit's grid); once each."""
@@ -488,8 +468,12 @@ class UnitPredictor:
     def direct(self, image: NDArray, unit=None) -> NDArray:
         """stardist's own prediction, for units that are tiled, rescaled or big; retried with more tiles on OOM."""
         spatial = image.shape[:self.ndim]  # without the channels of a model with several
-        plan = self.blocks(spatial) if math.prod(spatial) > BIG_PIXELS else None
-        shape = self._scaled(plan.block_size if plan else spatial)
+        plan, axes = None, "YX" if self.ndim == 2 else "ZYX"
+        if math.prod(spatial) > BIG_PIXELS:  # how predict_instances_big splits it
+            plan = plan_blocks(spatial, compat.block_grid(self.model, axes), block=(BIG_BLOCK[self.ndim],) * self.ndim,
+                               min_overlap=(_BIG_OVERLAP,) * self.ndim, context=compat.tile_overlap(self.model, axes))
+        shape = plan.block_size if plan else spatial
+        shape = tuple(int(round(s * f)) for s, f in zip(shape, self.scale)) if self.scale else tuple(shape)
         tiles = self.n_tiles or auto_n_tiles(shape, self.budget, ndim=self.ndim)
         while True:
             try:
@@ -511,7 +495,7 @@ class UnitPredictor:
             return self.model.predict_instances(image, **options)[0]
         log.info("%s of %s pixels: predicted in blocks of %s (overlap %s, context %s)", "plane" if self.ndim == 2
                  else "volume", image.shape, plan.block_size, plan.min_overlap, plan.context)
-        with compat.prints_to_log(log):  # stardist prints the block geometry
+        with stdout_to_log(log, level=logging.DEBUG):  # stardist prints the block geometry
             channels = (1,) if image.ndim > self.ndim else ()
             labels, _ = self.model.predict_instances_big(
                 image, axes=("YX" if self.ndim == 2 else "ZYX") + ("C" if channels else ""),

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["CHECKED_VERSIONS", "PRIVATE_API", "check_private_api", "pad_for_network", "candidates", "instances",
-           "nms_config", "instances_from_config", "tile_overlap", "block_grid", "network_function", "prints_to_log"]
+           "nms_config", "instances_from_config", "tile_overlap", "block_grid", "network_function"]
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +265,3 @@ def network_function(model) -> Callable[[NDArray], tuple[NDArray, NDArray]]:
 
     return call
 
-
-def prints_to_log(logger: logging.Logger):
-    """Send what stardist and csbdeep print ("Loading network weights ...") to ``logger`` at DEBUG.
-
-    The console's one redirector (:func:`stardist_host.console.stdout_to_log`) at DEBUG level.
-    """
-    from ..console import stdout_to_log
-
-    return stdout_to_log(logger, level=logging.DEBUG)

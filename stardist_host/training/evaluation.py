@@ -118,13 +118,11 @@ def predict_all(
     return out
 
 
-def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_thresh=None, scale: Any = "auto",
-             model_pixel_size_um: Any = None, object_diameter_um: float | None = None,
-             normalize_channels_jointly: bool = False) -> tuple[list[dict], int]:
+def evaluate(model, pairs, *, region: str | None = None, **options) -> tuple[list[dict], int]:
     """Segment each sample whole, as in use, and score only ``region`` of it; return (rows, true objects).
 
-    ``scale``, ``model_pixel_size_um``, ``object_diameter_um``, ``normalize_channels_jointly``: as
-    :func:`predict_all` (give the last as the model was trained: its card's ``normalize_channels_jointly``).
+    ``options``: those of :func:`predict_all` but the voxel size, which the pairs give (pass
+    ``normalize_channels_jointly`` as the model was trained: its card's ``normalize_channels_jointly``).
 
     Cropping before predicting would turn nuclei cut by the region's edge into
     slivers that no model finds, so the model always sees the whole image.
@@ -142,10 +140,7 @@ def evaluate(model, pairs, *, region: str | None = None, prob_thresh=None, nms_t
         example = ",".join(map(str, range(expected)))
         give = "one" if expected == 1 else f"{expected} in the model's order, e.g. {example}"
         raise PairError(f"the model takes {expected} input channel(s) but --channel gives {given}: give {give}")
-    predicted = predict_all(model, pairs.images, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                            voxel_size=pairs.voxel_size, scale=scale, model_pixel_size_um=model_pixel_size_um,
-                            object_diameter_um=object_diameter_um,
-                            normalize_channels_jointly=normalize_channels_jointly)
+    predicted = predict_all(model, pairs.images, voxel_size=pairs.voxel_size, **options)
     masks = [crop(m, region) for m in pairs.masks]
     return score(masks, [crop(p, region) for p in predicted]), count_objects(masks)
 

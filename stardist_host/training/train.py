@@ -376,9 +376,8 @@ def _read_losses(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(float(v)) if k in ("epoch", "overfitting") else float(v)) for k, v in row.items()
-             if v not in ("", None)} for row in rows]
+        return [{k: (int(float(v)) if k in ("epoch", "overfitting") else float(v)) for k, v in row.items()
+                 if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def _write_losses(history: list[dict], path: Path) -> None:
@@ -452,12 +451,6 @@ def _plot(history: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def _quiet_fit(model) -> None:
-    """Keras's per-step progress bar off: stardist calls ``fit(verbose=1)``; :func:`_loss_logger` reports each epoch."""
-    fit = model.keras_model.fit
-    model.keras_model.fit = lambda *args, **kwargs: fit(*args, **{**kwargs, "verbose": 0})
-
-
 def _normalized(images, percentiles, ndim: int, *, jointly: bool = False) -> list[NDArray]:
     """Each image mapped by its ``percentiles``: a trailing channel axis each channel on its own over space
     (csbdeep's ``axis=(0, 1)`` in 2D, ``(0, 1, 2)`` in 3D), or with ``jointly`` all channels together."""
@@ -474,13 +467,6 @@ def _normalized(images, percentiles, ndim: int, *, jointly: bool = False) -> lis
 def _channels(pairs: Pairs) -> str:
     n = pairs.n_channels
     return "one channel (no channel axis)" if n is None else f"{n} channel{'s' if n != 1 else ''} (a channel axis)"
-
-
-def _channels_normalised(settings: TrainSettings, pairs: Pairs) -> str:
-    if not pairs.n_channels:
-        return "1 input channel"
-    how = "jointly" if settings.normalize_channels_jointly else "each on its own"
-    return f"{pairs.n_channels} input channels normalised {how}"
 
 
 def _validation_split(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None):
@@ -514,17 +500,18 @@ def _resumed_model(cls, settings: TrainSettings, history: list[dict]):
     return model
 
 
-def _prepare(model, history: list[dict], folder: Path, patience: int, epochs: int) -> None:
+def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, history: list[dict], patience: int,
+         device: str) -> None:
     model.prepare_for_training()
-    _quiet_fit(model)
+    # Keras's per-step progress bar off: stardist calls fit(verbose=1); the loss logger reports each epoch
+    fit = model.keras_model.fit
+    model.keras_model.fit = lambda *args, **kwargs: fit(*args, **{**kwargs, "verbose": 0})
     best = min((h["val_loss"] for h in history if "val_loss" in h), default=None)
     for cb in model.callbacks:
         if best is not None and str(getattr(cb, "filepath", "")).endswith("weights_best.h5"):
             cb.best = best  # a resumed run keeps the earlier best weights unless it beats them
-    model.callbacks.append(_loss_logger(folder, len(history), patience, epochs=epochs))
+    model.callbacks.append(_loss_logger(settings.folder, len(history), patience, epochs=settings.epochs))
 
-
-def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, done: int, device: str) -> None:
     def normalized(pairs: Pairs) -> list[NDArray]:
         return _normalized(pairs.images, settings.percentiles, pairs.ndim, jointly=settings.normalize_channels_jointly)
 
@@ -537,11 +524,14 @@ def _fit(model, settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs, d
     patch = tuple(model.config.train_patch_size)
     if settings.rotate_flip and patch[-1] != patch[-2]:
         log.info("patch %s is not square in the image plane: 90-degree rotations are skipped, flips kept", patch)
+    n = train_pairs.n_channels
+    how = "jointly" if settings.normalize_channels_jointly else "each on its own"
+    channels = f"{n} input channels normalised {how}" if n else "1 input channel"
     log.info("training %s (%dD, %s) on %d samples (%d objects), validating on %d (%d objects), on %s",
-             settings.name, train_pairs.ndim, _channels_normalised(settings, train_pairs), len(X),
+             settings.name, train_pairs.ndim, channels, len(X),
              train_pairs.n_objects, len(X_val), val_pairs.n_objects, device)
     model.train(X, Y, validation_data=(X_val, Y_val), augmenter=augmenter, seed=settings.seed,
-                epochs=settings.epochs - done, steps_per_epoch=settings.steps_per_epoch)
+                epochs=settings.epochs - len(history), steps_per_epoch=settings.steps_per_epoch)
     # stardist has reloaded weights_best.h5: thresholds and scores are those of the best epoch
     thresholds = model.optimize_thresholds(X_val, Y_val, optimize_kwargs={"verbose": 0}, save_to_json=False)
     with atomic_write(settings.folder / "thresholds.json") as tmp:
@@ -597,7 +587,7 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
     if len(history) >= settings.epochs:
         raise TrainError(f"--resume: {folder.name} has already trained {len(history)} of {settings.epochs} epochs; "
                          "raise --epochs")
-    config, anisotropy = (None, None) if settings.resume else _config(settings, train_pairs, val_pairs, validation)
+    config = None if settings.resume else _config(settings, train_pairs, val_pairs, validation)[0]
     _check_objects(train_pairs, val_pairs, validation)
 
     device = configure_device(settings.use_gpu)
@@ -611,17 +601,15 @@ def train(settings: TrainSettings, train_pairs: Pairs, val_pairs: Pairs | None =
             model = _resumed_model(cls, settings, history)
             patch = tuple(model.config.train_patch_size)
             _check_patch(patch, _divisor(model.config), train_pairs, val_pairs, validation)
-            anisotropy = getattr(model.config, "anisotropy", None)
         else:
             for stale in _STALE if exists else ():
                 (folder / stale).unlink(missing_ok=True)
             model = cls(config, name=settings.name, basedir=str(settings.basedir))
-        _prepare(model, history, folder, patience, settings.epochs)
-        _fit(model, settings, train_pairs, val_pairs, len(history), device)
+        _fit(model, settings, train_pairs, val_pairs, history, patience, device)
         rows = score(val_pairs.masks, predict_all(model, val_pairs.images, percentiles=settings.percentiles,
                                                   voxel_size=val_pairs.voxel_size,
                                                   normalize_channels_jointly=settings.normalize_channels_jointly))
-    card = _model_card(settings, model, train_pairs, val_pairs, _read_losses(folder), rows, anisotropy, device)
+    card = _model_card(settings, model, train_pairs, val_pairs, _read_losses(folder), rows, device)
     write_card(folder, card)
     return card
 
@@ -653,11 +641,12 @@ def training_sizes(pairs: Pairs, voxel_size, anisotropy) -> dict:
             "object_diameter_um": diameter * lateral if diameter is not None and lateral is not None else None}
 
 
-def _model_card(settings, model, train_pairs, val_pairs, history, rows, anisotropy, device) -> dict:
+def _model_card(settings, model, train_pairs, val_pairs, history, rows, device) -> dict:
     import csbdeep
     import stardist
     import tensorflow as tf
 
+    anisotropy = getattr(model.config, "anisotropy", None)  # None in 2D
     val_losses = [h["val_loss"] for h in history if "val_loss" in h]
     return {
         "name": settings.name,
@@ -731,8 +720,7 @@ def record_test_scores(folder: str | Path, rows: list[dict], test_data: dict) ->
         The card as written.
     """
     card = read_card(folder)
-    card.setdefault("data", {})["test_scores"] = rows
-    card["data"]["test_data"] = test_data
+    card.setdefault("data", {}).update(test_scores=rows, test_data=test_data)
     write_card(folder, card)
     return card
 
