@@ -31,7 +31,11 @@ class StardistHostError(Exception):
     the ``stardist-host`` command shows.
     """
 
-    command_line: str | None = None
+    command_line: str | None = None  # also where a subclass's __init__ bypasses this one (schema.SettingsErrors)
+
+    def __init__(self, *args: Any, command_line: str | None = None) -> None:
+        super().__init__(*args)
+        self.command_line = command_line
 
     def in_words_of(self, options: Mapping[str, Option] | None = None) -> str:
         """The message as the ``stardist-host`` command shows it.
@@ -103,10 +107,6 @@ class PlanError(StardistHostError, ValueError):
 
     Worded for a script; ``command_line`` words it for the ``stardist-host`` command.
     """
-
-    def __init__(self, message: str, command_line: str | None = None) -> None:
-        super().__init__(message)
-        self.command_line = command_line
 
 
 class InputFileError(StardistHostError, ValueError):

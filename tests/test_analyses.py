@@ -443,6 +443,9 @@ def test_read_region_names_bad_file(tmp_path):
     (tmp_path / "bad.csv").write_text("name,id\ncortex,1\n", encoding="utf-8")
     with pytest.raises(AnalysisError, match=r"no rows of the form 'id,name' found"):
         read_region_names(tmp_path / "bad.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")  # an empty file is one more file without rows, not a crash
+    with pytest.raises(AnalysisError, match=r"REGION_NAMES='.*empty.csv': no rows of the form 'id,name' found"):
+        read_region_names(tmp_path / "empty.csv")
 
 
 def test_atlas_single_plane_areas_per_mm2():

@@ -45,12 +45,9 @@ def read_region_names(path: str | os.PathLike) -> dict[int, str]:
     if not path.is_file():
         raise AnalysisError(f"REGION_NAMES={str(path)!r}: the file does not exist")
     text = path.read_text(encoding="utf-8-sig")
-    dialect = csv.excel_tab if "\t" in text.splitlines()[0] else csv.excel
-    names = {}
-    for row in csv.reader(text.splitlines(), dialect):
-        if len(row) < 2 or not row[0].strip().lstrip("-").isdigit():
-            continue  # header or blank line
-        names[int(row[0])] = row[1].strip()
+    dialect = csv.excel_tab if "\t" in text.partition("\n")[0] else csv.excel
+    names = {int(row[0]): row[1].strip() for row in csv.reader(text.splitlines(), dialect)
+             if len(row) >= 2 and row[0].strip().lstrip("-").isdigit()}  # not a header or blank line
     if not names:
         raise AnalysisError(f"REGION_NAMES={str(path)!r}: no rows of the form 'id,name' found")
     return names

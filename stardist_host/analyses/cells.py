@@ -83,12 +83,9 @@ def grow(
     cells = watershed(smooth, markers=markers)
     cells[cells == background] = 0
     # the ridge: one voxel along the finest axes (a Z plane only where Z is as fine as Y and X)
-    footprint = np.zeros((3,) * cells.ndim, bool)
-    for axis in range(cells.ndim):
-        if spacing[axis] <= spacing.min() * 1.01:
-            index = [1] * cells.ndim
-            index[axis] = slice(None)
-            footprint[tuple(index)] = True
+    footprint = ndimage.generate_binary_structure(cells.ndim, 1)
+    for axis in np.flatnonzero(spacing > spacing.min() * 1.01):
+        np.moveaxis(footprint, axis, 0)[[0, 2]] = False  # a view: no neighbours along this coarser axis
     grown = ndimage.grey_dilation(cells, footprint=footprint)
     ridge = (cells == 0) & (smooth >= threshold) & (grown > 0)
     cells[ridge] = grown[ridge]

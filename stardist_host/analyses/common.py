@@ -12,7 +12,7 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +23,7 @@ from ..io.files import atomic_write
 
 __all__ = [
     "AnalysisError", "Table", "check_channel", "check_positive", "objects_ndim", "resolve_voxel_size", "read_stack",
-    "read_labels", "write_stack", "units", "write_csv", "empty_table", "time_points", "check_labels", "channel_label",
+    "read_labels", "write_stack", "write_csv", "empty_table", "time_points", "check_labels",
     "LABEL_NEIGHBOUR_SHARE",
 ]
 
@@ -106,14 +106,17 @@ def time_points(imageset: ImageSet, current_only: bool = False) -> range:
     return range(imageset.time_point_count)
 
 
-def read_stack(imageset: ImageSet, channel: int, t: int) -> NDArray:
-    """All planes of one channel and time point as (Z, Y, X)."""
-    return np.stack([np.asarray(imageset.get_channeldata(channel, z, t)) for z in range(imageset.plane_count)])
+def read_stack(imageset: ImageSet, channel: int, t: int, plane: int | None = None) -> NDArray:
+    """All planes of one channel and time point as (Z, Y, X), or only ``plane`` as (1, Y, X)."""
+    planes = range(imageset.plane_count) if plane is None else [plane]
+    return np.stack([np.asarray(imageset.get_channeldata(channel, z, t)) for z in planes])
 
 
-def read_labels(imageset: ImageSet, channel: int, t: int, setting: str = "LABEL_CHANNEL") -> NDArray:
+def read_labels(imageset: ImageSet, channel: int, t: int, setting: str = "LABEL_CHANNEL",
+                plane: int | None = None) -> NDArray:
     """:func:`read_stack` of a label channel through :func:`check_labels`, the channel named by ``setting``."""
-    return check_labels(read_stack(imageset, channel, t), channel_label(imageset, channel, setting))
+    what = f"{setting}={channel} ({imageset.channel_names[channel]!r})"  # LABEL_CHANNEL=2 ('DAPI')
+    return check_labels(read_stack(imageset, channel, t, plane), what)
 
 
 def write_stack(imageset: ImageSet, channel: int, t: int, stack: NDArray) -> None:
@@ -121,24 +124,9 @@ def write_stack(imageset: ImageSet, channel: int, t: int, stack: NDArray) -> Non
         imageset.set_channeldata(channel, z, t, stack[z])
 
 
-def units(imageset: ImageSet, ndim: int, current_only: bool = False) -> Iterable[tuple[int, int | None, NDArray]]:
-    """Yield (t, plane or None, reader) per plane (2D) or time point (3D) of :func:`time_points`, reading lazily."""
-    for t in time_points(imageset, current_only):
-        if ndim == 3:
-            yield t, None, lambda ch, t=t: read_stack(imageset, ch, t)
-        else:
-            for z in range(imageset.plane_count):
-                yield t, z, lambda ch, t=t, z=z: np.asarray(imageset.get_channeldata(ch, z, t))[None]
-
-
 def empty_table(columns: Sequence[str]) -> Table:
     """A table with ``columns`` and no rows."""
     return {c: np.zeros(0) for c in columns}
-
-
-def channel_label(imageset: ImageSet, channel: int, setting: str) -> str:
-    """How messages name a channel: ``LABEL_CHANNEL=2 ('DAPI')``."""
-    return f"{setting}={channel} ({imageset.channel_names[channel]!r})"
 
 
 def check_labels(array: NDArray, what: str) -> NDArray:
@@ -159,7 +147,7 @@ def check_labels(array: NDArray, what: str) -> NDArray:
     array
         The label data of one plane or stack.
     what
-        How the message names it, e.g. ``channel_label(imageset, 2, "LABEL_CHANNEL")``.
+        How the message names it, e.g. ``LABEL_CHANNEL=2 ('DAPI')``.
     """
     array = np.asarray(array)
     allowed = "labels are whole numbers 0 (background) and up, in an integer channel (uint8, uint16, uint32, int32)"
@@ -225,6 +213,4 @@ def write_csv(table: Table, path: str | os.PathLike) -> Path:
 def _cell(value) -> str:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else repr(float(value))
-    if isinstance(value, np.integer):
-        return str(int(value))
     return str(value)

@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..host import ImageSet
-from .common import (Table, channel_label, check_channel, check_labels, empty_table, objects_ndim, resolve_voxel_size,
-                     units)
+from .common import (Table, check_channel, empty_table, objects_ndim, read_labels, read_stack, resolve_voxel_size,
+                     time_points)
 
 __all__ = ["measure", "measure_labels", "base_columns", "cell_columns"]
 
@@ -208,14 +208,15 @@ def measure(
     voxel = resolve_voxel_size(imageset, voxel_size, need_z=ndim == 3)
     keys = _channel_keys(imageset, channels)
     tables = []
-    for t, plane, read in units(imageset, ndim, current_time_point):
-        labels = check_labels(read(label_channel), channel_label(imageset, label_channel, "LABEL_CHANNEL"))
+    units = [(t, z) for t in time_points(imageset, current_time_point)
+             for z in ([None] if ndim == 3 else range(imageset.plane_count))]
+    for t, plane in units:
+        labels = read_labels(imageset, label_channel, t, plane=plane)
         if not labels.any():
             continue
-        intensity = np.stack([read(c) for c in channels], axis=-1).astype(np.float64) if channels else None
-        cells = None
-        if cell_channel is not None:
-            cells = check_labels(read(cell_channel), channel_label(imageset, cell_channel, "CELL_CHANNEL"))
+        intensity = (np.stack([read_stack(imageset, c, t, plane) for c in channels], axis=-1).astype(np.float64)
+                     if channels else None)
+        cells = None if cell_channel is None else read_labels(imageset, cell_channel, t, "CELL_CHANNEL", plane)
         tables.append(measure_labels(labels, voxel=voxel, ndim=ndim, intensities=intensity, intensity_keys=keys,
                                      cells=cells, time_point=t, plane=plane))
     if not tables:

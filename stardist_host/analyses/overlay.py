@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import check_index
 from ..host import ImageSet
 from ..io.files import atomic_write
-from .common import AnalysisError, channel_label, check_channel, check_labels
+from .common import AnalysisError, check_channel, read_labels, read_stack
 
 __all__ = ["overlay"]
 
@@ -67,32 +67,22 @@ def overlay(
     if path.suffix.lower() != ".png":
         raise AnalysisError(f"output {str(path)!r} must end in .png")
 
-    def labels_of(channel: int, setting: str):
-        data = imageset.get_channeldata(channel, plane, time_point)
-        return check_labels(data, channel_label(imageset, channel, setting))
-
-    rgb = _grey(np.asarray(imageset.get_channeldata(image_channel, plane, time_point)), percentiles)
+    image = read_stack(imageset, image_channel, time_point, plane)[0].astype(np.float32)
+    lo, hi = np.percentile(image, percentiles)
+    grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
     for channel, setting, colour in layers:
-        rgb[find_boundaries(labels_of(channel, setting), mode="inner")] = colour
-    tracks = labels_of(track_channel, "TRACK_CHANNEL") if track_channel is not None else None
+        rgb[find_boundaries(read_labels(imageset, channel, time_point, setting, plane)[0], mode="inner")] = colour
     height, width = rgb.shape[:2]
     fig = Figure(figsize=(width / 100, height / 100), dpi=100)
     FigureCanvasAgg(fig)  # a canvas of this figure only: the host's pyplot backend stays as it is
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    if tracks is not None:
-        for r in regionprops(tracks):
+    if track_channel is not None:
+        for r in regionprops(read_labels(imageset, track_channel, time_point, "TRACK_CHANNEL", plane)[0]):
             ax.text(r.centroid[1], r.centroid[0], str(r.label), color="magenta", fontsize=7, ha="center", va="center")
     with atomic_write(path) as tmp, tmp.open("wb") as f:
         fig.savefig(f, format="png", dpi=100)
     log.info("wrote %s", path)
     return path
-
-
-def _grey(image, percentiles) -> np.ndarray:
-    """The image as RGB grey, contrast-stretched between two percentiles."""
-    image = image.astype(np.float32)
-    lo, hi = np.percentile(image, percentiles)
-    grey = np.clip((image - lo) / (hi - lo if hi > lo else 1), 0, 1)
-    return np.repeat(grey[..., None], 3, axis=-1)

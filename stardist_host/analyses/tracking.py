@@ -143,8 +143,8 @@ def link_frames(frames: Frames, max_distance_um: float) -> tuple[list[_Segment],
     """Step 1: link each frame's objects to the next frame's; return the segments and, per frame, label -> segment."""
     segments: list[_Segment] = []
     points_at: list[dict[int, _Segment]] = []
-    prev_labels, prev_pos = np.zeros(0, int), np.zeros((0, 3))
     for t, (labels, pos) in enumerate(frames):
+        prev_labels, prev_pos = frames[t - 1] if t else (np.zeros(0, int), np.zeros((0, 3)))
         i, j, d2 = _near_pairs(prev_pos, pos, max_distance_um)
         linked = {b: a for a, b in link_sparse(i, j, d2, (len(prev_pos), len(pos)), no_link=max_distance_um ** 2)}
         now: dict[int, _Segment] = {}
@@ -155,7 +155,6 @@ def link_frames(frames: Frames, max_distance_um: float) -> tuple[list[_Segment],
                 segments.append(seg)
             seg.points.append((t, int(lab), p))
             now[int(lab)] = seg
-        prev_labels, prev_pos = labels, pos
         points_at.append(now)
     return segments, points_at
 
@@ -336,17 +335,15 @@ def track(
     frames = [_centroids(imageset, label_channel, t, voxel) for t in range(imageset.time_point_count)]
     tracks, properties = track_positions(frames, max_distance_um=max_distance_um, max_gap=int(max_gap),
                                          divisions=divisions)
-    result = TrackResult(tracks, properties)
-    if output_name:
-        result.channel = _paint(imageset, label_channel, tracks, output_name)
+    channel = _paint(imageset, label_channel, tracks, output_name) if output_name else None
+    result = TrackResult(tracks, properties, channel)
     log.info("%s", result.summary())
     return result
 
 
 def _paint(imageset: ImageSet, label_channel: int, tracks: Table, name: str) -> int:
     """A new channel where each nucleus carries its track id."""
-    n = int(tracks["track_id"].max()) if len(tracks["track_id"]) else 0
-    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+    dtype = np.uint16 if tracks["track_id"].max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
     channel = imageset.add_channel(name, dtype)
     for t in range(imageset.time_point_count):
         labels = read_labels(imageset, label_channel, t)

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import MissingExtraError, ModelError
+from ..errors import ModelError
 
 __all__ = ["Package", "RDF_NAMES", "is_package", "read_package", "install_package", "package_of_folder",
            "run_percentiles", "write_package", "validate_package", "folder_name"]
@@ -72,7 +72,6 @@ _CITE = [
 class Package:
     """What stardist-host takes from a bioimage.io package of a StarDist model."""
 
-    source: Path
     name: str
     format_version: str
     config: dict[str, Any]  # stardist's config.json
@@ -96,9 +95,7 @@ def is_package(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.is_file():
         return p.suffix.lower() == ".zip" or zipfile.is_zipfile(p)
-    if p.is_dir():
-        return not (p / "config.json").is_file() and _rdf_in_folder(p) is not None
-    return False
+    return p.is_dir() and not (p / "config.json").is_file() and _rdf_in_folder(p) is not None
 
 
 def _rdf_name(names) -> str | None:
@@ -119,11 +116,10 @@ class _Files:
         self.source, self.label = source, label
         self._zip: zipfile.ZipFile | None = None
         if source.is_dir():
-            rdf = _rdf_in_folder(source)
-            if rdf is None:
+            self.rdf = _rdf_in_folder(source)
+            if self.rdf is None:
                 raise ModelError(f"{label}: the folder {source} has no {' or '.join(RDF_NAMES)}, so it is not a "
                                  "bioimage.io model package")
-            self.rdf = rdf
             self.names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
             return
         if not source.exists():
@@ -136,12 +132,11 @@ class _Files:
             self.names = [n for n in self._zip.namelist() if not n.endswith("/")]
         except (zipfile.BadZipFile, OSError) as err:
             raise ModelError(f"{label}: {source} cannot be read as a zip file ({err})") from err
-        rdf = _rdf_name([n for n in self.names if "/" not in n])
-        if rdf is None:
+        self.rdf = _rdf_name([n for n in self.names if "/" not in n])
+        if self.rdf is None:
             self.close()
             raise ModelError(f"{label}: the zip file {source} has no {' or '.join(RDF_NAMES)} at its top, so it "
                              "is not a bioimage.io model package")
-        self.rdf = rdf
 
     def member(self, name: str) -> str | None:
         """``name`` as a path inside the package, or None where it leaves the package or is not there."""
@@ -165,14 +160,6 @@ class _Files:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-
-
-def _yaml():
-    try:
-        import yaml
-    except ImportError as err:  # a dependency of the package; only a broken environment lacks it
-        raise MissingExtraError("reading a bioimage.io package needs PyYAML: pip install pyyaml") from err
-    return yaml
 
 
 def read_package(path: str | os.PathLike, *, label: str | None = None) -> Package:
@@ -202,7 +189,9 @@ def read_package(path: str | os.PathLike, *, label: str | None = None) -> Packag
 
 def _package(files: _Files) -> Package:
     """The package's description, parsed and checked (:func:`read_package`)."""
-    label, yaml = files.label, _yaml()
+    import yaml
+
+    label = files.label
     try:
         rdf = yaml.safe_load(files.read(files.rdf).decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -240,7 +229,7 @@ def _package(files: _Files) -> Package:
     else:
         thresholds = {"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}
     inputs = rdf.get("inputs") or [{}]
-    return Package(files.source, str(rdf.get("name") or files.source.stem), str(rdf.get("format_version", "")),
+    return Package(str(rdf.get("name") or files.source.stem), str(rdf.get("format_version", "")),
                    config, thresholds, member, formats, _percentiles(inputs[0], label), _pixel_size(inputs[0]))
 
 
@@ -328,10 +317,9 @@ def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, n
         if not models_dir.is_dir():
             raise ModelError(f"{label}: the models folder {models_dir} does not exist")
         if dest.exists() and not overwrite:
-            err = ModelError(f"{label}: a model folder {dest} exists already; choose another name or overwrite it")
-            err.command_line = (f"{label}: a model folder {dest} exists already; give --name to install it under "
-                                "another name, or --overwrite to replace it")
-            raise err
+            raise ModelError(f"{label}: a model folder {dest} exists already; choose another name or overwrite it",
+                             command_line=f"{label}: a model folder {dest} exists already; give --name to install "
+                             "it under another name, or --overwrite to replace it")
         with scratch_dir(models_dir) as tmp:
             folder = Path(tmp) / name
             folder.mkdir()
@@ -423,6 +411,7 @@ def write_package(model, weights: str | os.PathLike, out: str | os.PathLike, tes
     from importlib.metadata import version
 
     import tensorflow as tf
+    import yaml
     from csbdeep.utils import normalize
 
     from ..io.files import atomic_write
@@ -503,7 +492,7 @@ def write_package(model, weights: str | os.PathLike, out: str | os.PathLike, tes
         shutil.copyfile(weights, tmp / "stardist_weights.h5")
         (tmp / "README.md").write_text(documentation or _readme(name, ndim, thresholds, percentiles))
         plain = json.loads(json.dumps(rdf, default=lambda v: v.item()))  # YAML takes lists and Python scalars only
-        (tmp / "rdf.yaml").write_text(_yaml().safe_dump(plain, sort_keys=False))
+        (tmp / "rdf.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
         package = tmp / "package" / "package.zip"
         package.parent.mkdir()
         with zipfile.ZipFile(package, "w", zipfile.ZIP_DEFLATED) as z:
