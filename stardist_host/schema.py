@@ -125,10 +125,16 @@ def _sequence(item: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     return valid
 
 
-def _numbers(convert: Callable[[str], Any]) -> Callable[[Any, str], Any]:
+def _numbers(convert: Callable[[str], Any], *, by: str = "x", one_or_more: bool = False) -> Callable[[Any, str], Any]:
+    """A parser of numbers (``convert`` of each text) separated by commas or ``by``: a tuple where the field has a
+    ``length``, else a list; ``one_or_more``: one number as itself, several as a tuple, none refused."""
     def parse(f: Any, text: str) -> Any:
-        values = [convert(v) for v in text.replace("x", ",").split(",") if v.strip()]
-        return tuple(values) if f.length else values
+        values = [convert(v) for v in text.replace(by, ",").split(",") if v.strip()]
+        if not one_or_more:
+            return tuple(values) if f.length else values
+        if not values:
+            raise ValueError(text)
+        return values[0] if len(values) == 1 else tuple(values)
     return parse
 
 
@@ -155,33 +161,16 @@ def _parse_choices(f: Any, text: str) -> tuple:
 
 def _number_or_numbers(f: Any, v: Any) -> bool:
     """One of the choices, a number, or (``length``) numbers, each in range: SCALE, MODEL_PIXEL_SIZE_UM."""
-    if isinstance(v, str):
-        return v in f.choices
-    return _sequence(_real)(f, v) or _real(f, v)
+    return v in f.choices if isinstance(v, str) else _sequence(_real)(f, v) or _real(f, v)
 
 
 def _parse_number_or_numbers(f: Any, text: str) -> Any:
-    return text.strip() if text.strip() in f.choices else _one_or_more(float, by="x")(f, text)
+    return text.strip() if text.strip() in f.choices else _numbers(float, one_or_more=True)(f, text)
 
 
 def _number_or_numbers_allowed(f: Any) -> str:
     choices = f"{_listed(f)}, " if f.choices else ""
     return f"{choices}a number{_unit(f)}{_range(f)} or {f.length or 'a list of'} such numbers, one per axis"
-
-
-def _int_or_ints(f: Any, v: Any) -> bool:
-    """A whole number in range, or a non-empty list of them: INPUT_CHANNEL of a model with several input channels."""
-    return _whole(f, v) or (_sequence(_whole)(f, v) and len(v) > 0)
-
-
-def _one_or_more(convert: Callable[[str], Any], *, by: str = ",") -> Callable[[Any, str], Any]:
-    """A parser of one number (``convert`` of the text) or several, separated by commas or ``by``, as a tuple."""
-    def parse(f: Any, text: str) -> Any:
-        values = tuple(convert(v) for v in text.replace(by, ",").split(",") if v.strip())
-        if not values:
-            raise ValueError(text)
-        return values[0] if len(values) == 1 else values
-    return parse
 
 
 #: Field types: what a value must be, how the command line gives it and the words for it.
@@ -200,9 +189,11 @@ TYPES: dict[str, Kind] = {
                  _numbers(int), "1,2"),
     "floats": Kind("a list of numbers", _sequence(_real),
                    lambda f: f"{f.length or 'a list of'} numbers{_unit(f)}{_range(f)}", _numbers(float), "2,0.5,0.5"),
-    "int_or_ints": Kind("a whole number or a list of them", _int_or_ints,
-                        lambda f: f"a whole number{_range(f)} or a list of them, e.g. [0, 1]", _one_or_more(int),
-                        "0 or 0,1"),
+    # a whole number in range, or a non-empty list of them: INPUT_CHANNEL of a model with several input channels
+    "int_or_ints": Kind("a whole number or a list of them",
+                        lambda f, v: _whole(f, v) or (_sequence(_whole)(f, v) and len(v) > 0),
+                        lambda f: f"a whole number{_range(f)} or a list of them, e.g. [0, 1]",
+                        _numbers(int, by=",", one_or_more=True), "0 or 0,1"),
     # a choice such as "auto", one number for all axes, or one number per axis
     "number_or_numbers": Kind("a number or a list of numbers", _number_or_numbers, _number_or_numbers_allowed,
                               _parse_number_or_numbers, "0.5 or 1,0.5,0.5"),

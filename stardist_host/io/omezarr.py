@@ -208,18 +208,6 @@ def _open_input(path: Path):
         raise InputFileError(f"{where} cannot be read as a Zarr group: {err}") from err
 
 
-def _open_labels_root(path: Path, zarr_format: int):
-    """The group that holds ``labels/``: the input store (opened for writing) or a separate store."""
-    zarr = _zarr()
-    try:
-        if _zarr_major() >= 3:
-            return zarr.open_group(str(path), mode="a", zarr_format=zarr_format, use_consolidated=False)
-        return zarr.open_group(str(path), mode="a")
-    except Exception as err:
-        raise OutputError(f"labels cannot be written to {str(path)!r} ({err}); give a writable folder as "
-                          "labels_store=") from err
-
-
 def _create_plane_array(group, name: str, *, shape, chunks, dtype, dim_names, zarr_format: int):
     """A zero-filled array; NGFF wants '/' chunk keys in v2 stores and dimension names in v3 ones."""
     if _zarr_major() >= 3:
@@ -414,8 +402,15 @@ class OmeZarrImageSet(ChannelChecks):
     # ------------------------------------------------------------------ label channels
 
     def _labels_group(self):
+        """The group ``labels/`` of the input store (opened for writing) or of the separate store."""
         if self._labels_root is None:
-            self._labels_root = _open_labels_root(self._labels_path, self._zarr_format)
+            path = str(self._labels_path)
+            v3 = {"zarr_format": self._zarr_format, "use_consolidated": False} if _zarr_major() >= 3 else {}
+            try:
+                self._labels_root = _zarr().open_group(path, mode="a", **v3)
+            except Exception as err:
+                raise OutputError(f"labels cannot be written to {path!r} ({err}); give a writable folder as "
+                                  "labels_store=") from err
         return self._labels_root.require_group("labels")
 
     def _source(self) -> str:

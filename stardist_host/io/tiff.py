@@ -182,18 +182,14 @@ class _Part:
                 self.names, self.voxel = _ome_metadata(tif, index, len(tif.series))
             elif tif.is_imagej:
                 self.voxel = _imagej_voxel(tif)
-                self.names = self._imagej_names(tif)
+                # ImageJ keeps channel names as slice labels (one per page): those of the first time point and plane
+                labels = (tif.imagej_metadata or {}).get("Labels")
+                if not self.samples and "C" in self.axes and isinstance(labels, list) and len(labels) == self.n_pages:
+                    self.names = [str(labels[self.page_of(0, c, 0)]) for c in range(self.sizes["C"])]
         except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, SyntaxError) as err:  # damaged: go on
             log.warning("%s: could not read its physical sizes or channel names (%s)", path.name, err)
         if len(self.names) != self.sizes["C"] or not all(self.names):
             self.names = []
-
-    def _imagej_names(self, tif: tifffile.TiffFile) -> list[str]:
-        """ImageJ keeps channel names as slice labels (one per page): take those of the first time point and plane."""
-        labels = (tif.imagej_metadata or {}).get("Labels")
-        if self.samples or "C" not in self.axes or not isinstance(labels, list) or len(labels) != self.n_pages:
-            return []
-        return [str(labels[self.page_of(0, c, 0)]) for c in range(self.sizes["C"])]
 
     def page_of(self, t: int, c: int, z: int) -> int:
         index = {"T": t, "C": c, "Z": z}
@@ -383,13 +379,9 @@ def _open(path: Path) -> tifffile.TiffFile:
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series  # parsing the series is where tifffile meets most damage
-        if not series:
-            raise TiffError(f"{path.name} holds no image data")
     except Exception as err:  # tifffile raises many types (struct.error, IndexError ...) on damaged files
         if tif is not None:
             tif.close()
-        if isinstance(err, TiffError):
-            raise
         with open(path, "rb") as f:
             header = f.read(4)
         if header in _TIFF_HEADERS:
@@ -398,6 +390,9 @@ def _open(path: Path) -> tifffile.TiffFile:
     finally:
         logger.removeHandler(caught)
         logger.propagate = propagate
+    if not series:
+        tif.close()
+        raise TiffError(f"{path.name} holds no image data")
     # offsets beyond the end mean lost data; anything else (malformed OME-XML, odd ImageJ metadata) is
     # metadata tifffile could not use: the pixels are there, so say so and go on with what the file says
     messages = [record.getMessage() for record in caught.buffer]

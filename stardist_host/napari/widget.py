@@ -268,17 +268,15 @@ class SegmentationWidget(_RunWidget):
     def _axes_changed(self, _value=None) -> None:
         """Where the layers are the channels, INPUT_CHANNEL is the chosen layer's place among them."""
         channel = self.settings_widgets["INPUT_CHANNEL"]
-        own_axis = "C" in self.axes.value.upper()
-        channel.enabled = own_axis
-        layer = self.layer.value
-        if layer is None or own_axis:
+        channel.enabled = own_axis = "C" in self.axes.value.upper()
+        if own_axis:
             return
         try:
             layers = self.input_layers()
-        except Exception:  # Run says what is wrong
+        except Exception:  # no layer, or a wrong one: Run says what is wrong
             return
-        if layer in layers:
-            channel.value = _text(layers.index(layer))  # a text field: a list of channels is for several
+        if self.layer.value in layers:
+            channel.value = _text(layers.index(self.layer.value))  # a text field: a list of channels is for several
 
     def settings(self) -> Settings:
         """The settings the widgets show, validated; every bad one in one error."""
@@ -366,9 +364,9 @@ class AnalysisWidget(_RunWidget):
         listed = ", ".join(f"{i} {name!r}" for i, name in enumerate(imageset.channel_names))
         for name in LABEL_SETTINGS:
             value = values.get(name.lower())
-            if value is None or isinstance(value, bool):  # None also where the job has no such setting
+            if value is None:  # also where the job has no such setting; else a whole number >= 0 (settings())
                 continue
-            if not isinstance(value, int) or not 0 <= value < imageset.channel_count:
+            if value >= imageset.channel_count:
                 errors.append(SettingsError(name, value, f"must be a channel of the image set: {listed}"))
             elif not imageset.is_labels(value):
                 labels = [f"{i} {n!r}" for i, n in enumerate(imageset.channel_names) if imageset.is_labels(i)]

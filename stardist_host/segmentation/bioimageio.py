@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 #: Where an installed model folder keeps the package it came from (stardist's import_bioimageio does the same).
 PACKAGE_FOLDER = "bioimageio"
-#: The weights file of an installed package, a name models.py and stardist's loader both take.
-INSTALLED_WEIGHTS = "weights_best.h5"
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Preprocessing steps that need nothing from us: the network gets float32 anyway.
@@ -73,17 +71,12 @@ class Package:
     """What stardist-host takes from a bioimage.io package of a StarDist model."""
 
     name: str
-    format_version: str
     config: dict[str, Any]  # stardist's config.json
     thresholds: dict[str, float] | None  # prob, nms
     weights: str  # the member (path inside the package) of the Keras HDF5 weights
     weights_formats: tuple[str, ...]  # the bioimage.io weights entries, for messages
     percentiles: tuple[float, float] | None  # scale_range's min/max percentile; None: no scale_range
     pixel_size_um: tuple[float, ...] | None  # per spatial axis (Z)YX, where the input axes state micrometres
-
-    @property
-    def ndim(self) -> int:
-        return int(self.config.get("n_dim", 0))
 
 
 # --------------------------------------------------------------------------- reading
@@ -229,8 +222,8 @@ def _package(files: _Files) -> Package:
     else:
         thresholds = {"prob": float(thresholds["prob"]), "nms": float(thresholds["nms"])}
     inputs = rdf.get("inputs") or [{}]
-    return Package(str(rdf.get("name") or files.source.stem), str(rdf.get("format_version", "")),
-                   config, thresholds, member, formats, _percentiles(inputs[0], label), _pixel_size(inputs[0]))
+    return Package(str(rdf.get("name") or files.source.stem), config, thresholds, member, formats,
+                   _percentiles(inputs[0], label), _pixel_size(inputs[0]))
 
 
 def _formats(formats: Sequence[str]) -> str:
@@ -326,7 +319,7 @@ def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, n
             (folder / "config.json").write_text(json.dumps(package.config))
             if package.thresholds is not None:
                 (folder / "thresholds.json").write_text(json.dumps(package.thresholds))
-            files.copy(package.weights, folder / INSTALLED_WEIGHTS)
+            files.copy(package.weights, folder / "weights_best.h5")  # a name models.py and stardist's loader take
             if package.pixel_size_um is not None:  # what a run's SCALE="auto" reads, as train records it
                 card = {"name": package.name, "source": "bioimage.io package",
                         "pixel_size_um": [float(v) for v in package.pixel_size_um]}
@@ -337,7 +330,7 @@ def install_package(path: str | os.PathLike, models_dir: str | os.PathLike, *, n
             if dest.exists():
                 os.replace(dest, Path(tmp) / ".replaced")
             os.replace(folder, dest)
-    log.info("installed %dD StarDist model %r from %s as %s", package.ndim, package.name, source, dest)
+    log.info("installed %dD StarDist model %r from %s as %s", package.config["n_dim"], package.name, source, dest)
     return dest
 
 

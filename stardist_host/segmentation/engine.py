@@ -530,5 +530,4 @@ def label_units(predict, units: list[Unit], read: Read, write: Write, *, ndim: i
 
 def unit_planes(unit: Unit, labels: NDArray, ndim: int) -> Iterator[tuple[int, NDArray]]:
     """(z, plane) for each plane of a unit's labels: the one plane in 2D, each of the volume's in 3D."""
-    for i, z in enumerate(unit.planes):
-        yield z, labels if ndim == 2 else labels[i]
+    return zip(unit.planes, [labels] if ndim == 2 else labels)

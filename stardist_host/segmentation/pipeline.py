@@ -36,6 +36,7 @@ out of memory.  Units read but not yet handed back are bounded in bytes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -218,7 +219,7 @@ def _copy_outcome(source: Future, target: Future) -> None:
     target.set_exception(err) if err is not None else target.set_result(source.result())
 
 
-class UnitPredictor:
+class UnitPredictor(contextlib.AbstractContextManager):
     """Labels for a sequence of planes (volumes): reading on the calling thread, the network and NMS on others.
 
     Use :meth:`predict` once, then :meth:`close` (or use it as a context
@@ -298,9 +299,6 @@ class UnitPredictor:
         if self.nms_workers > 1 and self.nms_processes:
             self._start_pool()
 
-    def __enter__(self) -> "UnitPredictor":
-        return self
-
     def __exit__(self, *exc) -> None:
         self.close()
 
@@ -372,10 +370,9 @@ class UnitPredictor:
         estimate = 0  # bytes of the last unit read: the next one is alike
         for unit in units:
             self._check_cancel()
-            if pending and sum(p[2] for p in pending) + estimate > self.memory:
-                self._flush(batch)
-                while pending and sum(p[2] for p in pending) + estimate > self.memory:
-                    yield self._pop(pending)
+            while pending and sum(p[2] for p in pending) + estimate > self.memory:
+                self._flush(batch)  # once: then the batch is empty
+                yield self._pop(pending)
             while pending and pending[0][1].done():
                 yield self._pop(pending)
             image = read(unit)
