@@ -291,6 +291,17 @@ def test_labels_in_a_separate_store(stack, tmp_path, version):
     np.testing.assert_array_equal(np.asarray(node.data[0]), labels[0])
 
 
+def test_a_labels_store_that_is_a_file_is_refused(stack, tmp_path):
+    (tmp_path / "out.zarr").write_text("not a folder")
+    every_file = {p: p.read_bytes() for p in stack.rglob("*") if p.is_file()}
+    ims = OmeZarrImageSet(stack, labels_store=tmp_path / "out.zarr")
+    with pytest.raises(OutputError, match=r"labels cannot be written to .*out.zarr.* \(.*\); give a writable folder "
+                                          r"as labels_store="):
+        ims.add_channel("nuclei", np.uint16)
+    assert {p: p.read_bytes() for p in stack.rglob("*") if p.is_file()} == every_file
+    assert (tmp_path / "out.zarr").read_text() == "not a folder"
+
+
 def test_existing_label_refused_unless_overwrite(stack):
     first = OmeZarrImageSet(stack)
     first.set_channeldata(first.add_channel("nuclei", np.uint16), 2, 0, np.full((16, 12), 4, np.uint16))

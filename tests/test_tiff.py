@@ -90,6 +90,10 @@ def test_not_a_tiff_and_missing_file(tmp_path):
         TiffReader(bad)
     with pytest.raises(TiffError, match="does not exist"):
         TiffReader(tmp_path / "none.tif")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"II*\x00" + bytes(12))  # a TIFF header whose first page offset is 0: no pages at all
+    with pytest.raises(TiffError, match=r"^empty.tif holds no image data$"):
+        TiffReader(empty)
 
 
 def test_save_round_trip_keeps_channels_sizes_and_input(tmp_path):
