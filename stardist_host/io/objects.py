@@ -23,7 +23,6 @@ kept.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
 import json
@@ -32,7 +31,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -214,6 +213,58 @@ def _write_outlines(path: str | os.PathLike, make_writer, labels_per_plane: Iter
     return path
 
 
+class _VolumeStats:
+    """Per-label voxel counts, coordinate sums and bounding boxes, gathered plane by plane."""
+
+    def __init__(self) -> None:
+        self.n = np.zeros(1, np.int64)
+        self.sums = np.zeros((3, 1))  # z, y, x
+        self.lo = np.zeros((3, 1), np.int64)
+        self.hi = np.zeros((3, 1), np.int64)
+
+    def _grow(self, size: int) -> None:
+        extra = size - len(self.n)
+        if extra > 0:
+            self.n = np.concatenate([self.n, np.zeros(extra, np.int64)])
+            self.sums = np.concatenate([self.sums, np.zeros((3, extra))], axis=1)
+            self.lo = np.concatenate([self.lo, np.full((3, extra), np.iinfo(np.int64).max)], axis=1)
+            self.hi = np.concatenate([self.hi, np.zeros((3, extra), np.int64)], axis=1)
+
+    def add(self, z: int, plane: NDArray) -> None:
+        ys, xs = np.nonzero(plane)
+        if not len(ys):
+            return
+        lab = plane[ys, xs].astype(np.intp)
+        size = int(lab.max()) + 1
+        self._grow(size)
+        counts = np.bincount(lab, minlength=size)
+        self.n[:size] += counts
+        self.sums[0, :size] += counts * z
+        self.sums[1, :size] += np.bincount(lab, ys, minlength=size)
+        self.sums[2, :size] += np.bincount(lab, xs, minlength=size)
+        boxes = ndimage.find_objects(plane)
+        present = np.array([i + 1 for i, b in enumerate(boxes) if b is not None], np.intp)
+        lo = np.array([[z, boxes[i - 1][0].start, boxes[i - 1][1].start] for i in present]).T
+        hi = np.array([[z + 1, boxes[i - 1][0].stop, boxes[i - 1][1].stop] for i in present]).T
+        # each label once per plane: plain fancy assignment is safe
+        self.lo[:, present] = np.minimum(self.lo[:, present], lo)
+        self.hi[:, present] = np.maximum(self.hi[:, present], hi)
+
+    def table(self, time_point: int, voxel_size) -> dict:
+        labels = np.flatnonzero(self.n[1:]) + 1
+        n = self.n[labels]
+        centroid = self.sums[:, labels] / n
+        vs = (math.nan, math.nan, math.nan) if voxel_size is None else tuple(
+            math.nan if v is None else float(v) for v in voxel_size
+        )
+        table = {"label": labels, "time_point": np.full(len(labels), time_point), "volume_voxels": n,
+                 "volume_um3": n * (vs[0] * vs[1] * vs[2])}
+        for i, axis in enumerate("zyx"):
+            table.update({f"centroid_{axis}": centroid[i], f"centroid_{axis}_um": centroid[i] * vs[i],
+                          f"bbox_{axis}0": self.lo[i, labels], f"bbox_{axis}1": self.hi[i, labels]})
+        return {column: table[column] for column in TABLE_COLUMNS}
+
+
 def object_table(
     labels: Iterable[NDArray], voxel_size: Sequence[float | None] | None, *, time_point: int = 0
 ) -> dict[str, NDArray]:
@@ -238,48 +289,10 @@ def object_table(
         numbers) and in µm; bounding boxes ``[z0, z1)`` etc.; volumes in
         voxels and µm³.
     """
-    # per label, gathered plane by plane: voxel counts, coordinate sums (z, y, x), bounding boxes
-    n = np.zeros(1, np.int64)
-    sums = np.zeros((3, 1))
-    lo = np.zeros((3, 1), np.int64)
-    hi = np.zeros((3, 1), np.int64)
+    stats = _VolumeStats()
     for z, plane in enumerate(labels):
-        plane = np.asarray(plane)
-        ys, xs = np.nonzero(plane)
-        if not len(ys):
-            continue
-        lab = plane[ys, xs].astype(np.intp)
-        size = int(lab.max()) + 1
-        if size > len(n):  # room for labels not seen before
-            extra = ((0, 0), (0, size - len(n)))
-            n = np.pad(n, extra[1])
-            sums = np.pad(sums, extra)
-            hi = np.pad(hi, extra)
-            lo = np.pad(lo, extra, constant_values=np.iinfo(np.int64).max)
-        counts = np.bincount(lab, minlength=size)
-        n[:size] += counts
-        sums[0, :size] += counts * z
-        sums[1, :size] += np.bincount(lab, ys, minlength=size)
-        sums[2, :size] += np.bincount(lab, xs, minlength=size)
-        boxes = ndimage.find_objects(plane)
-        present = np.array([i + 1 for i, b in enumerate(boxes) if b is not None], np.intp)
-        box_lo = np.array([[z, boxes[i - 1][0].start, boxes[i - 1][1].start] for i in present]).T
-        box_hi = np.array([[z + 1, boxes[i - 1][0].stop, boxes[i - 1][1].stop] for i in present]).T
-        # each label once per plane: plain fancy assignment is safe
-        lo[:, present] = np.minimum(lo[:, present], box_lo)
-        hi[:, present] = np.maximum(hi[:, present], box_hi)
-    found = np.flatnonzero(n[1:]) + 1
-    count = n[found]
-    centroid = sums[:, found] / count
-    vs = (math.nan, math.nan, math.nan) if voxel_size is None else tuple(
-        math.nan if v is None else float(v) for v in voxel_size
-    )
-    table = {"label": found, "time_point": np.full(len(found), time_point), "volume_voxels": count,
-             "volume_um3": count * (vs[0] * vs[1] * vs[2])}
-    for i, axis in enumerate("zyx"):
-        table.update({f"centroid_{axis}": centroid[i], f"centroid_{axis}_um": centroid[i] * vs[i],
-                      f"bbox_{axis}0": lo[i, found], f"bbox_{axis}1": hi[i, found]})
-    return {column: table[column] for column in TABLE_COLUMNS}
+        stats.add(z, np.asarray(plane))
+    return stats.table(time_point, voxel_size)
 
 
 def _write_table(path: Path, tables: Iterable[dict[str, NDArray]]) -> None:
@@ -383,26 +396,28 @@ def export_objects(
         log.info("voxel size %s: the table's µm columns without a known size are left empty", voxel_size)
     with contextlib.ExitStack() as stack:
         temps = {f: stack.enter_context(atomic_write(p)) for f, p in paths.items()}
-        makers = {"roi": _RoiZip, "geojson": lambda tmp: _GeoJson(tmp, classification)}
-        writers = [makers[f](tmp) for f, tmp in temps.items() if f in makers]
+        writers = []
+        if "roi" in temps:
+            writers.append(_RoiZip(temps["roi"]))
+        if "geojson" in temps:
+            writers.append(_GeoJson(temps["geojson"], classification))
         # closed (and so complete) before atomic_write's exit fsyncs and replaces
         for writer in writers:
             stack.callback(writer.close)
-
-        def planes(t: int) -> Iterator[NDArray]:
-            """Time point ``t``'s label planes, each outlined into the ROI and GeoJSON files as it is read."""
+        tables = []
+        for t in chosen:
+            stats = _VolumeStats()
             for z in range(imageset.plane_count):
                 plane = np.asarray(imageset.get_channeldata(channel, z, t))
                 if writers:
                     rings = outlines(plane)
                     for writer in writers:
                         writer.add(t, z, rings)
-                yield plane
-
+                if "csv" in temps:
+                    stats.add(z, plane)
+            if "csv" in temps:
+                tables.append(stats.table(t, voxel_size))
         if "csv" in temps:
-            _write_table(temps["csv"], [object_table(planes(t), voxel_size, time_point=t) for t in chosen])
-        else:  # the outlines only: the planes pass through
-            for t in chosen:
-                collections.deque(planes(t), maxlen=0)
+            _write_table(temps["csv"], tables)
     log.info("objects of channel %d written: %s", channel, ", ".join(str(p) for p in paths.values()))
     return paths
