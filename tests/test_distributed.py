@@ -206,8 +206,7 @@ def test_killed_run_resumes_only_the_missing_units(tmp_path):
 def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
     import tifffile
 
-    src = tmp_path / "in.tif"
-    tifffile.imwrite(src, sample_planes_tczyx(t=2, z=2)[:, 0], imagej=True, metadata={"axes": "TZYX"})
+    src = _timelapse_tiff(tmp_path / "in.tif")
     settings = Settings(ndim=2, current_time_point=False, unique_labels=True, use_gpu=False)
     segment_file(settings, src, tmp_path / "plain.ome.tif")  # the single-process path
     expected = tifffile.imread(tmp_path / "plain.ome.tif")
@@ -298,8 +297,65 @@ def test_missing_dask_names_the_extra(tmp_path, monkeypatch):
             pass
 
 
-def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
-    store = timelapse_store(tmp_path / "tl.zarr")
+def _timelapse_tiff(path: Path) -> Path:
+    import tifffile
+
+    tifffile.imwrite(path, sample_planes_tczyx(t=2, z=2)[:, 0], imagej=True, metadata={"axes": "TZYX"})
+    return path
+
+
+def test_a_resumable_tiff_run_keeps_its_labels_without_zarr(tmp_path, monkeypatch):
+    import tifffile
+
+    src = _timelapse_tiff(tmp_path / "in.tif")
+    settings = Settings(ndim=2, current_time_point=False, unique_labels=True, use_gpu=False)
+    segment_file(settings, src, tmp_path / "plain.ome.tif")
+    monkeypatch.setitem(sys.modules, "zarr", None)  # the scratch folder is one .npy file per unit
+    real, kept = distributed._finish, []
+
+    def look(task, result):
+        kept.append(sorted(p.name for p in scratch_labels_store(tmp_path / "out.ome.tif").glob("*.npy")))
+        return real(task, result)
+
+    monkeypatch.setattr(distributed, "_finish", look)
+    segment_file(settings, src, tmp_path / "out.ome.tif", resume=True)
+    assert kept[-1] == ["t0_z0-0.npy", "t0_z1-1.npy", "t1_z0-0.npy", "t1_z1-1.npy"]
+    expected = tifffile.imread(tmp_path / "plain.ome.tif")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.ome.tif"), expected)
+
+
+def test_a_recorded_unit_whose_labels_file_is_not_whole_is_redone(tmp_path, monkeypatch):
+    import tifffile
+
+    src = _timelapse_tiff(tmp_path / "in.tif")
+    settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
+    segment_file(settings, src, tmp_path / "plain.ome.tif")
+    real, calls = distributed._finish, []
+
+    def stops_after_two(task, result):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(result.unit)
+        return real(task, result)
+
+    monkeypatch.setattr(distributed, "_finish", stops_after_two)
+    out = tmp_path / "out.ome.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment_file(settings, src, out, resume=True)
+    unit_file = scratch_labels_store(out) / "t0_z1-1.npy"
+    unit_file.write_bytes(unit_file.read_bytes()[:-100])  # recorded, but its data did not all reach the disk
+    calls.clear()
+    monkeypatch.setattr(distributed, "_finish", lambda task, result: calls.append(result.unit) or real(task, result))
+    segment_file(settings, src, out, resume=True)
+    assert [(u.time_point, u.first) for u in calls] == [(0, 1), (1, 0), (1, 1)]
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "plain.ome.tif"))
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch, kind):
+    store, out = timelapse_store(tmp_path / "tl.zarr"), None
+    if kind == "tiff":
+        store, out = _timelapse_tiff(tmp_path / "in.tif"), tmp_path / "out.ome.tif"
     real = distributed._finish
 
     def big(task, result):
@@ -309,7 +365,8 @@ def test_unique_labels_past_the_type_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "_finish", big)
     settings = Settings(ndim=2, current_time_point=False, unique_labels=True, label_dtype="uint16", use_gpu=False)
     with pytest.raises(LabelOverflowError, match=r"time point 0, plane 1: label 80000 does not fit .* LABEL_DTYPE='uint32'"):
-        segment_file(settings, store, None)
+        segment_file(settings, store, out, resume=kind == "tiff")  # TIFF: through the scratch folder
+    assert out is None or not out.exists()
 
 
 def test_renumbering_killed_halfway_through_a_volume_adds_the_offset_once(tmp_path, monkeypatch):
@@ -326,7 +383,7 @@ def test_renumbering_killed_halfway_through_a_volume_adds_the_offset_once(tmp_pa
             self[(t, z)] = plane
 
     planes = Planes({(0, z): np.array([[0, z + 1]], np.uint16) for z in range(4)})
-    monkeypatch.setattr(distributed, "_planes", lambda target: planes)
+    monkeypatch.setattr(distributed, "_store", lambda target: planes)
     task = SimpleNamespace(target=SimpleNamespace(journal=Journal(tmp_path)), dtype="uint16")
     real = Journal.record
 

@@ -93,12 +93,16 @@ def _kept_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error, it replaces ``path``.
 
     The temporary file is ``.NAME.PID-RANDOM.partial``: hidden, unique to the
     run, and recognisable as unfinished.  On error inside the block it is
-    removed.  The finished file is fsynced before the replace.
+    removed.  The finished file is fsynced before the replace; with
+    ``fsync=False`` it is not, for files written by the hundred whose reader
+    takes one that cannot be read whole as missing: a killed process still
+    leaves the old file or the new one whole, but after a power loss the new
+    name may hold no data.
 
     Raises
     ------
@@ -110,8 +114,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -89,6 +89,6 @@ def labels_store(input: str | os.PathLike, output: str | os.PathLike | None) -> 
 
 
 def scratch_labels_store(output: str | os.PathLike) -> Path:
-    """The hidden label store beside a TIFF output in which a resumable or distributed run keeps its labels."""
+    """The hidden folder beside a TIFF output in which a resumable or distributed run keeps its labels."""
     out = Path(output)
-    return out.with_name(f".{out.name}.labels.zarr")
+    return out.with_name(f".{out.name}.labels")

@@ -11,15 +11,20 @@ those records.
 - OME-Zarr input: the labels are the NGFF label image ``labels/<name>``, in
   the input store (its arrays untouched) or in a separate store; the journal
   is ``labels/<name>/.done`` and is removed once the run is complete.
-- TIFF input: the labels go to a hidden Zarr store beside the output,
-  ``.OUTPUT.labels.zarr`` (the journal is inside it); once every unit is
-  done the OME-TIFF is written from it, as a run without the journal writes
-  it, and the store is removed.
+- TIFF input: the labels go to a hidden folder beside the output,
+  ``.OUTPUT.labels``, one ``.npy`` file per unit written whole or not at all
+  (the journal is inside it); once every unit is done the OME-TIFF is written
+  from it, as a run without the journal writes it, and the folder is removed.
+  (Not a Zarr store: zarr 3 hands each chunk write to its event-loop thread,
+  which waits for the GIL that stardist's NMS holds; per plane that cost 1.3x
+  the plain run, a file per unit 1.1x; see benchmarks/README.md.)
 
-Tasks label their units from 1 each; with UNIQUE_LABELS a second pass adds to
-each unit's labels the highest labels of the units before it
+Tasks label their units from 1 each; with UNIQUE_LABELS each unit's labels are
+raised by the highest labels of the units before it
 (:func:`~stardist_host.segmentation.engine.first_labels`, the numbering of
-a run without the journal), journalled per plane so that it is resumable too.
+a run without the journal): as they are copied into the OME-TIFF, or in the
+NGFF label image by a second pass, journalled per plane so that it is
+resumable too.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from numpy.typing import NDArray
 
 from ..errors import OutputError, SettingsError, StardistHostError, UnitFailedError, require
 from ..host import Progress
-from ..io.files import OutputLock
+from ..io.files import OutputLock, atomic_write
 from ..io.omezarr import OmeZarrImageSet
 from ..io.opening import is_omezarr, open_imageset
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
@@ -147,17 +152,33 @@ def _predictor(task: Task):
                                                         n_tiles=s.n_tiles, scale=task.scale))
 
 
-class _ScratchPlanes:
-    """The (T, Z, Y, X) label array of a TIFF run's scratch store."""
+class _ScratchUnits:
+    """A TIFF run's scratch folder: each unit's labels in a ``.npy`` file of its own, replaced whole.
+
+    Not fsynced, as the journal's records are not (each would cost the run
+    about a tenth of its time on a busy CPU): a unit whose file cannot be read
+    whole (after a power loss) is redone, recorded or not.
+    """
 
     def __init__(self, target: Target) -> None:
-        self.array = _zarr().open_array(target.store, mode="r+")
+        self.folder = Path(target.store)
 
-    def read(self, t: int, z: int) -> NDArray:
-        return np.asarray(self.array[t, z])
+    def _path(self, unit: Unit) -> Path:
+        return self.folder / f"{key(unit)}.npy"
 
-    def write(self, t: int, z: int, plane: NDArray) -> None:
-        self.array[t, z] = plane
+    def write_unit(self, unit: Unit, labels: NDArray) -> None:
+        with atomic_write(self._path(unit), fsync=False) as tmp, tmp.open("wb") as f:
+            np.save(f, labels)
+
+    def read_unit(self, unit: Unit) -> NDArray:
+        return np.load(self._path(unit))
+
+    def whole(self, unit: Unit) -> bool:
+        try:
+            np.load(self._path(unit), mmap_mode="r")  # the header, and the file as long as it says
+        except (OSError, ValueError, EOFError):
+            return False
+        return True
 
 
 class _NgffPlanes:
@@ -173,16 +194,22 @@ class _NgffPlanes:
     def write(self, t: int, z: int, plane: NDArray) -> None:
         self.imageset.set_channeldata(self.channel, z, t, plane)
 
+    def write_unit(self, unit: Unit, labels: NDArray) -> None:
+        for z, plane in unit_planes(unit, labels, labels.ndim):
+            self.write(unit.time_point, z, plane)
+
     def close(self) -> None:
         self.imageset.close()
 
 
-def _planes(target: Target):
-    return _cached("target", target, lambda: (_NgffPlanes if target.source.kind == "zarr" else _ScratchPlanes)(target))
+def _store(target: Target):
+    """Where a worker (or this process) writes units' labels: the NGFF label image, or a TIFF run's scratch folder."""
+    return _cached("target", target, lambda: (_NgffPlanes if target.source.kind == "zarr" else _ScratchUnits)(target))
 
 
-def _zarr():
-    return require("zarr", "zarr", purpose="the label store of a resumable or distributed run")
+def _raised(labels: NDArray, offset: int, dtype: np.dtype) -> NDArray:
+    """``labels`` with ``offset`` added to each object (background stays 0)."""
+    return np.where(labels > 0, labels.astype(np.int64) + offset, 0).astype(dtype)
 
 
 # --------------------------------------------------------------------------- the tasks
@@ -214,7 +241,7 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
     """Segment ``units`` through the engine into the label store, recording each as it is written."""
     s = task.settings
     imageset = _cached("source", task.target.source, task.target.source.open)
-    planes = _planes(task.target)
+    store = _store(task.target)
     read_normalised = unit_reader(imageset, s.input_channel, s.ndim, task.normalisation)
 
     def read(unit: Unit):
@@ -223,13 +250,9 @@ def _segment_units(task: Task, units: list[Unit]) -> Iterator[tuple[Unit, dict]]
         except Exception as err:  # the pipeline reads ahead: name this unit, not the one being written
             raise _named(unit, err)
 
-    def write(unit: Unit, labels: NDArray) -> None:
-        for z, plane in unit_planes(unit, labels, s.ndim):
-            planes.write(unit.time_point, z, plane)
-
     todo = list(units)
     try:
-        for result in label_units(_predictor(task), units, read, write, ndim=s.ndim,
+        for result in label_units(_predictor(task), units, read, store.write_unit, ndim=s.ndim,
                                   plane_shape=tuple(imageset.plane_shape), dtype=np.dtype(task.dtype)):
             yield result.unit, _finish(task, result)
             todo.pop(0)
@@ -257,14 +280,14 @@ def segment_units(task: Task, units: list[Unit]) -> list[tuple[Unit, dict]]:
 
 
 def renumber_unit(task: Task, unit: Unit, offset: int) -> dict:
-    """Add ``offset`` to the unit's labels (background stays 0), then record it (``*.offset.json``).
+    """Add ``offset`` to the unit's labels in the NGFF label image (background stays 0), then record it
+    (``*.offset.json``).
 
     Each plane is recorded as it is rewritten (``*.zZ.offset.json``) and skipped
     when already recorded, so a run killed halfway through a volume and resumed
     adds the offset to every plane exactly once.
     """
-    planes = _planes(task.target)
-    dtype = np.dtype(task.dtype)
+    planes = _store(task.target)
     journal = task.target.journal
     for z in unit.planes:
         done = f"{key(unit)}.z{z}.offset.json"
@@ -272,7 +295,7 @@ def renumber_unit(task: Task, unit: Unit, offset: int) -> dict:
             continue
         plane = planes.read(unit.time_point, z)
         if plane.any():
-            planes.write(unit.time_point, z, np.where(plane > 0, plane.astype(np.int64) + offset, 0).astype(dtype))
+            planes.write(unit.time_point, z, _raised(plane, offset, np.dtype(task.dtype)))
         journal.record(done, {"offset": offset})
     journal.record(f"{key(unit)}.offset.json", {"offset": offset})
     return {"offset": offset}
@@ -386,6 +409,9 @@ def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None
     """Segment the units without a record, then (UNIQUE_LABELS) renumber; return the results and units computed."""
     units = plan.units
     records = task.target.journal.done(units)
+    if task.target.source.kind == "tiff":
+        scratch = _ScratchUnits(task.target)
+        records = {unit: record for unit, record in records.items() if scratch.whole(unit)}
     todo = [u for u in units if u not in records]
     progress = progress or (lambda done, total: None)
     progress(len(records), len(units))
@@ -398,15 +424,18 @@ def _run_journalled(client, task: Task, plan: Plan, *, progress: Progress | None
     for unit, record in finished:
         records[unit] = record
         progress(len(records), len(units))
-    if task.settings.unique_labels:
+    if task.settings.unique_labels and task.target.source.kind == "zarr":  # a TIFF run's as it is copied
         _renumber(client, task, units, records)
     return [UnitResult(u, records[u]["count"], records[u]["seconds"], records[u]["highest"]) for u in units], len(todo)
 
 
+def _offsets(units: list[Unit], highest: dict[Unit, int], dtype: np.dtype) -> dict[Unit, int]:
+    return first_labels(units, highest, dtype, again=" and start again with --overwrite")
+
+
 def _renumber(client, task: Task, units: list[Unit], records: dict[Unit, dict]) -> None:
     """Offsets from the highest labels of the units before each, as a run without the journal numbers them."""
-    offsets = first_labels(units, {u: records[u]["highest"] for u in units}, np.dtype(task.dtype),
-                           again=" and start again with --overwrite")
+    offsets = _offsets(units, {u: records[u]["highest"] for u in units}, np.dtype(task.dtype))
     renumbered = task.target.journal.done(units, ".offset.json")
     todo = [(u, offsets[u]) for u in units if u not in renumbered and offsets[u] and records[u]["highest"]]
     here = (renumber_unit(task, *item) for item in todo)
@@ -550,19 +579,21 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             model, device, precision, task = _task(settings, imageset, plan, target, dtype)  # before writing anything
             if not resuming:
                 shutil.rmtree(store, ignore_errors=True)
-                _zarr().create(shape=(imageset.time_point_count, imageset.plane_count, *imageset.plane_shape),
-                               chunks=(1, 1, *imageset.plane_shape), dtype=dtype, fill_value=0, store=str(store))
                 target.journal.start(stamp)
             results, computed = _execute(task, plan, model, workers=workers, scheduler=scheduler, progress=progress)
-            array = _zarr().open_array(str(store), mode="r")
-            channel = imageset.add_channel(name, dtype)
-            for unit in plan.units:  # the scratch store's planes into the new label channel
-                for z in unit.planes:
-                    imageset.set_channeldata(channel, z, unit.time_point, np.asarray(array[unit.time_point, z]))
+            scratch, channel = _ScratchUnits(target), imageset.add_channel(name, dtype)
+            highest = {r.unit: r.highest for r in results}
+            offsets = _offsets(plan.units, highest, dtype) if settings.unique_labels else {}
+            for unit in plan.units:  # the scratch folder's units into the new label channel, numbered for the run
+                labels = scratch.read_unit(unit)
+                if offsets.get(unit):
+                    labels = _raised(labels, offsets[unit], dtype)
+                for z, plane in unit_planes(unit, labels, settings.ndim):
+                    imageset.set_channeldata(channel, z, unit.time_point, plane)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,
                                               time_points=plan.time_points, formats=settings.export_objects,
                                               labels_only=settings.labels_only, overwrite=settings.overwrite)
             time_point_count = imageset.time_point_count
-    shutil.rmtree(store)  # after the OME-TIFF is in place: until then it is the journal
+    shutil.rmtree(store)  # after the OME-TIFF is in place: until then it holds the labels and the journal
     return SegmentResult(channel, name, model.name, device, units=results, ndim=settings.ndim, precision=precision,
                          time_point_count=time_point_count, computed=computed, output_note=note)

@@ -1,7 +1,7 @@
 """The journal that makes a run resumable: one small record per finished unit, beside the labels.
 
 A journal is a folder ``.done`` inside the label store (an NGFF label image,
-or the scratch store beside a TIFF output) holding ``run.json`` (what the
+or the scratch folder beside a TIFF output) holding ``run.json`` (what the
 labels depend on: the settings that change labels, the input, the plan and
 the label type) and ``t{T}_z{FIRST}-{LAST}.json`` per finished unit (objects,
 highest label, seconds), written after the unit's labels.  A unit with a
@@ -30,7 +30,7 @@ __all__ = ["JOURNAL", "Journal", "fingerprint", "check_no_journal"]
 
 log = logging.getLogger(__name__)
 
-#: The journal folder inside a label image (OME-Zarr) or the scratch store (TIFF output).
+#: The journal folder inside a label image (OME-Zarr) or the scratch folder (TIFF output).
 JOURNAL = ".done"
 _RUN = "run.json"
 
@@ -62,8 +62,9 @@ class Journal:
         self.folder = Path(folder)
 
     def record(self, name: str, record: dict) -> None:
-        """Write one record, atomically: a record is there whole or not at all."""
-        with atomic_write(self.folder / name) as tmp:
+        """Write one record, atomically: a record is there whole or not at all (one that cannot be read, as after
+        a power loss, counts as missing: its unit is redone)."""
+        with atomic_write(self.folder / name, fsync=False) as tmp:
             tmp.write_text(json.dumps(record))
 
     def recorded(self, name: str) -> bool:
