@@ -203,6 +203,23 @@ def test_killed_run_resumes_only_the_missing_units(tmp_path):
     assert len(np.unique(expected)) - 1 == expected.max()  # unique across planes, as the single-process path numbers
 
 
+_FINISH = distributed._finish
+
+
+def _finishing(monkeypatch, stop_after: int | None = None) -> list:
+    """The units whose labels are recorded, as they are; with ``stop_after``, the run stops there as Ctrl-C would."""
+    calls = []
+
+    def finish(task, result):
+        if len(calls) == stop_after:
+            raise KeyboardInterrupt
+        calls.append(result.unit)
+        return _FINISH(task, result)
+
+    monkeypatch.setattr(distributed, "_finish", finish)
+    return calls
+
+
 def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
     import tifffile
 
@@ -211,15 +228,7 @@ def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
     segment_file(settings, src, tmp_path / "plain.ome.tif")  # the single-process path
     expected = tifffile.imread(tmp_path / "plain.ome.tif")
 
-    real, calls = distributed._finish, []
-
-    def dies_at_third(task, result):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # stops the run as Ctrl-C would, after two units
-        calls.append(result.unit)
-        return real(task, result)
-
-    monkeypatch.setattr(distributed, "_finish", dies_at_third)
+    calls = _finishing(monkeypatch, stop_after=2)
     out = tmp_path / "out.ome.tif"
     with pytest.raises(KeyboardInterrupt):
         segment_file(settings, src, out, resume=True)
@@ -227,8 +236,7 @@ def test_tiff_output_resumes_from_its_scratch_store(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="an interrupted run left"):
         segment_file(settings, src, out)  # the single-process path does not overwrite it either
 
-    calls.clear()
-    monkeypatch.setattr(distributed, "_finish", lambda task, result: calls.append(result.unit) or real(task, result))
+    calls = _finishing(monkeypatch)
     result = segment_file(settings, src, out, resume=True)
     assert [(u.time_point, u.first) for u in calls] == [(1, 0), (1, 1)] and result.computed == 2
     np.testing.assert_array_equal(tifffile.imread(out), expected)
@@ -330,22 +338,13 @@ def test_a_recorded_unit_whose_labels_file_is_not_whole_is_redone(tmp_path, monk
     src = _timelapse_tiff(tmp_path / "in.tif")
     settings = Settings(ndim=2, current_time_point=False, use_gpu=False)
     segment_file(settings, src, tmp_path / "plain.ome.tif")
-    real, calls = distributed._finish, []
-
-    def stops_after_two(task, result):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(result.unit)
-        return real(task, result)
-
-    monkeypatch.setattr(distributed, "_finish", stops_after_two)
+    _finishing(monkeypatch, stop_after=2)
     out = tmp_path / "out.ome.tif"
     with pytest.raises(KeyboardInterrupt):
         segment_file(settings, src, out, resume=True)
     unit_file = scratch_labels_store(out) / "t0_z1-1.npy"
     unit_file.write_bytes(unit_file.read_bytes()[:-100])  # recorded, but its data did not all reach the disk
-    calls.clear()
-    monkeypatch.setattr(distributed, "_finish", lambda task, result: calls.append(result.unit) or real(task, result))
+    calls = _finishing(monkeypatch)
     segment_file(settings, src, out, resume=True)
     assert [(u.time_point, u.first) for u in calls] == [(0, 1), (1, 0), (1, 1)]
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "plain.ome.tif"))
