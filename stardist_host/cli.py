@@ -399,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stardist-host`` console script.
 
     Returns 0 on success, 2 after a user error (one log line), 130 after a
-    cancel or Ctrl-C (the line "cancelled").
+    cancel or Ctrl-C (the line "cancelled"), 141 when the reader of the
+    standard output went away (``| head``; nothing more is printed).
     """
     if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout in a legacy code page cannot refuse a file name
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -409,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, quiet=args.quiet)
     try:
         with user_errors(cli=_options(parser, args)):
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a reader that went away (| head) shows here, not in Python's flush at exit
+            return code
     except SystemExit as stop:
         return int(stop.code or 0)
 

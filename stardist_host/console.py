@@ -32,7 +32,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .errors import EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
+from .errors import EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_USER_ERROR, Cancelled, Option, StardistHostError
 
 __all__ = ["setup_logging", "user_errors", "stdout_to_log", "tqdm_progress",
            "add_input_options", "add_segment_arguments", "add_analysis_arguments", "parse_script_arguments"]
@@ -186,9 +186,10 @@ def _stderr_filtered(drop: re.Pattern) -> Iterator[None]:
 
 @contextlib.contextmanager
 def user_errors(*, cli: Mapping[str, Option] | None = None) -> Iterator[None]:
-    """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``.
+    """Turn a user error into one log line and ``SystemExit(2)``, a cancel or Ctrl-C into ``SystemExit(130)``,
+    standard output whose reader went away (``| head``) into a silent ``SystemExit(141)``.
 
-    No traceback is shown for either: the message says what to change, in
+    No traceback is shown for any: the message says what to change, in
     the words of a script (its settings), or with ``cli`` (settings to their
     options) in those of the command line
     (:meth:`~stardist_host.errors.StardistHostError.in_words_of`).
@@ -201,6 +202,10 @@ def user_errors(*, cli: Mapping[str, Option] | None = None) -> Iterator[None]:
     except StardistHostError as err:
         log.error("%s", err if cli is None else err.in_words_of(cli))
         raise SystemExit(EXIT_USER_ERROR) from None
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # so that Python's own flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
 
 
 class _LogWriter(io.TextIOBase):

@@ -15,12 +15,14 @@ __all__ = ["StardistHostError", "SettingsError", "IndexRangeError", "PlanError",
            "ReadOnlyInputError", "OutputError", "OutputBusyError", "MissingExtraError", "ModelError",
            "LabelOverflowError", "NoImageSetError", "AnalysisError", "PairError", "TrainError", "Cancelled",
            "UnitFailedError", "SegmentationProcessError", "check_index", "require", "Option", "EXIT_USER_ERROR",
-           "EXIT_CANCELLED"]
+           "EXIT_CANCELLED", "EXIT_BROKEN_PIPE"]
 
 #: Exit status of a headless run stopped by a user error (argparse uses 2 too).
 EXIT_USER_ERROR = 2
 #: Exit status of a run cancelled by the user (Ctrl-C or a host's Stop), as shells report SIGINT.
 EXIT_CANCELLED = 130
+#: Exit status when the reader of the standard output went away (``| head``), as shells report SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 
 class StardistHostError(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -79,3 +80,15 @@ def test_intensity_channels_take_what_the_help_shows(tmp_path, sample_2d):
     args = sub.choices["measure"].parse_args([str(sample_2d), str(tmp_path), "--label-channel", "2",
                                               "--intensity-channels", "0"])
     assert list(args.intensity_channels) == [0]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+    proc = subprocess.Popen([sys.executable, "-m", "stardist_host.cli", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # as `| head -0` would, before the list is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
