@@ -49,7 +49,7 @@ from ..io.omezarr import OmeZarrImageSet
 from ..io.opening import is_omezarr, open_imageset
 from ..io.outputs import claim_tiff_output, labels_store, scratch_labels_store, write_tiff_output
 from ..segmentation.engine import (Normalisation, first_labels, label_dtype_for, label_units, predictor, resolve_run,
-                                   unit_planes, unit_reader, where)
+                                   shifted, unit_planes, unit_reader, where)
 from ..segmentation.nms_workers import available_cores
 from ..segmentation.plan import Plan, Unit, make_plan
 from ..segmentation.segment import SegmentResult, UnitResult, load_for_settings, normalisation_for
@@ -207,11 +207,6 @@ def _store(target: Target):
     return _cached("target", target, lambda: (_NgffPlanes if target.source.kind == "zarr" else _ScratchUnits)(target))
 
 
-def _raised(labels: NDArray, offset: int, dtype: np.dtype) -> NDArray:
-    """``labels`` with ``offset`` added to each object (background stays 0)."""
-    return np.where(labels > 0, labels.astype(np.int64) + offset, 0).astype(dtype)
-
-
 # --------------------------------------------------------------------------- the tasks
 
 
@@ -295,7 +290,7 @@ def renumber_unit(task: Task, unit: Unit, offset: int) -> dict:
             continue
         plane = planes.read(unit.time_point, z)
         if plane.any():
-            planes.write(unit.time_point, z, _raised(plane, offset, np.dtype(task.dtype)))
+            planes.write(unit.time_point, z, shifted(plane, offset, np.dtype(task.dtype)))
         journal.record(done, {"offset": offset})
     journal.record(f"{key(unit)}.offset.json", {"offset": offset})
     return {"offset": offset}
@@ -587,7 +582,7 @@ def _segment_tiff(settings: Settings, source: Source, out: Path, *, current_time
             for unit in plan.units:  # the scratch folder's units into the new label channel, numbered for the run
                 labels = scratch.read_unit(unit)
                 if offsets.get(unit):
-                    labels = _raised(labels, offsets[unit], dtype)
+                    labels = shifted(labels, offsets[unit], dtype)
                 for z, plane in unit_planes(unit, labels, settings.ndim):
                     imageset.set_channeldata(channel, z, unit.time_point, plane)
             channel, note = write_tiff_output(imageset, out, stem, label_channel=channel, ndim=settings.ndim,

@@ -32,7 +32,7 @@ from .stardist_compat import instance_options, predicted_probability
 
 __all__ = ["UnitResult", "unit_shape", "label_units", "predictor", "unit_reader", "read_unit", "resolve_run",
            "resolve_normalisation", "Normalisation", "normalise", "number", "check_fits", "first_labels",
-           "unit_planes", "label_dtype_for", "run_scale", "estimate_scale", "median_diameter_px", "where",
+           "unit_planes", "shifted", "label_dtype_for", "run_scale", "estimate_scale", "median_diameter_px", "where",
            "MIN_NUCLEUS"]
 
 log = logging.getLogger(__name__)
@@ -415,8 +415,13 @@ def number(labels: NDArray, unit: Unit, *, offset: int, unique: bool, dtype: np.
     top = offset + highest if unique else highest
     check_fits(top, dtype, unit)
     if unique and highest and offset:
-        labels = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
+        return shifted(labels, offset, dtype), count, top
     return labels.astype(dtype), count, top
+
+
+def shifted(labels: NDArray, offset: int, dtype: np.dtype) -> NDArray:
+    """``labels`` with ``offset`` added to each object (background stays 0), in ``dtype`` (checked by the caller)."""
+    return np.where(labels > 0, labels.astype(np.int64) + offset, 0).astype(dtype)
 
 
 def first_labels(units: Iterable[Unit], highest: dict[Unit, int], dtype: np.dtype, *, again: str = "") -> dict[Unit, int]:
